@@ -1,0 +1,75 @@
+"""Validate envelope addresses and extract them from message headers."""
+
+from __future__ import annotations
+
+import re
+from email.utils import getaddresses, parseaddr
+
+from .errors import InvalidAddressError
+
+# A pragmatic RFC 5321 mailbox: dot-atom or quoted local part (UTF-8 allowed, RFC 6531),
+# "@", then a domain name (UTF-8 labels allowed) or an address literal.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]"
+_DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
+_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"'
+_LABEL = r"[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]*[A-Za-z0-9\u0080-\U0010ffff])?"
+_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
+_LITERAL = r"\[[\x21-\x5a\x5e-\x7e]+\]"
+_MAILBOX = re.compile(rf"^(?:{_DOT_ATOM}|{_QUOTED})@(?:{_DOMAIN}|{_LITERAL})$")
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_LENGTH = 320
+
+
+def validate_address(address: object, role: str = "address") -> str:
+    """Return ``address`` if it is a valid bare envelope address, else raise.
+
+    ``role`` (``sender``, ``recipient``) is used in the error message. The address is
+    returned exactly as given: non-ASCII (SMTPUTF8) addresses are kept as they are.
+    """
+    if not isinstance(address, str):
+        raise InvalidAddressError(f"{role} {address!r} is not a string")
+    if _FORBIDDEN.search(address):
+        raise InvalidAddressError(
+            f"{role} {address!r} contains a control character (CR, LF, NUL...)"
+        )
+    if any("\ud800" <= c <= "\udfff" for c in address):
+        raise InvalidAddressError(f"{role} {address!r} is not valid UTF-8")
+    if len(address) > _MAX_LENGTH or not _MAILBOX.match(address):
+        raise InvalidAddressError(f"{role} {address!r} is not a valid email address")
+    return address
+
+
+def envelope_address(value: object, role: str) -> str:
+    """Return the bare address of ``value`` (``a@b`` or ``Name <a@b>``), validated."""
+    if isinstance(value, str) and _FORBIDDEN.search(value):
+        raise InvalidAddressError(f"{role} {value!r} contains a control character (CR, LF, NUL...)")
+    if isinstance(value, str) and "<" in value:
+        _name, bare = parseaddr(value)
+        if not bare:
+            raise InvalidAddressError(f"{role} {value!r} is not a valid email address")
+        value = bare
+    return validate_address(value, role)
+
+
+def addresses_from_headers(values: list[str], header: str) -> list[str]:
+    """Return the bare addresses in the given header values, each validated.
+
+    An unquoted comma in a display name (``To: Doe, John <john@example.com>``) yields
+    a piece with no address; it is rejected instead of becoming a second recipient.
+    """
+    found = []
+    for name, address in getaddresses(values):
+        if not address:
+            if name:
+                raise InvalidAddressError(
+                    f"{header} header has {name!r} with no address "
+                    "(a comma in an unquoted display name?)"
+                )
+            continue
+        if "@" not in address:
+            raise InvalidAddressError(
+                f"{header} header has {address!r}, which is not an address "
+                "(a comma in an unquoted display name?)"
+            )
+        found.append(validate_address(address, f"{header} address"))
+    return found

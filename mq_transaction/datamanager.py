@@ -1,0 +1,94 @@
+"""The ``transaction`` data manager that publishes a transaction's mail when it commits."""
+
+from __future__ import annotations
+
+import logging
+
+from .queue import MessageQueue
+
+log = logging.getLogger("mq_transaction")
+
+#: Sorts before zope.sqlalchemy ("~sqlalchemy:..."), whose one-phase manager commits the
+#: database inside its tpc_vote: our vote (nothing left to fail: the files are already
+#: durable in tmp/) runs first, and the mail is published in tpc_finish, after every
+#: vote, hence only once the database has committed.
+SORT_KEY_PREFIX = "mq_transaction"
+
+
+class MailDataManager:
+    """Holds the messages one transaction queued; publishes them on commit.
+
+    Each message is already written and fsynced in ``tmp/`` when ``send()`` returns, so
+    a full disk fails the request before the commit. ``tpc_finish`` only renames into
+    ``new/`` and fsyncs the directory; it never raises. ``abort``/``tpc_abort`` remove
+    the transaction's files from ``tmp/``, are idempotent and are silent after
+    ``tpc_finish``.
+    """
+
+    def __init__(self, queue: MessageQueue, transaction_manager: object) -> None:
+        self.queue = queue
+        self.transaction_manager = transaction_manager
+        self.queue_ids: list[str] = []
+        self._finished = False
+
+    def add(self, queue_id: str) -> None:
+        """Record a message written to ``tmp/`` in this transaction."""
+        self.queue_ids.append(queue_id)
+
+    def _discard(self, queue_ids: list[str]) -> None:
+        self.queue.discard_tmp(queue_ids)
+
+    def abort(self, transaction: object) -> None:
+        """Remove this transaction's messages from ``tmp/`` (any phase, any number of times)."""
+        if not self._finished:
+            self._discard(self.queue_ids)
+            self.queue_ids = []
+
+    def tpc_begin(self, transaction: object) -> None:
+        """Nothing to do: the messages are already durable in ``tmp/``."""
+
+    def commit(self, transaction: object) -> None:
+        """Nothing to do: the messages are already durable in ``tmp/``."""
+
+    def tpc_vote(self, transaction: object) -> None:
+        """Vote yes: every message was written and fsynced when it was sent."""
+
+    def tpc_finish(self, transaction: object) -> None:
+        """Publish: rename every message into ``new/`` and fsync it. Never raises."""
+        self._finished = True
+        try:
+            failures = self.queue.publish(self.queue_ids)
+        except Exception as exc:  # noqa: BLE001 - tpc_finish must not raise
+            failures = [(queue_id, exc) for queue_id in self.queue_ids]
+        for queue_id, exc in failures:
+            log.critical(
+                "transaction committed but queue id %s could not be published: %s; "
+                "the message is still in %s: move it into %s/new/ by hand to send it",
+                queue_id,
+                exc,
+                self.queue.tmp_path(queue_id),
+                self.queue.path,
+            )
+
+    def tpc_abort(self, transaction: object) -> None:
+        """Remove this transaction's messages from ``tmp/``; silent after ``tpc_finish``."""
+        self.abort(transaction)
+
+    def sortKey(self) -> str:  # noqa: N802 - the transaction API's name
+        """Sort before zope.sqlalchemy (``~sqlalchemy``); see :data:`SORT_KEY_PREFIX`."""
+        return f"{SORT_KEY_PREFIX}:{id(self)}"
+
+    def savepoint(self) -> _Savepoint:
+        """Remember which messages exist now, so a rollback removes the later ones."""
+        return _Savepoint(self, len(self.queue_ids))
+
+
+class _Savepoint:
+    def __init__(self, manager: MailDataManager, count: int) -> None:
+        self.manager = manager
+        self.count = count
+
+    def rollback(self) -> None:
+        later = self.manager.queue_ids[self.count :]
+        del self.manager.queue_ids[self.count :]
+        self.manager._discard(later)

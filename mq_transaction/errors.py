@@ -1,0 +1,48 @@
+"""The exceptions this project raises to its users."""
+
+from __future__ import annotations
+
+
+class MailQueueError(Exception):
+    """Base class of every error raised by mq_transaction and mq_pyramid."""
+
+
+class InvalidMessageError(MailQueueError, ValueError):
+    """The message given to ``send()``/``enqueue()`` cannot be queued as it is."""
+
+
+class InvalidAddressError(InvalidMessageError):
+    """An envelope address is malformed; the message names the bad value."""
+
+
+class NoRecipientsError(InvalidMessageError):
+    """Neither ``recipients=`` nor the To/Cc/Bcc headers name anyone to send to."""
+
+
+class NoSenderError(InvalidMessageError):
+    """No envelope sender: pass ``sender=``, set ``default_sender`` or a From header."""
+
+
+class NoTransactionError(MailQueueError):
+    """``send()`` was called with no active transaction in an explicit manager."""
+
+
+class QueueWriteError(MailQueueError, OSError):
+    """Writing a message to the queue failed (full disk, I/O error, failed fsync)."""
+
+
+class CorruptMessageError(MailQueueError):
+    """A queue file is truncated, foreign or fails its checksum."""
+
+
+class ConfigurationError(MailQueueError, ValueError):
+    """A setting is missing or has a bad value; the message names the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: {problem}")
+
+
+class UnknownQueueIdError(MailQueueError, LookupError):
+    """An id given to the operator tool is not a message of this queue."""

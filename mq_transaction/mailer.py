@@ -1,0 +1,83 @@
+"""``QueuedMailer``: the object applications call to queue mail."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import transaction
+from transaction.interfaces import NoTransaction
+from zope.interface import implementer
+
+from .datamanager import MailDataManager
+from .errors import NoTransactionError
+from .interfaces import IMailer
+from .prepare import PreparedMessage, prepare_message
+from .queue import MessageQueue
+from .queuefile import Envelope
+
+
+@implementer(IMailer)
+class QueuedMailer:
+    """Queue messages in a :class:`MessageQueue`, inside a transaction or at once.
+
+    ``queue`` is a :class:`MessageQueue` or a directory path. ``transaction_manager``
+    is the manager whose transactions ``send()`` joins (default: ``transaction.manager``,
+    the thread-local one). ``default_sender`` is the envelope sender when ``send()`` is
+    given none.
+    """
+
+    def __init__(
+        self,
+        queue: MessageQueue | str | os.PathLike,
+        transaction_manager: transaction.interfaces.ITransactionManager | None = None,
+        default_sender: str | None = None,
+    ) -> None:
+        self.queue = queue if isinstance(queue, MessageQueue) else MessageQueue(queue)
+        self.transaction_manager = transaction_manager or transaction.manager
+        self.default_sender = default_sender
+
+    def prepare(self, message: object, sender: str | None = None, recipients: object = None) -> PreparedMessage:
+        """Validate and return what would be queued, without queueing it."""
+        return prepare_message(message, sender, recipients, self.default_sender)
+
+    def send(self, message: object, sender: str | None = None, recipients: object = None) -> str:
+        """Queue ``message`` in the current transaction; return its queue id.
+
+        The message is written durably to ``tmp/`` now (a full disk raises here) and
+        becomes deliverable only when the transaction commits; an abort removes it.
+        """
+        prepared = self.prepare(message, sender, recipients)
+        manager = self._join()
+        queue_id = self.queue.write_tmp(_envelope(prepared), prepared.message)
+        manager.add(queue_id)
+        return queue_id
+
+    def enqueue(self, message: object, sender: str | None = None, recipients: object = None) -> str:
+        """Queue ``message`` durably at once, whatever the transaction does; return its id."""
+        prepared = self.prepare(message, sender, recipients)
+        return self.queue.enqueue(_envelope(prepared), prepared.message)
+
+    def _join(self) -> MailDataManager:
+        try:
+            txn = self.transaction_manager.get()
+        except NoTransaction:
+            raise NoTransactionError(
+                "send() needs an active transaction: call transaction_manager.begin() first, "
+                "or use enqueue() to queue without one"
+            ) from None
+        status = str(getattr(txn, "status", "Active"))
+        if status not in ("Active", "Doomed"):
+            raise NoTransactionError(f"send() cannot join a transaction that is {status.lower()}")
+        try:
+            return txn.data(self)
+        except KeyError:
+            pass
+        manager = MailDataManager(self.queue, self.transaction_manager)
+        txn.join(manager)
+        txn.set_data(self, manager)
+        return manager
+
+
+def _envelope(prepared: PreparedMessage) -> Envelope:
+    return Envelope.new(prepared.sender, prepared.recipients, time.time(), prepared.message_id)

@@ -1,0 +1,198 @@
+"""Turn what the application passes to ``send()`` into exact bytes and a checked envelope.
+
+The only changes ever made to a message: a ``Message-ID`` header is added when it has
+none, a ``Date`` header when it has none (both prepended, in the message's own line
+ending), and the ``Bcc`` header is removed when the recipients were taken from the
+headers. Every other byte is kept exactly as given.
+"""
+
+from __future__ import annotations
+
+import email.message
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from email.parser import HeaderParser
+from email.utils import formatdate
+
+from .addresses import addresses_from_headers, envelope_address
+from .errors import InvalidMessageError, NoRecipientsError, NoSenderError
+
+
+@dataclass(frozen=True)
+class PreparedMessage:
+    """A message ready for the queue: its final bytes and its envelope."""
+
+    message: bytes
+    sender: str
+    recipients: tuple[str, ...]
+    message_id: str
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str  # lower-case header name
+    start: int
+    end: int
+
+
+def _header_fields(data: bytes) -> tuple[list[_Field], int]:
+    """Return the header fields of ``data`` and the offset where the header block ends."""
+    fields: list[_Field] = []
+    pos = 0
+    size = len(data)
+    while pos < size:
+        newline = data.find(b"\n", pos)
+        end = size if newline < 0 else newline + 1
+        line = data[pos:end]
+        if line in (b"\n", b"\r\n"):
+            break
+        if line[:1] in (b" ", b"\t") and fields:
+            last = fields[-1]
+            fields[-1] = _Field(last.name, last.start, end)
+        else:
+            colon = line.find(b":")
+            if colon <= 0:
+                break  # not a header line: the body starts here (no blank line)
+            fields.append(_Field(line[:colon].strip().lower().decode("ascii", "replace"), pos, end))
+        pos = end
+    return fields, pos
+
+
+def _values(data: bytes, fields: list[_Field], name: str) -> list[str]:
+    values = []
+    for field in fields:
+        if field.name == name:
+            raw = data[field.start : field.end].decode("utf-8", "surrogateescape")
+            parsed = HeaderParser().parsestr(raw + "\n", headersonly=True)
+            values.extend(str(v) for v in parsed.get_all(name, []))
+    return values
+
+
+def message_bytes(message: object) -> bytes:
+    """Return the bytes of a message given as bytes, str, Message or ``to_message()`` object."""
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        return bytes(message)
+    if isinstance(message, str):
+        try:
+            return message.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidMessageError(f"message text cannot be encoded as UTF-8: {exc}") from None
+    if hasattr(message, "to_message") and not isinstance(message, email.message.Message):
+        return message_bytes(message.to_message())
+    if isinstance(message, email.message.Message):
+        try:
+            return message.as_bytes()
+        except (UnicodeError, LookupError, TypeError, ValueError) as exc:
+            raise InvalidMessageError(f"message cannot be serialised: {exc}") from None
+    raise TypeError(
+        "message must be bytes, str, an email.message.Message/EmailMessage or an object "
+        f"with a to_message() method (such as pyramid_mailer's Message), not {type(message).__name__}"
+    )
+
+
+def _object_envelope(message: object) -> tuple[str | None, list[str] | None]:
+    """Envelope defaults carried by a pyramid_mailer-style object (``sender``, ``send_to``)."""
+    if isinstance(message, (bytes, str, email.message.Message)) or not hasattr(
+        message, "to_message"
+    ):
+        return None, None
+    sender = getattr(message, "sender", None)
+    recipients = None
+    if hasattr(message, "send_to"):
+        ordered: list[str] = []
+        for attribute in ("recipients", "cc", "bcc"):
+            for address in getattr(message, attribute, None) or ():
+                if address not in ordered:
+                    ordered.append(address)
+        recipients = ordered or list(message.send_to)
+    return sender, recipients
+
+
+_hostname: str | None = None
+
+
+def _id_domain(sender: str) -> str:
+    global _hostname
+    domain = sender.rpartition("@")[2]
+    if domain.isascii() and not domain.startswith("["):
+        return domain
+    if _hostname is None:
+        _hostname = socket.gethostname() or "localhost"
+    return _hostname
+
+
+def prepare_message(
+    message: object,
+    sender: str | None = None,
+    recipients: list[str] | tuple[str, ...] | str | None = None,
+    default_sender: str | None = None,
+) -> PreparedMessage:
+    """Validate ``message`` and its envelope and return what the queue stores.
+
+    Raises ``TypeError`` for an unsupported message type and a
+    :class:`~mq_transaction.errors.InvalidMessageError` subclass (also a ``ValueError``)
+    naming the bad value for a missing or malformed sender or recipient.
+    """
+    object_sender, object_recipients = _object_envelope(message)
+    data = message_bytes(message)
+    fields, header_end = _header_fields(data)
+
+    if sender is None:
+        sender = default_sender or object_sender
+    if sender is None:
+        found = addresses_from_headers(_values(data, fields, "sender"), "Sender") or (
+            addresses_from_headers(_values(data, fields, "from"), "From")
+        )
+        if not found:
+            raise NoSenderError(
+                "no envelope sender: pass sender=, set default_sender or give the message a From header"
+            )
+        sender = found[0]
+    else:
+        sender = envelope_address(sender, "sender")
+
+    strip_bcc = False
+    if recipients is None and object_recipients is not None:
+        recipients = object_recipients
+    if recipients is None:
+        found = []
+        for name, header in (("to", "To"), ("cc", "Cc"), ("bcc", "Bcc")):
+            for address in addresses_from_headers(_values(data, fields, name), header):
+                if address not in found:
+                    found.append(address)
+        recipients = found
+        strip_bcc = True
+    else:
+        if isinstance(recipients, str):
+            recipients = [recipients]
+        unique: list[str] = []
+        for value in recipients:
+            address = envelope_address(value, "recipient")
+            if address not in unique:
+                unique.append(address)
+        recipients = unique
+    if not recipients:
+        raise NoRecipientsError("no recipients: pass recipients= or give To, Cc or Bcc headers")
+
+    message_id = ""
+    for value in _values(data, fields, "message-id"):
+        message_id = value.strip()
+        break
+    has_date = any(field.name == "date" for field in fields)
+
+    if strip_bcc and any(field.name == "bcc" for field in fields):
+        kept = [data[f.start : f.end] for f in fields if f.name != "bcc"]
+        data = b"".join(kept) + data[header_end:]
+    added = []
+    if not message_id:
+        message_id = f"<{time.time_ns():x}.{secrets.token_hex(8)}@{_id_domain(sender)}>"
+        added.append(b"Message-ID: " + message_id.encode("ascii"))
+    if not has_date:
+        added.append(b"Date: " + formatdate(usegmt=True).encode("ascii"))
+    if added:
+        first_newline = data.find(b"\n")
+        eol = b"\r\n" if first_newline > 0 and data[first_newline - 1 : first_newline] == b"\r" else b"\n"
+        data = b"".join(header + eol for header in added) + data
+    return PreparedMessage(data, sender, tuple(recipients), message_id)

@@ -1,0 +1,502 @@
+"""The queue directory: its layout, and every transition of a message between states.
+
+This is the only module that builds paths inside a queue. Each state is a directory,
+each transition one atomic ``rename`` (or ``unlink``) followed by an ``fsync`` of the
+directory. See ``docs/queue.md`` for the table this module mirrors name for name.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import re
+import secrets
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from . import queuefile
+from .errors import CorruptMessageError, QueueWriteError, UnknownQueueIdError
+from .queuefile import Envelope
+
+log = logging.getLogger("mq_transaction.queue")
+
+# State name -> directory name. ``tmp`` holds uncommitted messages and is not a state
+# that the sender or the operator tool ever reads.
+TMP = "tmp"
+QUEUED, SENDING, DEFERRED, HELD, FAILED, CORRUPT = (
+    "queued",
+    "sending",
+    "deferred",
+    "held",
+    "failed",
+    "corrupt",
+)
+STATE_DIRS = {
+    QUEUED: "new",
+    SENDING: "sending",
+    DEFERRED: "deferred",
+    HELD: "hold",
+    FAILED: "failed",
+    CORRUPT: "corrupt",
+}
+STATES = tuple(STATE_DIRS)
+
+#: A queue id: UTC time of queueing to the microsecond, then 10 random hex digits.
+QUEUE_ID = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{10}$")
+
+
+def new_queue_id(now: float | None = None) -> str:
+    """Return a fresh, time-ordered queue id such as ``20261128T151136123456Z-9f3a2b1c0d``."""
+    now = time.time() if now is None else now
+    whole = int(now)
+    micro = int((now - whole) * 1_000_000)
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(whole)) + f"{micro:06d}Z-{secrets.token_hex(5)}"
+
+
+def is_queue_id(value: str) -> bool:
+    """True when ``value`` has the form of a queue id (so it cannot name a path)."""
+    return bool(QUEUE_ID.match(value))
+
+
+@dataclass
+class Claim:
+    """A message this process holds in ``sending/``, locked until it moves on."""
+
+    queue_id: str
+    envelope: Envelope
+    message: bytes
+    _fds: list[int]
+
+    def release(self) -> None:
+        """Close the claim's file descriptors (dropping its locks)."""
+        while self._fds:
+            os.close(self._fds.pop())
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A message found in a state directory, as the operator tool lists it."""
+
+    queue_id: str
+    state: str
+    mtime: float
+    size: int
+
+
+class MessageQueue:
+    """A maildir-style queue directory.
+
+    ``MessageQueue(path)`` creates the layout when missing. ``group_access=True`` makes
+    directories 0770 and files 0660 (for a web app and a sender running as different
+    users in one group); the default is 0700 and 0600. ``fsync=False`` skips every
+    fsync, for development and test suites only: a crash may then lose mail.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, group_access: bool = False, fsync: bool = True) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self.fsync = fsync
+        self.group_access = group_access
+        self.dir_mode = 0o770 if group_access else 0o700
+        self.file_mode = 0o660 if group_access else 0o600
+        self._dirs = {name: os.path.join(self.path, name) for name in (TMP, *STATE_DIRS.values())}
+        for directory in (self.path, *self._dirs.values()):
+            try:
+                os.mkdir(directory, self.dir_mode)
+            except FileExistsError:
+                if not os.path.isdir(directory):
+                    raise QueueWriteError(f"queue path {directory} exists and is not a directory") from None
+                continue
+            except OSError as exc:
+                raise QueueWriteError(f"cannot create queue directory {directory}: {exc.strerror}") from exc
+            os.chmod(directory, self.dir_mode)
+
+    def __repr__(self) -> str:
+        return f"MessageQueue({self.path!r})"
+
+    # -- paths (private: no other module builds them) -------------------------------
+
+    def _state_dir(self, state: str) -> str:
+        return self._dirs[STATE_DIRS[state]]
+
+    def _file(self, state: str, queue_id: str) -> str:
+        return os.path.join(self._dirs[TMP if state == TMP else STATE_DIRS[state]], queue_id)
+
+    def _sync_dir(self, directory: str) -> None:
+        if not self.fsync:
+            return
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def check_writable(self) -> None:
+        """Raise :class:`QueueWriteError` unless this process can write every state directory."""
+        for directory in self._dirs.values():
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise QueueWriteError(f"queue directory {directory} is not writable by this user")
+
+    # -- writing: tmp -> new -----------------------------------------------------------
+
+    def _write_new_file(self, path: str, content: bytes, mtime: float | None = None, lock: bool = False) -> int:
+        """Create ``path`` exclusively, write and fsync ``content``; return the open fd."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.file_mode)
+        except OSError as exc:
+            raise QueueWriteError(f"cannot create {path}: {exc.strerror}") from exc
+        try:
+            if lock:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if self.group_access:
+                os.fchmod(fd, self.file_mode)
+            view = memoryview(content)
+            while view:
+                written = os.write(fd, view)
+                if written <= 0:
+                    raise OSError(errno.EIO, "short write")
+                view = view[written:]
+            if mtime is not None:
+                os.utime(fd, (mtime, mtime))
+            if self.fsync:
+                os.fsync(fd)
+        except OSError as exc:
+            os.close(fd)
+            _unlink_quietly(path)
+            raise QueueWriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        return fd
+
+    def write_tmp(self, envelope: Envelope, message: bytes) -> str:
+        """Write a message durably into ``tmp/`` and return its new queue id."""
+        content = queuefile.encode(envelope, message)
+        while True:
+            queue_id = new_queue_id(envelope.queued_at)
+            try:
+                os.close(self._write_new_file(self._file(TMP, queue_id), content))
+                return queue_id
+            except QueueWriteError as exc:
+                if isinstance(exc.__cause__, FileExistsError):
+                    continue
+                raise
+
+    def publish(self, queue_ids: list[str]) -> list[tuple[str, OSError]]:
+        """Move committed messages from ``tmp/`` to ``new/`` (the commit), then fsync ``new/``.
+
+        Never raises: returns ``(queue id, error)`` for each message that could not be
+        published, so the caller can report it.
+        """
+        failures: list[tuple[str, OSError]] = []
+        for queue_id in queue_ids:
+            try:
+                os.rename(self._file(TMP, queue_id), self._file(QUEUED, queue_id))
+            except OSError as exc:
+                failures.append((queue_id, exc))
+        try:
+            self._sync_dir(self._state_dir(QUEUED))
+        except OSError as exc:
+            failures.extend((queue_id, exc) for queue_id in queue_ids)
+        return failures
+
+    def tmp_path(self, queue_id: str) -> str:
+        """Where an uncommitted message lies (for error reports that help recovery)."""
+        return self._file(TMP, queue_id)
+
+    def discard_tmp(self, queue_ids: list[str]) -> None:
+        """Remove uncommitted messages from ``tmp/`` (the abort); missing files are fine."""
+        for queue_id in queue_ids:
+            _unlink_quietly(self._file(TMP, queue_id))
+
+    def enqueue(self, envelope: Envelope, message: bytes) -> str:
+        """Write a message and publish it at once (no transaction); return its queue id."""
+        queue_id = self.write_tmp(envelope, message)
+        for _queue_id, exc in self.publish([queue_id]):
+            self.discard_tmp([queue_id])
+            raise QueueWriteError(f"cannot publish queue id {queue_id}: {exc.strerror or exc}") from exc
+        return queue_id
+
+    def cleanup_tmp(self, max_age: float, now: float | None = None) -> list[str]:
+        """Remove files older than ``max_age`` seconds from ``tmp/``, and stale rewrite files.
+
+        These are the leftovers of processes killed mid-request or mid-rewrite; nothing
+        else ever removes mail. Returns the names removed.
+        """
+        now = time.time() if now is None else now
+        removed = []
+        for directory in self._dirs.values():
+            in_tmp = directory == self._dirs[TMP]
+            for entry in _scan(directory, dotfiles=True):
+                if not in_tmp and not entry.name.startswith("."):
+                    continue
+                try:
+                    if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime > max_age:
+                        os.unlink(entry.path)
+                        removed.append(entry.name)
+                        log.info("removed stale file %s (older than %.0fs)", entry.path, max_age)
+                except FileNotFoundError:
+                    continue
+        return removed
+
+    # -- the sender's side ---------------------------------------------------------------
+
+    def recover_stale_claims(self) -> list[str]:
+        """Move messages whose sending process died from ``sending/`` back to ``new/``.
+
+        A live sender holds an ``flock`` on its claimed file; the lock dies with the
+        process, so an unlocked file in ``sending/`` is an orphan.
+        """
+        recovered = []
+        for entry in _scan(self._state_dir(SENDING)):
+            fd = _open_locked(entry.path)
+            if fd is None:
+                continue
+            try:
+                if _same_file(fd, entry.path):
+                    os.rename(entry.path, self._file(QUEUED, entry.name))
+                    recovered.append(entry.name)
+                    log.warning("queue id %s: its sender died mid-delivery; back in the queue", entry.name)
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(fd)
+        if recovered:
+            self._sync_dir(self._state_dir(QUEUED))
+            self._sync_dir(self._state_dir(SENDING))
+        return recovered
+
+    def due(self, now: float | None = None, flush: bool = False) -> list[str]:
+        """Queue ids of messages due for delivery, oldest first: all of ``new/`` and the
+        deferred ones whose retry time has come (all deferred ones with ``flush``)."""
+        now = time.time() if now is None else now
+        ids = [e.name for e in _scan(self._state_dir(QUEUED))]
+        for entry in _scan(self._state_dir(DEFERRED)):
+            try:
+                if flush or entry.stat().st_mtime <= now:
+                    ids.append(entry.name)
+            except FileNotFoundError:
+                continue
+        ids.sort()
+        return ids
+
+    def next_retry_time(self) -> float | None:
+        """The earliest retry time among deferred messages, or None when there are none."""
+        times = []
+        for entry in _scan(self._state_dir(DEFERRED)):
+            try:
+                times.append(entry.stat().st_mtime)
+            except FileNotFoundError:
+                continue
+        return min(times, default=None)
+
+    def claim(self, queue_id: str) -> Claim | None:
+        """Claim a due message: lock it, move it to ``sending/`` and read it.
+
+        Returns None when another sender got it first. Raises
+        :class:`CorruptMessageError` (after moving the file to ``corrupt/``) when the
+        file cannot be decoded.
+        """
+        target = self._file(SENDING, queue_id)
+        for state in (QUEUED, DEFERRED):
+            source = self._file(state, queue_id)
+            fd = _open_locked(source)
+            if fd is None:
+                continue
+            try:
+                os.rename(source, target)
+            except FileNotFoundError:
+                os.close(fd)  # another sender moved it between our open and rename
+                continue
+            try:
+                content = _read_all(fd)
+                envelope, message = queuefile.decode(content)
+            except (CorruptMessageError, OSError) as exc:
+                os.close(fd)
+                self._move(queue_id, SENDING, CORRUPT)
+                raise CorruptMessageError(f"queue id {queue_id}: {exc}; moved to corrupt") from exc
+            return Claim(queue_id, envelope, message, [fd])
+        return None
+
+    def _rewrite(self, claim: Claim, state: str, mtime: float | None = None) -> None:
+        """Replace the claimed file in ``state`` with one holding the claim's new envelope.
+
+        The replacement is locked before it is published, so a sweeper never mistakes it
+        for an orphan.
+        """
+        path = self._file(state, claim.queue_id)
+        scratch = os.path.join(os.path.dirname(path), f".{claim.queue_id}.rewrite")
+        _unlink_quietly(scratch)
+        fd = self._write_new_file(scratch, queuefile.encode(claim.envelope, claim.message), mtime, lock=True)
+        claim._fds.append(fd)
+        os.rename(scratch, path)
+
+    def _move(self, queue_id: str, source: str, target: str, mtime: float | None = None) -> None:
+        source_path = self._file(source, queue_id)
+        target_path = self._file(target, queue_id)
+        if mtime is not None:
+            os.utime(source_path, (mtime, mtime))
+        os.rename(source_path, target_path)
+        self._sync_dir(self._state_dir(target))
+        self._sync_dir(self._state_dir(source))
+
+    def finish_delivered(self, claim: Claim) -> None:
+        """The message reached every recipient: remove it, durably, at once."""
+        os.unlink(self._file(SENDING, claim.queue_id))
+        self._sync_dir(self._state_dir(SENDING))
+        claim.release()
+
+    def finish_deferred(self, claim: Claim, next_attempt: float) -> None:
+        """Some recipients are still to be tried: store the envelope, move to ``deferred/``.
+
+        The file's mtime is its next attempt time.
+        """
+        claim.envelope.next_attempt = next_attempt
+        self._rewrite(claim, SENDING, mtime=next_attempt)
+        self._move(claim.queue_id, SENDING, DEFERRED)
+        claim.release()
+
+    def finish_failed(self, claim: Claim) -> None:
+        """A recipient was refused for good or the message expired: move to ``failed/``."""
+        claim.envelope.next_attempt = None
+        self._rewrite(claim, SENDING)
+        self._move(claim.queue_id, SENDING, FAILED)
+        claim.release()
+
+    def unclaim(self, claim: Claim, envelope_changed: bool = False) -> None:
+        """Give a claimed message back to ``new/`` untouched in its schedule (server-level
+        failure, or shutdown before it was tried)."""
+        if envelope_changed:
+            self._rewrite(claim, SENDING)
+        self._move(claim.queue_id, SENDING, QUEUED)
+        claim.release()
+
+    # -- the operator's side -----------------------------------------------------------
+
+    def entries(self, state: str | None = None) -> Iterator[Entry]:
+        """Every message in ``state`` (or in all states), oldest first within a state."""
+        for name in [state] if state else STATES:
+            found = []
+            for entry in _scan(self._state_dir(name)):
+                try:
+                    info = entry.stat()
+                except FileNotFoundError:
+                    continue
+                found.append(Entry(entry.name, name, info.st_mtime, info.st_size))
+            yield from sorted(found, key=lambda e: e.queue_id)
+
+    def find(self, queue_id: str) -> Entry:
+        """Return the entry for ``queue_id``, or raise :class:`UnknownQueueIdError`."""
+        if not isinstance(queue_id, str) or not is_queue_id(queue_id):
+            raise UnknownQueueIdError(f"{queue_id!r} is not a queue id (expected e.g. 20261128T151136123456Z-9f3a2b1c0d)")
+        for state in STATES:
+            try:
+                info = os.stat(self._file(state, queue_id), follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                return Entry(queue_id, state, info.st_mtime, info.st_size)
+        raise UnknownQueueIdError(f"queue id {queue_id} is not in the queue at {self.path}")
+
+    def read(self, entry: Entry) -> tuple[Envelope, bytes]:
+        """Return the envelope and message of a listed entry (raises ``CorruptMessageError``)."""
+        with open(self._file(entry.state, entry.queue_id), "rb") as handle:
+            return queuefile.decode(handle.read())
+
+    def read_raw(self, entry: Entry) -> bytes:
+        """Return a listed entry's file content as it is on disk."""
+        with open(self._file(entry.state, entry.queue_id), "rb") as handle:
+            return handle.read()
+
+    def lock(self, entry: Entry) -> Claim | None:
+        """Lock a message where it lies (for the operator tool); None when a sender holds it."""
+        fd = _open_locked(self._file(entry.state, entry.queue_id))
+        if fd is None:
+            return None
+        try:
+            envelope, message = queuefile.decode(_read_all(fd)) if entry.state != CORRUPT else (None, b"")
+        except CorruptMessageError:
+            envelope, message = None, b""
+        return Claim(entry.queue_id, envelope, message, [fd])  # type: ignore[arg-type]
+
+    def operator_move(self, claim: Claim, source: str, target: str, mtime: float | None = None, rewrite: bool = False) -> None:
+        """Move a locked message between states on an operator's request."""
+        if rewrite:
+            self._rewrite(claim, source, mtime)
+        self._move(claim.queue_id, source, target, mtime)
+        claim.release()
+
+    def operator_remove(self, claim: Claim, state: str) -> None:
+        """Remove a locked message for good on an operator's request."""
+        os.unlink(self._file(state, claim.queue_id))
+        self._sync_dir(self._state_dir(state))
+        claim.release()
+
+    def daemon_lock_path(self) -> str:
+        """The path of the lock file that allows one daemon per queue."""
+        return os.path.join(self.path, ".daemon.lock")
+
+    def state_dir_for_watching(self, state: str = QUEUED) -> str:
+        """The directory to watch for new committed mail (for the daemon's inotify)."""
+        return self._state_dir(state)
+
+
+def _scan(directory: str, dotfiles: bool = False) -> Iterator[os.DirEntry]:
+    """Regular files in ``directory``; dot-files and anything else are ignored."""
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") and not dotfiles:
+                    continue
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        yield entry
+                except OSError:
+                    continue
+    except FileNotFoundError:
+        return
+
+
+def _open_locked(path: str) -> int | None:
+    """Open ``path`` and take its exclusive lock without waiting; None if missing or held."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except (FileNotFoundError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    if not _same_file(fd, path):
+        os.close(fd)  # replaced or moved while we were locking it
+        return None
+    return fd
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) and stat.S_ISREG(b.st_mode)
+
+
+def _read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    chunks = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, max(size - offset, 65536), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

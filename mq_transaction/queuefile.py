@@ -1,0 +1,158 @@
+"""The on-disk format of one queued message: a checked envelope, then the exact message.
+
+A queue file is::
+
+    MQUEUE 1 <envelope length> <message length> <crc32 of envelope and message>\\n
+    <envelope: one line of JSON>\\n
+    <the message, byte for byte as it will be sent>
+
+The first line names the format and its version; the lengths and the CRC-32 make a
+truncated, padded, foreign or damaged file recognisable as corrupt before anything is
+sent. The envelope never lives in the message's own headers, and the message is
+contiguous, so ``tail``, ``less`` and ``grep`` work on a queued message.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field
+
+from .durations import iso_utc, parse_iso_utc
+from .errors import CorruptMessageError
+
+MAGIC = b"MQUEUE"
+VERSION = 1
+MAX_FIRST_LINE = 96
+
+#: Recipient states stored in the envelope.
+PENDING, DELIVERED, DEFERRED, FAILED = "pending", "delivered", "deferred", "failed"
+RECIPIENT_STATUSES = (PENDING, DELIVERED, DEFERRED, FAILED)
+
+
+@dataclass
+class Recipient:
+    """One envelope recipient and what became of it."""
+
+    address: str
+    status: str = PENDING
+    reply: str | None = None  # the last reply for this recipient, e.g. "550 5.1.1 No such user"
+
+    @property
+    def undelivered(self) -> bool:
+        """True while the message still has to go to this recipient."""
+        return self.status in (PENDING, DEFERRED)
+
+
+@dataclass
+class Envelope:
+    """The envelope and delivery record of one queued message."""
+
+    sender: str
+    recipients: list[Recipient]
+    queued_at: float
+    message_id: str = ""
+    attempts: list[dict] = field(default_factory=list)
+    failure_reason: str | None = None  # "rejected" or "expired" once the message failed
+    next_attempt: float | None = None
+
+    @classmethod
+    def new(cls, sender: str, recipients: tuple[str, ...] | list[str], queued_at: float, message_id: str) -> Envelope:
+        """Return the envelope of a freshly queued message."""
+        return cls(sender, [Recipient(a) for a in recipients], queued_at, message_id)
+
+    def undelivered(self) -> list[Recipient]:
+        """The recipients the message still has to reach (pending or deferred)."""
+        return [r for r in self.recipients if r.undelivered]
+
+    def to_json(self) -> bytes:
+        """Serialise to one line of JSON (times as ISO 8601 UTC)."""
+        data = {
+            "sender": self.sender,
+            "recipients": [
+                {"address": r.address, "status": r.status, "reply": r.reply} for r in self.recipients
+            ],
+            "queued_at": iso_utc(self.queued_at),
+            "message_id": self.message_id,
+            "attempts": self.attempts,
+            "failure_reason": self.failure_reason,
+            "next_attempt": None if self.next_attempt is None else iso_utc(self.next_attempt),
+        }
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Envelope:
+        """Parse an envelope; raise :class:`CorruptMessageError` when it is malformed."""
+        try:
+            data = json.loads(raw.decode("utf-8"))
+            recipients = [
+                Recipient(str(r["address"]), str(r["status"]), r.get("reply"))
+                for r in data["recipients"]
+            ]
+            if not recipients or any(r.status not in RECIPIENT_STATUSES for r in recipients):
+                raise ValueError("bad recipient list")
+            attempts = data.get("attempts") or []
+            if not isinstance(attempts, list):
+                raise ValueError("bad attempts")
+            next_attempt = data.get("next_attempt")
+            return cls(
+                sender=str(data["sender"]),
+                recipients=recipients,
+                queued_at=parse_iso_utc(data["queued_at"]),
+                message_id=str(data.get("message_id") or ""),
+                attempts=attempts,
+                failure_reason=data.get("failure_reason"),
+                next_attempt=None if next_attempt is None else parse_iso_utc(next_attempt),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+            raise CorruptMessageError(f"envelope is malformed: {exc}") from None
+
+
+def encode(envelope: Envelope, message: bytes) -> bytes:
+    """Return the complete file content for ``envelope`` and ``message``."""
+    env = envelope.to_json()
+    crc = zlib.crc32(message, zlib.crc32(env))
+    head = b"%s %d %d %d %08x\n" % (MAGIC, VERSION, len(env), len(message), crc)
+    return b"".join((head, env, b"\n", message))
+
+
+def decode(content: bytes) -> tuple[Envelope, bytes]:
+    """Return ``(envelope, message)`` from a file's content, or raise ``CorruptMessageError``."""
+    newline = content.find(b"\n", 0, MAX_FIRST_LINE)
+    if newline < 0 or not content.startswith(MAGIC + b" "):
+        raise CorruptMessageError("not a queue file (no MQUEUE header line)")
+    parts = content[:newline].split(b" ")
+    try:
+        if len(parts) != 5:
+            raise ValueError
+        version, env_len, msg_len, crc = int(parts[1]), int(parts[2]), int(parts[3]), int(parts[4], 16)
+    except ValueError:
+        raise CorruptMessageError("queue file header line is malformed") from None
+    if version != VERSION:
+        raise CorruptMessageError(f"queue file format version {version} is not supported (this is {VERSION})")
+    start = newline + 1
+    if len(content) != start + env_len + 1 + msg_len:
+        raise CorruptMessageError(
+            f"queue file is {len(content)} bytes, its header says {start + env_len + 1 + msg_len} (truncated?)"
+        )
+    env = content[start : start + env_len]
+    message = content[start + env_len + 1 :]
+    if content[start + env_len : start + env_len + 1] != b"\n" or zlib.crc32(message, zlib.crc32(env)) != crc:
+        raise CorruptMessageError("queue file fails its checksum (damaged)")
+    return Envelope.from_json(env), message
+
+
+def decode_envelope_only(head: bytes) -> Envelope:
+    """Parse just the envelope from the first bytes of a file (no checksum); for listings."""
+    newline = head.find(b"\n", 0, MAX_FIRST_LINE)
+    parts = head[:newline].split(b" ") if newline > 0 else []
+    if len(parts) != 5 or parts[0] != MAGIC:
+        raise CorruptMessageError("not a queue file (no MQUEUE header line)")
+    try:
+        env_len = int(parts[2])
+    except ValueError:
+        raise CorruptMessageError("queue file header line is malformed") from None
+    env = head[newline + 1 : newline + 1 + env_len]
+    if len(env) != env_len:
+        raise CorruptMessageError("queue file is truncated")
+    return Envelope.from_json(env)

@@ -1,0 +1,48 @@
+"""Packaging for mq_transaction and mq_pyramid."""
+
+from setuptools import find_packages, setup
+
+TESTS_REQUIRE = [
+    "pytest",
+    "aiosmtpd",
+    "WebTest",
+    "ruff",
+    "pyramid_tm",
+    "pyramid_retry",
+    "SQLAlchemy",
+    "zope.sqlalchemy",
+    "pyramid_mailer",
+    "prometheus_client",
+]
+BENCH_REQUIRE = ["zope.sendmail", "aiosmtpd"]
+
+setup(
+    name="mq_transaction",
+    version="0.1.0",
+    description="A transactional, persistent outgoing mail queue for Python web applications",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["mq_transaction", "mq_transaction.*", "mq_pyramid", "mq_pyramid.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "transaction>=3",
+        "zope.interface",
+        "plaster_pastedeploy",
+    ],
+    extras_require={
+        "pyramid": ["pyramid>=2", "waitress"],
+        "test": ["pyramid>=2", "waitress", *TESTS_REQUIRE],
+        "bench": BENCH_REQUIRE,
+    },
+    entry_points={
+        "console_scripts": [
+            "mq-send = mq_transaction.cli_send:main",
+            "mq-queue = mq_transaction.cli_queue:main",
+        ],
+    },
+    classifiers=[
+        "Framework :: Pyramid",
+        "Programming Language :: Python :: 3",
+        "Topic :: Communications :: Email",
+    ],
+)
