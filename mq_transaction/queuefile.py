@@ -57,7 +57,9 @@ class Envelope:
     next_attempt: float | None = None
 
     @classmethod
-    def new(cls, sender: str, recipients: tuple[str, ...] | list[str], queued_at: float, message_id: str) -> Envelope:
+    def new(
+        cls, sender: str, recipients: tuple[str, ...] | list[str], queued_at: float, message_id: str
+    ) -> Envelope:
         """Return the envelope of a freshly queued message."""
         return cls(sender, [Recipient(a) for a in recipients], queued_at, message_id)
 
@@ -86,8 +88,7 @@ class Envelope:
         try:
             data = json.loads(raw.decode("utf-8"))
             recipients = [
-                Recipient(str(r["address"]), str(r["status"]), r.get("reply"))
-                for r in data["recipients"]
+                Recipient(str(r["address"]), str(r["status"]), r.get("reply")) for r in data["recipients"]
             ]
             if not recipients or any(r.status not in RECIPIENT_STATUSES for r in recipients):
                 raise ValueError("bad recipient list")
@@ -132,9 +133,8 @@ def decode(content: bytes) -> tuple[Envelope, bytes]:
         raise CorruptMessageError(f"queue file format version {version} is not supported (this is {VERSION})")
     start = newline + 1
     if len(content) != start + env_len + 1 + msg_len:
-        raise CorruptMessageError(
-            f"queue file is {len(content)} bytes, its header says {start + env_len + 1 + msg_len} (truncated?)"
-        )
+        expected = start + env_len + 1 + msg_len
+        raise CorruptMessageError(f"queue file is {len(content)} bytes, header says {expected}: truncated")
     env = content[start : start + env_len]
     message = content[start + env_len + 1 :]
     if content[start + env_len : start + env_len + 1] != b"\n" or zlib.crc32(message, zlib.crc32(env)) != crc:

@@ -1,0 +1,317 @@
+"""One delivery run over the queue: the engine behind ``mq-send`` (and its daemon).
+
+Usage in-process::
+
+    from mq_transaction.sender import Sender
+    result = Sender(settings).run()          # settings: mq_transaction.settings.Settings
+    result.exit_status                       # 0, 1 or 75, as mq-send exits
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .delivery_log import DeliveryLog
+from .durations import iso_utc
+from .errors import ConfigurationError, CorruptMessageError
+from .hooks import DeliveryEvent, Hooks, RecipientResult
+from .queue import Claim, MessageQueue
+from .queuefile import DEFERRED, DELIVERED, FAILED
+from .settings import Settings
+from .smtp import ConnectionLost, DialogMixin, Outcome, ServerConfig, ServerError, close_session, open_session
+
+log = logging.getLogger("mq_transaction.sender")
+
+EX_OK, EX_FAILED, EX_USAGE, EX_TEMPFAIL = 0, 1, 2, 75
+
+
+@dataclass
+class RunResult:
+    """What a run did; ``exit_status`` is mq-send's exit status."""
+
+    delivered: int = 0
+    deferred: int = 0
+    failed: int = 0
+    corrupt: int = 0
+    attempts: int = 0
+    connections: int = 0
+    recovered: int = 0
+    server_error: str | None = None
+    replies: dict[str, int] = field(default_factory=dict)  # reply class -> count, for metrics
+
+    @property
+    def exit_status(self) -> int:
+        """1 if any message failed or was corrupt, else 75 if any was deferred or the
+        server could not be used, else 0."""
+        if self.failed or self.corrupt:
+            return EX_FAILED
+        if self.deferred or self.server_error:
+            return EX_TEMPFAIL
+        return EX_OK
+
+
+def server_config(settings: Settings) -> ServerConfig:
+    """The SMTP server settings as the client needs them (reads the password file)."""
+    return ServerConfig(
+        host=settings.smtp_host,
+        port=settings.effective_port,
+        tls=settings.effective_tls,
+        timeout=settings.smtp_timeout,
+        data_timeout=settings.smtp_data_timeout,
+        tls_verify=settings.smtp_tls_verify,
+        ca_file=settings.smtp_ca_file,
+        username=settings.smtp_username,
+        password=settings.read_password(),
+        helo=settings.smtp_helo,
+        log_bodies=settings.smtp_log_bodies,
+    )
+
+
+def open_queue(settings: Settings) -> MessageQueue:
+    """The queue named by ``mq.queue_dir``, which must exist (ConfigurationError if not)."""
+    if not settings.queue_dir:
+        raise ConfigurationError("mq.queue_dir", "missing: set it to the queue directory")
+    if not os.path.isdir(settings.queue_dir):
+        raise ConfigurationError("mq.queue_dir", f"{settings.queue_dir} does not exist or is not a directory")
+    return MessageQueue(settings.queue_dir, group_access=settings.group_access, fsync=settings.fsync)
+
+
+class Sender:
+    """Delivers due messages over one reused SMTP session.
+
+    ``hooks`` adds Python callables to those named by ``mq.on_*``. ``delivery_log`` is
+    an open :class:`DeliveryLog` (default: ``mq.delivery_log`` when set).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        hooks: Hooks | None = None,
+        queue: MessageQueue | None = None,
+        delivery_log: DeliveryLog | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.queue = queue or open_queue(settings)
+        self.server = server_config(settings)
+        self.hooks = Hooks.from_settings(settings)
+        if hooks is not None:
+            for kind, registered in hooks._hooks.items():
+                for hook in registered:
+                    self.hooks.add(kind, hook)
+        self.delivery_log = delivery_log
+        if delivery_log is None and settings.delivery_log:
+            self.delivery_log = DeliveryLog(settings.delivery_log, settings.delivery_log_format)
+        self.clock = clock
+        self.session: DialogMixin | None = None
+        self._session_messages = 0
+        self.progress: Callable[[int, int], None] | None = None
+
+    # -- a whole run ---------------------------------------------------------------------
+
+    def run(self, flush: bool = False, max_messages: int | None = None) -> RunResult:
+        """Clean ``tmp/``, recover dead claims, deliver everything due; then QUIT."""
+        result = RunResult()
+        try:
+            self.housekeeping(result)
+            self.deliver(self.queue.due(self.clock(), flush=flush), result, max_messages)
+        finally:
+            self.close()
+        return result
+
+    def housekeeping(self, result: RunResult) -> None:
+        """Remove stale ``tmp/`` files and give dead senders' claims back to the queue."""
+        self.queue.cleanup_tmp(self.settings.tmp_max_age, self.clock())
+        result.recovered += len(self.queue.recover_stale_claims())
+
+    def close(self) -> None:
+        """QUIT the SMTP session, if one is open."""
+        close_session(self.session)
+        self.session = None
+
+    def deliver(
+        self,
+        queue_ids: list[str],
+        result: RunResult,
+        max_messages: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> RunResult:
+        """Try each message in ``queue_ids`` (oldest first); stop at a server-level failure."""
+        total = len(queue_ids)
+        for index, queue_id in enumerate(queue_ids):
+            if max_messages is not None and result.attempts >= max_messages:
+                break
+            if should_stop is not None and should_stop():
+                break
+            if self.progress:
+                self.progress(index, total)
+            try:
+                claim = self.queue.claim(queue_id)
+            except CorruptMessageError as exc:
+                result.corrupt += 1
+                log.error("%s; the run goes on with the other messages", exc)
+                continue
+            if claim is None:
+                continue  # another sender has it
+            if not self._attempt(claim, result):
+                break
+        if self.progress:
+            self.progress(total, total)
+        return result
+
+    # -- one message ---------------------------------------------------------------------
+
+    def _session(self, result: RunResult) -> DialogMixin:
+        if self.session is not None and self._session_messages >= self.settings.max_per_connection:
+            self.close()
+        if self.session is None:
+            self.session = open_session(self.server)
+            self._session_messages = 0
+            result.connections += 1
+        return self.session
+
+    def _attempt(self, claim: Claim, result: RunResult) -> bool:
+        """Try one claimed message; return False when the server cannot be used any more."""
+        envelope = claim.envelope
+        targets = [r.address for r in envelope.undelivered()]
+        result.attempts += 1
+        retried = False
+        while True:
+            try:
+                session = self._session(result)
+                outcome = session.send_message_bytes(envelope.sender, targets, claim.message)
+                self._session_messages += 1
+                break
+            except ConnectionLost as exc:
+                worked = self._session_messages > 0
+                self.close()
+                if exc.after_data:
+                    outcome = exc.outcome
+                    log.warning(
+                        "queue id %s (Message-ID %s): %s; the server may have accepted it, "
+                        "so the message may be delivered twice",
+                        claim.queue_id,
+                        envelope.message_id,
+                        exc,
+                    )
+                    break
+                if worked and not retried:
+                    retried = True
+                    log.info("%s: %s; reconnecting once", self.server.host, exc)
+                    continue
+                return self._server_failed(claim, result, exc)
+            except ServerError as exc:
+                self.close()
+                return self._server_failed(claim, result, exc)
+        self._record(claim, targets, outcome, result)
+        return True
+
+    def _server_failed(self, claim: Claim, result: RunResult, exc: ServerError) -> bool:
+        result.attempts -= 1  # the message was not tried
+        self.queue.unclaim(claim)
+        result.server_error = str(exc)
+        log.error(
+            "SMTP server %s:%d cannot be used: %s; every message stays queued for the next run",
+            self.server.host,
+            self.server.port,
+            exc,
+        )
+        return False
+
+    def _record(self, claim: Claim, targets: list[str], outcome: Outcome, result: RunResult) -> None:
+        """Store each recipient's fate durably (first), then log and call the hooks."""
+        envelope = claim.envelope
+        now = self.clock()
+        for recipient in envelope.recipients:
+            if recipient.address in outcome.replies:
+                reply = outcome.replies[recipient.address]
+                recipient.status = outcome.status(recipient.address)
+                recipient.reply = str(reply)
+                key = f"{reply.code // 100}xx"
+                result.replies[key] = result.replies.get(key, 0) + 1
+        attempt = len(envelope.attempts) + 1
+        reason = next_attempt = None
+        if envelope.undelivered():
+            age = now - envelope.queued_at
+            if age >= self.settings.max_lifetime:
+                reason = "expired"
+                for recipient in envelope.undelivered():
+                    recipient.status = FAILED
+                    recipient.reply = (
+                        f"{recipient.reply or ''} (expired: undelivered after {age / 86400:.1f} days)".strip()
+                    )
+                state = FAILED
+            else:
+                state = DEFERRED
+                backoff = min(max(age, self.settings.min_backoff), self.settings.max_backoff)
+                next_attempt = now + backoff
+        elif any(r.status == FAILED for r in envelope.recipients):
+            state, reason = FAILED, "rejected"
+        else:
+            state = DELIVERED
+        envelope.failure_reason = reason
+        envelope.attempts.append(
+            {
+                "number": attempt,
+                "at": iso_utc(now),
+                "server": f"{self.server.host}:{self.server.port}",
+                "recipients": {
+                    address: str(outcome.replies[address])
+                    for address in targets
+                    if address in outcome.replies
+                },
+                "result": state,
+                **({"next_attempt": iso_utc(next_attempt)} if next_attempt else {}),
+            }
+        )
+        # The new state is made durable before anything else (the duplicate window).
+        if state == DELIVERED:
+            self.queue.finish_delivered(claim)
+            result.delivered += 1
+        elif state == DEFERRED:
+            self.queue.finish_deferred(claim, next_attempt)
+            result.deferred += 1
+        else:
+            self.queue.finish_failed(claim)
+            result.failed += 1
+        event = DeliveryEvent(
+            state=state,
+            queue_id=claim.queue_id,
+            message_id=envelope.message_id,
+            sender=envelope.sender,
+            recipients=tuple(
+                RecipientResult(r.address, r.status, r.reply, r.address in targets)
+                for r in envelope.recipients
+            ),
+            attempt=attempt,
+            queued_at=envelope.queued_at,
+            next_attempt=next_attempt,
+            reason=reason,
+        )
+        self._report(event, now)
+        self.hooks.call(event)
+
+    def _report(self, event: DeliveryEvent, now: float) -> None:
+        if self.delivery_log is not None:
+            self.delivery_log.write(event, now)
+        summary = "; ".join(f"{r.address}: {r.status} ({r.reply})" for r in event.recipients if r.tried)
+        where = {
+            DELIVERED: "delivered, removed from the queue",
+            DEFERRED: f"deferred, next attempt at {iso_utc(event.next_attempt or now)}",
+            FAILED: f"moved to failed ({event.reason})",
+        }[event.state]
+        level = {DELIVERED: logging.INFO, DEFERRED: logging.WARNING, FAILED: logging.ERROR}[event.state]
+        log.log(
+            level,
+            "queue id %s (Message-ID %s) attempt %d: %s; %s",
+            event.queue_id,
+            event.message_id,
+            event.attempt,
+            summary,
+            where,
+        )

@@ -1,0 +1,386 @@
+"""Our SMTP client: the standard library's ``smtplib`` extended, not copied.
+
+``DialogSMTP``/``DialogSMTP_SSL`` override the few methods that carry the dialog
+(``send``, ``getreply``) to log every command and reply line to the logger
+``mq_transaction.smtp`` (AUTH payloads always redacted, message bodies logged by size
+unless asked), and add :meth:`DialogMixin.send_message`, which reports every recipient's
+own outcome, pipelines when the server allows, and waits long after the final dot.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import smtplib
+import ssl
+from dataclasses import dataclass, field
+
+from .queuefile import DELIVERED
+from .replies import Reply, mail_from_concerns_message, recipient_status
+
+log = logging.getLogger("mq_transaction.smtp")
+
+_EOL = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
+_connection_numbers = itertools.count(1)
+
+
+class ServerError(Exception):
+    """The server (or our configuration for it) cannot be used now; no message is at fault.
+
+    ``reply`` is the server's reply when there was one.
+    """
+
+    def __init__(self, description: str, reply: Reply | None = None) -> None:
+        self.description = description
+        self.reply = reply
+        super().__init__(f"{description}: {reply}" if reply else description)
+
+
+class ConnectionLost(ServerError):
+    """The server closed the session (421 or a dropped connection) during a transaction.
+
+    ``after_data`` is true when the message was sent in full and the final reply never
+    came: the server may have accepted it (the duplicate window).
+    """
+
+    def __init__(
+        self,
+        description: str,
+        reply: Reply | None = None,
+        after_data: bool = False,
+        outcome: Outcome | None = None,
+    ) -> None:
+        super().__init__(description, reply)
+        self.after_data = after_data
+        self.outcome = outcome  # after_data: every recipient's reply, the accepted ones 4xx
+
+
+@dataclass
+class Outcome:
+    """What one SMTP transaction did: each recipient's reply, and message-level facts."""
+
+    replies: dict[str, Reply] = field(default_factory=dict)
+    message_reply: Reply | None = None  # the reply that settled the message as a whole
+
+    def status(self, address: str) -> str:
+        """``delivered``, ``deferred`` or ``failed`` for one recipient."""
+        return recipient_status(self.replies[address])
+
+
+def wire_format(message: bytes) -> bytes:
+    """The message as it goes on the wire: CRLF line endings, dot-stuffed, ending in CRLF.
+
+    The queued bytes are never changed; this copy is made for the DATA phase only.
+    """
+    wire = _EOL.sub(b"\r\n", message)
+    wire = _LEADING_DOT.sub(b"..", wire)
+    if not wire.endswith(b"\r\n"):
+        wire += b"\r\n"
+    return wire
+
+
+def needs_smtputf8(sender: str, recipients: list[str]) -> bool:
+    """True when an envelope address is not ASCII (RFC 6531)."""
+    return not sender.isascii() or not all(r.isascii() for r in recipients)
+
+
+class DialogMixin:
+    """Dialog logging and per-recipient delivery on top of ``smtplib.SMTP``."""
+
+    data_timeout: float = 600.0
+    log_bodies: bool = False
+
+    def _setup_dialog(self, data_timeout: float, log_bodies: bool, peer: str) -> None:
+        self.data_timeout = data_timeout
+        self.log_bodies = log_bodies
+        self.number = next(_connection_numbers)
+        self.peer = peer
+        self._in_auth = False
+        self._in_data = False
+
+    # -- the dialog log ----------------------------------------------------------------
+
+    def _log_line(self, direction: str, text: str) -> None:
+        log.debug("[%s #%d] %s %s", getattr(self, "peer", "?"), getattr(self, "number", 0), direction, text)
+
+    def send(self, s: str | bytes) -> None:  # noqa: D102 - smtplib's override point
+        if log.isEnabledFor(logging.DEBUG):
+            if self._in_data:
+                if self.log_bodies:
+                    raw = s if isinstance(s, bytes) else s.encode("utf-8", "replace")
+                    for line in raw.decode("utf-8", "replace").split("\r\n")[:-1]:
+                        self._log_line("C:", line)
+                else:
+                    self._log_line("C:", f"[message body, {len(s)} bytes]")
+            else:
+                for line in (s if isinstance(s, str) else s.decode("utf-8", "replace")).split("\r\n")[:-1]:
+                    self._log_line("C:", self._redact(line))
+        elif isinstance(s, str) and not self._in_data:
+            for line in s.split("\r\n")[:-1]:
+                self._redact(line)  # keep the AUTH state right even when not logging
+        super().send(s)  # type: ignore[misc]
+
+    def _redact(self, line: str) -> str:
+        if line[:5].upper() == "AUTH ":
+            self._in_auth = True
+            mechanism = line[5:].split(" ", 1)[0]
+            return f"AUTH {mechanism} [redacted]" if " " in line[5:] else line
+        if self._in_auth:
+            return "[redacted]"
+        return line
+
+    def getreply(self) -> tuple[int, bytes]:  # noqa: D102 - smtplib's override point
+        code, text = super().getreply()  # type: ignore[misc]
+        if code != 334:
+            self._in_auth = False
+        if log.isEnabledFor(logging.DEBUG):
+            lines = text.split(b"\n") or [b""]
+            for index, line in enumerate(lines):
+                separator = " " if index == len(lines) - 1 else "-"
+                self._log_line("S:", f"{code}{separator}{line.decode('utf-8', 'replace')}")
+        return code, text
+
+    def _reply(self) -> Reply:
+        code, text = self.getreply()
+        return Reply(code, text.decode("utf-8", "replace"))
+
+    # -- one message ---------------------------------------------------------------------
+
+    def send_message_bytes(self, sender: str, recipients: list[str], message: bytes) -> Outcome:
+        """Send one message to ``recipients`` and return every recipient's reply.
+
+        Raises :class:`ServerError` when the server refuses something that is not about
+        this message (421, a 5xx to MAIL FROM about the server), and
+        :class:`ConnectionLost` when the session ends mid-transaction.
+        """
+        outcome = Outcome()
+        wire = wire_format(message)
+        options = []
+        if self.has_extn("size"):  # type: ignore[attr-defined]
+            options.append(f"SIZE={len(wire)}")
+        if needs_smtputf8(sender, recipients):
+            if not self.has_extn("smtputf8"):  # type: ignore[attr-defined]
+                reply = Reply(
+                    553, "5.6.7 SMTPUTF8 is required for this address but the server does not offer it"
+                )
+                return self._fail_all(outcome, recipients, reply)
+            options.append("SMTPUTF8")
+            self.command_encoding = "utf-8"
+        if not message.isascii() and self.has_extn("8bitmime"):  # type: ignore[attr-defined]
+            options.append("BODY=8BITMIME")
+        commands = [f"MAIL FROM:<{sender}>{''.join(' ' + o for o in options)}"]
+        commands += [f"RCPT TO:<{address}>" for address in recipients]
+        try:
+            if self.has_extn("pipelining"):  # type: ignore[attr-defined]
+                self.send("".join(f"{c}\r\n" for c in commands))
+                replies = [self._reply() for _ in commands]
+            else:
+                replies = []
+                for command in commands:
+                    self.send(f"{command}\r\n")
+                    replies.append(self._reply())
+                    if replies[0].code >= 300:
+                        break  # MAIL FROM refused: no RCPT
+            mail_reply = replies[0]
+            if mail_reply.code == 421:
+                raise ConnectionLost("server closed the session", mail_reply)
+            if mail_reply.code >= 300:
+                self._reset()
+                if mail_reply.code >= 500 and not mail_from_concerns_message(mail_reply):
+                    raise ServerError("server refused MAIL FROM", mail_reply)
+                return self._fail_all(outcome, recipients, mail_reply)
+            for address, reply in zip(recipients, replies[1:], strict=False):
+                if reply.code == 421:
+                    raise ConnectionLost("server closed the session", reply)
+                outcome.replies[address] = reply
+            accepted = [a for a in recipients if outcome.status(a) == DELIVERED]
+            if not accepted:
+                self._reset()
+                return outcome
+            self.send("DATA\r\n")
+            reply = self._reply()
+            if reply.code == 421:
+                raise ConnectionLost("server closed the session", reply)
+            if reply.code != 354:
+                self._reset()
+                for address in accepted:
+                    outcome.replies[address] = reply
+                outcome.message_reply = reply
+                return outcome
+        except smtplib.SMTPServerDisconnected as exc:
+            raise ConnectionLost(f"connection lost: {exc}") from exc
+        except OSError as exc:
+            self.close()  # type: ignore[attr-defined]
+            raise ConnectionLost(f"connection lost: {exc}") from exc
+        return self._send_data(outcome, accepted, wire)
+
+    def _send_data(self, outcome: Outcome, accepted: list[str], wire: bytes) -> Outcome:
+        try:
+            self._in_data = True
+            try:
+                self.send(wire + b".\r\n")
+            finally:
+                self._in_data = False
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise ConnectionLost(f"connection lost while sending the message: {exc}") from exc
+        # The message is out: only now a lost connection may mean it was delivered.
+        sock = self.sock  # type: ignore[attr-defined]
+        previous = sock.gettimeout() if sock else None
+        try:
+            if sock:
+                sock.settimeout(self.data_timeout)
+            reply = self._reply()
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            self.close()  # type: ignore[attr-defined]
+            lost = Reply(
+                451, "4.4.2 connection lost after the end of data; the message may have been delivered"
+            )
+            raise ConnectionLost(
+                f"no reply after the end of data: {exc}",
+                after_data=True,
+                outcome=self._fail_all(outcome, accepted, lost),
+            ) from exc
+        finally:
+            if self.sock:  # type: ignore[attr-defined]
+                self.sock.settimeout(previous)  # type: ignore[attr-defined]
+        if reply.code == 421:
+            self.close()  # type: ignore[attr-defined]
+            raise ConnectionLost(
+                "server closed the session after the end of data",
+                reply,
+                after_data=True,
+                outcome=self._fail_all(outcome, accepted, reply),
+            )
+        for address in accepted:
+            outcome.replies[address] = reply
+        outcome.message_reply = reply
+        if reply.code >= 300:
+            self._reset()
+        return outcome
+
+    def _fail_all(self, outcome: Outcome, recipients: list[str], reply: Reply) -> Outcome:
+        for address in recipients:
+            outcome.replies[address] = reply
+        outcome.message_reply = reply
+        return outcome
+
+    def _reset(self) -> None:
+        """RSET after a failed transaction, so the next message starts clean."""
+        code, _text = self.rset()  # type: ignore[attr-defined]
+        if code == 421:
+            raise ConnectionLost("server closed the session", Reply(code))
+
+
+class DialogSMTP(DialogMixin, smtplib.SMTP):
+    """``smtplib.SMTP`` with the dialog log and per-recipient delivery."""
+
+
+class DialogSMTP_SSL(DialogMixin, smtplib.SMTP_SSL):  # noqa: N801 - mirrors smtplib's name
+    """``smtplib.SMTP_SSL`` (implicit TLS, port 465) with the dialog log and per-recipient delivery."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything needed to open an authenticated session with the server."""
+
+    host: str
+    port: int
+    tls: str  # none, starttls or ssl
+    timeout: float = 30.0
+    data_timeout: float = 600.0
+    tls_verify: bool = True
+    ca_file: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    helo: str | None = None
+    log_bodies: bool = False
+
+    def tls_context(self) -> ssl.SSLContext:
+        """A client TLS context: certificate and host name checked unless disabled."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if not self.tls_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+def open_session(config: ServerConfig) -> DialogMixin:
+    """Connect, greet, secure and authenticate; return the ready session.
+
+    Raises :class:`ServerError` for anything that makes the server unusable now
+    (refused connection, timeout, 421/5xx greeting, TLS failure, missing STARTTLS,
+    authentication failure).
+    """
+    peer = f"{config.host}:{config.port}"
+    session: DialogMixin | None = None
+    try:
+        if config.tls == "ssl":
+            session = DialogSMTP_SSL(
+                local_hostname=config.helo, timeout=config.timeout, context=config.tls_context()
+            )
+        else:
+            session = DialogSMTP(local_hostname=config.helo, timeout=config.timeout)
+        session._setup_dialog(config.data_timeout, config.log_bodies, peer)
+        code, text = session.connect(config.host, config.port)
+        if code != 220:
+            raise ServerError("server refused the connection", Reply(code, text.decode("utf-8", "replace")))
+        _ehlo(session)
+        if config.tls == "starttls":
+            if not session.has_extn("starttls"):
+                raise ServerError(
+                    "STARTTLS is required (mq.smtp_tls = starttls) but the server does not offer it"
+                )
+            code, text = session.starttls(context=config.tls_context())
+            if code != 220:
+                raise ServerError("server refused STARTTLS", Reply(code, text.decode("utf-8", "replace")))
+            _ehlo(session)
+        if config.username:
+            if not session.has_extn("auth"):
+                raise ServerError("authentication is configured but the server does not offer AUTH")
+            try:
+                session.login(config.username, config.password or "")
+            except smtplib.SMTPAuthenticationError as exc:
+                raise ServerError(
+                    "authentication failed", Reply(exc.smtp_code, exc.smtp_error.decode("utf-8", "replace"))
+                ) from None
+            except smtplib.SMTPException as exc:
+                raise ServerError(f"authentication failed: {exc}") from None
+        return session
+    except ServerError:
+        if session is not None:
+            session.close()
+        raise
+    except ssl.SSLError as exc:
+        if session is not None:
+            session.close()
+        raise ServerError(f"TLS failure with {peer}: {exc.reason or exc}") from None
+    except (smtplib.SMTPException, OSError) as exc:
+        if session is not None:
+            session.close()
+        raise ServerError(f"cannot talk to {peer}: {exc}") from None
+
+
+def _ehlo(session: DialogMixin) -> None:
+    code, text = session.ehlo()
+    if code == 250:
+        return
+    if code == 421:
+        raise ServerError("server closed the session at EHLO", Reply(code, text.decode("utf-8", "replace")))
+    code, text = session.helo()
+    if code != 250:
+        raise ServerError("server refused EHLO and HELO", Reply(code, text.decode("utf-8", "replace")))
+
+
+def close_session(session: DialogMixin | None) -> None:
+    """QUIT politely; close the socket whatever happens."""
+    if session is None:
+        return
+    try:
+        if session.sock:
+            session.quit()
+    except (smtplib.SMTPException, OSError):
+        pass
+    finally:
+        session.close()
