@@ -30,6 +30,9 @@ class MailDataManager:
         self.transaction_manager = transaction_manager
         self.queue_ids: list[str] = []
         self._finished = False
+        # False once aborted: a rollback to a savepoint taken before this manager joined
+        # aborts and unjoins it while the transaction goes on, so the mailer joins again.
+        self.joined = True
 
     def add(self, queue_id: str) -> None:
         """Record a message written to ``tmp/`` in this transaction."""
@@ -43,6 +46,7 @@ class MailDataManager:
         if not self._finished:
             self._discard(self.queue_ids)
             self.queue_ids = []
+            self.joined = False
 
     def tpc_begin(self, transaction: object) -> None:
         """Nothing to do: the messages are already durable in ``tmp/``."""

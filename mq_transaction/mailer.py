@@ -37,7 +37,9 @@ class QueuedMailer:
         self.transaction_manager = transaction_manager or transaction.manager
         self.default_sender = default_sender
 
-    def prepare(self, message: object, sender: str | None = None, recipients: object = None) -> PreparedMessage:
+    def prepare(
+        self, message: object, sender: str | None = None, recipients: object = None
+    ) -> PreparedMessage:
         """Validate and return what would be queued, without queueing it."""
         return prepare_message(message, sender, recipients, self.default_sender)
 
@@ -70,12 +72,15 @@ class QueuedMailer:
         if status not in ("Active", "Doomed"):
             raise NoTransactionError(f"send() cannot join a transaction that is {status.lower()}")
         try:
-            return txn.data(self)
+            manager = txn.data(self)
         except KeyError:
-            pass
-        manager = MailDataManager(self.queue, self.transaction_manager)
+            manager = MailDataManager(self.queue, self.transaction_manager)
+            txn.set_data(self, manager)
+        else:
+            if manager.joined:
+                return manager
+            manager.joined = True  # unjoined by a savepoint rollback: join again
         txn.join(manager)
-        txn.set_data(self, manager)
         return manager
 
 
