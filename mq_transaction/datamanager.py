@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from .queue import MessageQueue
 
@@ -64,15 +65,28 @@ class MailDataManager:
             failures = self.queue.publish(self.queue_ids)
         except Exception as exc:  # noqa: BLE001 - tpc_finish must not raise
             failures = [(queue_id, exc) for queue_id in self.queue_ids]
+        new_dir = self.queue.state_dir_for_watching()
         for queue_id, exc in failures:
-            log.critical(
-                "transaction committed but queue id %s could not be published: %s; "
-                "the message is still in %s: move it into %s/new/ by hand to send it",
-                queue_id,
-                exc,
-                self.queue.tmp_path(queue_id),
-                self.queue.path,
-            )
+            tmp_path = self.queue.tmp_path(queue_id)
+            if os.path.lexists(tmp_path):
+                log.critical(
+                    "transaction committed but queue id %s could not be published: %s; "
+                    "the message is still in %s: move it into %s/ by hand to send it",
+                    queue_id,
+                    exc,
+                    tmp_path,
+                    new_dir,
+                )
+            else:  # renamed, but the fsync of new/ failed: a crash now may lose it
+                log.critical(
+                    "transaction committed and queue id %s was published as %s, but the fsync "
+                    "of %s failed: %s; the message may be lost if the system crashes before "
+                    "it is sent",
+                    queue_id,
+                    os.path.join(new_dir, queue_id),
+                    new_dir,
+                    exc,
+                )
 
     def tpc_abort(self, transaction: object) -> None:
         """Remove this transaction's messages from ``tmp/``; silent after ``tpc_finish``."""
