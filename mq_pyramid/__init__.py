@@ -1,0 +1,58 @@
+"""Pyramid integration: ``config.include('mq_pyramid')`` gives views ``request.mailer``.
+
+``request.mailer.send(message)`` queues mail in the request's transaction: pyramid_tm's
+when it is included, else one that mq_pyramid's tween opens for each request (see
+:mod:`mq_pyramid.tween` for the rules and the tween order). ``config.include
+('mq_pyramid.testing')`` swaps in an in-memory mailer for tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyramid.tweens import EXCVIEW, INGRESS
+
+from mq_transaction import QueuedMailer
+from mq_transaction.interfaces import IMailer
+from mq_transaction.settings import Settings
+
+from .request import request_mailer
+from .settings import ConfigurationError, open_queue, read_settings, resolve_commit_veto
+from .tween import NAME as TWEEN_NAME
+from .tween import PYRAMID_TM, ICommitVeto, default_commit_veto
+
+__all__ = ["ConfigurationError", "default_commit_veto", "includeme", "install", "request_mailer"]
+
+
+def includeme(config: Any) -> None:
+    """Read and check the ``mq.*`` settings, open the queue, register the mailer, add the tween.
+
+    Raises ``pyramid.exceptions.ConfigurationError`` (an :class:`ConfigurationError`
+    naming the key) for a missing ``mq.queue_dir``, a queue directory that cannot be
+    created or written, an unknown ``mq.`` key or a bad value.
+    """
+    settings = read_settings(config.registry.settings)
+    queue = open_queue(settings)  # once per app: creating a MessageQueue makes directories
+    install(config, QueuedMailer(queue, default_sender=settings.default_sender), settings)
+
+
+def install(config: Any, mailer: Any, settings: Settings) -> None:
+    """Register ``mailer`` as the app's ``IMailer`` and wire up ``request.mailer`` and the tween.
+
+    Called by both includes; the second call replaces the mailer (so
+    ``mq_pyramid.testing`` after ``mq_pyramid`` wins) and wires nothing twice.
+    """
+    veto = resolve_commit_veto(settings, config.package)
+    # Registered at once, not as deferred actions: a later include replaces them
+    # instead of conflicting with them.
+    config.registry.registerUtility(mailer, IMailer)
+    if veto is not None:
+        config.registry.registerUtility(veto, ICommitVeto)
+    config.include(_wire)  # Pyramid includes a callable once per app, however often asked
+
+
+def _wire(config: Any) -> None:
+    config.add_request_method(request_mailer, "mailer", reify=True)
+    # Fallbacks (INGRESS) keep the hint valid when pyramid_tm is not included; with it,
+    # whichever of the two is included first, this tween ends up below pyramid_tm.
+    config.add_tween(TWEEN_NAME, over=EXCVIEW, under=(PYRAMID_TM, INGRESS))

@@ -1,0 +1,56 @@
+"""Read the ``mq.*`` settings of a Pyramid app, failing at configuration time with Pyramid's error."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pyramid.exceptions
+from pyramid.path import DottedNameResolver
+
+from mq_transaction import errors
+from mq_transaction.errors import QueueWriteError
+from mq_transaction.queue import MessageQueue
+from mq_transaction.settings import Settings, parse_settings
+
+
+class ConfigurationError(pyramid.exceptions.ConfigurationError, errors.ConfigurationError):
+    """A ``mq.*`` setting is missing or wrong; ``.key`` names it.
+
+    It is both Pyramid's ``ConfigurationError`` (what ``config.include`` callers expect)
+    and mq_transaction's (what ``mq-send`` raises for the same key), so either catches it.
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        errors.ConfigurationError.__init__(self, key, problem)
+
+
+def read_settings(raw: Mapping[str, Any] | None, require_queue_dir: bool = True) -> Settings:
+    """Parse the ``mq.*`` keys of ``raw`` (the registry settings) into :class:`Settings`."""
+    try:
+        return parse_settings(raw or {}, require_queue_dir=require_queue_dir)
+    except errors.ConfigurationError as exc:
+        raise ConfigurationError(exc.key, exc.problem) from None
+
+
+def open_queue(settings: Settings) -> MessageQueue:
+    """Create (when missing) the queue at ``mq.queue_dir`` and check this process can write it."""
+    try:
+        queue = MessageQueue(settings.queue_dir, group_access=settings.group_access, fsync=settings.fsync)
+        queue.check_writable()
+    except QueueWriteError as exc:
+        raise ConfigurationError("mq.queue_dir", str(exc)) from None
+    return queue
+
+
+def resolve_commit_veto(settings: Settings, package: object = None) -> Callable[[Any, Any], bool] | None:
+    """The callable named by ``mq.commit_veto``, or None when it is not set."""
+    if not settings.commit_veto:
+        return None
+    try:
+        veto = DottedNameResolver(package).maybe_resolve(settings.commit_veto)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigurationError("mq.commit_veto", f"cannot import {settings.commit_veto!r}: {exc}") from None
+    if not callable(veto):
+        raise ConfigurationError("mq.commit_veto", f"{settings.commit_veto!r} is not callable")
+    return veto

@@ -1,0 +1,168 @@
+"""An in-memory mailer for tests: ``config.include('mq_pyramid.testing')`` and ``get_outbox()``.
+
+Unlike pyramid_mailer's test mailer it honours the transaction: the outbox holds only
+the messages of committed transactions, so a test of a failing request can assert that
+no mail would have left. It validates with the very code ``QueuedMailer`` uses, so a
+message that fails here fails in production too, and it needs no ``mq.queue_dir``.
+"""
+
+from __future__ import annotations
+
+import email
+import email.message
+import email.policy
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import transaction
+from transaction.interfaces import NoTransaction
+from zope.interface import implementer
+
+from mq_transaction.errors import NoTransactionError
+from mq_transaction.interfaces import IMailer
+from mq_transaction.prepare import PreparedMessage, prepare_message
+from mq_transaction.queue import new_queue_id
+
+from . import install
+from .settings import read_settings
+
+__all__ = ["MemoryMailer", "OutboxMessage", "get_outbox", "includeme"]
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """A message the queue would have stored: its envelope and its exact bytes."""
+
+    queue_id: str
+    sender: str
+    recipients: tuple[str, ...]
+    message: bytes
+    message_id: str
+
+    @property
+    def email(self) -> email.message.EmailMessage:
+        """The message parsed, for assertions such as ``outbox[0].email["Subject"]``."""
+        return email.message_from_bytes(self.message, policy=email.policy.default)
+
+
+@implementer(IMailer)
+class MemoryMailer:
+    """An ``IMailer`` whose queue is the list ``outbox``, filled when transactions commit."""
+
+    def __init__(self, transaction_manager: Any = None, default_sender: str | None = None) -> None:
+        self.transaction_manager = transaction_manager or transaction.manager
+        self.default_sender = default_sender
+        self.outbox: list[OutboxMessage] = []
+
+    def prepare(
+        self, message: object, sender: str | None = None, recipients: object = None
+    ) -> PreparedMessage:
+        """Validate and return what would be queued, exactly as ``QueuedMailer.prepare``."""
+        return prepare_message(message, sender, recipients, self.default_sender)
+
+    def send(self, message: object, sender: str | None = None, recipients: object = None) -> str:
+        """Add ``message`` to the outbox when the current transaction commits; return its id."""
+        record = self._record(self.prepare(message, sender, recipients))
+        self._join().pending.append(record)
+        return record.queue_id
+
+    def enqueue(self, message: object, sender: str | None = None, recipients: object = None) -> str:
+        """Add ``message`` to the outbox at once, whatever the transaction does."""
+        record = self._record(self.prepare(message, sender, recipients))
+        self.outbox.append(record)
+        return record.queue_id
+
+    def _record(self, prepared: PreparedMessage) -> OutboxMessage:
+        return OutboxMessage(
+            new_queue_id(time.time()),
+            prepared.sender,
+            prepared.recipients,
+            prepared.message,
+            prepared.message_id,
+        )
+
+    def _join(self) -> _OutboxDataManager:
+        # The same rules as QueuedMailer: an explicit manager without a transaction, or
+        # a transaction that is committing or over, is an error rather than lost mail.
+        try:
+            txn = self.transaction_manager.get()
+        except NoTransaction:
+            raise NoTransactionError(
+                "send() needs an active transaction: call transaction_manager.begin() first, "
+                "or use enqueue() to queue without one"
+            ) from None
+        status = str(getattr(txn, "status", "Active"))
+        if status not in ("Active", "Doomed"):
+            raise NoTransactionError(f"send() cannot join a transaction that is {status.lower()}")
+        try:
+            return txn.data(self)
+        except KeyError:
+            pass
+        manager = _OutboxDataManager(self.outbox, self.transaction_manager)
+        txn.join(manager)
+        txn.set_data(self, manager)
+        return manager
+
+
+class _OutboxDataManager:
+    """Moves a transaction's messages into the outbox in ``tpc_finish``, as the queue publishes."""
+
+    def __init__(self, outbox: list[OutboxMessage], transaction_manager: Any) -> None:
+        self.outbox = outbox
+        self.transaction_manager = transaction_manager
+        self.pending: list[OutboxMessage] = []
+
+    def abort(self, txn: Any) -> None:
+        self.pending = []
+
+    def tpc_begin(self, txn: Any) -> None:
+        pass
+
+    def commit(self, txn: Any) -> None:
+        pass
+
+    def tpc_vote(self, txn: Any) -> None:
+        pass
+
+    def tpc_finish(self, txn: Any) -> None:
+        self.outbox.extend(self.pending)
+        self.pending = []
+
+    def tpc_abort(self, txn: Any) -> None:
+        self.pending = []
+
+    def sortKey(self) -> str:  # noqa: N802 - the transaction API's name
+        return f"mq_transaction:memory:{id(self)}"
+
+    def savepoint(self) -> _Savepoint:
+        return _Savepoint(self, len(self.pending))
+
+
+class _Savepoint:
+    def __init__(self, manager: _OutboxDataManager, count: int) -> None:
+        self.manager = manager
+        self.count = count
+
+    def rollback(self) -> None:
+        del self.manager.pending[self.count :]
+
+
+def get_outbox(request_or_registry: Any) -> list[OutboxMessage]:
+    """The committed messages, oldest first, of the app that included ``mq_pyramid.testing``.
+
+    Takes a request, a registry, a Configurator or a router (``TestApp(app).app``): any
+    object with a ``registry``, or the registry itself. The list is live: tests may
+    ``clear()`` it.
+    """
+    registry = getattr(request_or_registry, "registry", request_or_registry)
+    mailer = registry.queryUtility(IMailer)
+    if not isinstance(mailer, MemoryMailer):
+        raise LookupError("no testing mailer in this registry: call config.include('mq_pyramid.testing')")
+    return mailer.outbox
+
+
+def includeme(config: Any) -> None:
+    """Install :class:`MemoryMailer` as the ``IMailer`` (replacing a real one) and wire it up."""
+    settings = read_settings(config.registry.settings, require_queue_dir=False)
+    install(config, MemoryMailer(default_sender=settings.default_sender), settings)
