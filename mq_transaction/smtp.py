@@ -323,6 +323,7 @@ def open_session(config: ServerConfig) -> DialogMixin:
         else:
             session = DialogSMTP(local_hostname=config.helo, timeout=config.timeout)
         session._setup_dialog(config.data_timeout, config.log_bodies, peer)
+        session._host = config.host  # smtplib checks the certificate against this name
         code, text = session.connect(config.host, config.port)
         if code != 220:
             raise ServerError("server refused the connection", Reply(code, text.decode("utf-8", "replace")))

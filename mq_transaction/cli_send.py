@@ -1,0 +1,100 @@
+"""``mq-send``: the command line over :mod:`mq_transaction.sender` (no logic lives here)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import attach_smtp_log, load_settings, setup_logging
+from .errors import ConfigurationError, MailQueueError
+from .sender import EX_USAGE, Sender, open_queue
+
+DESCRIPTION = """Deliver the mail queued by mq_transaction.
+
+Reads the mq.* settings from CONFIG_URI (an ini file; its [app:main] section, or
+[app:NAME] for file.ini#NAME); flags override the file. Exit status: 0 every due
+message delivered (or none due), 1 a message failed permanently or was corrupt,
+75 a message was deferred or the SMTP server could not be used, 2 usage or
+configuration error."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to check the documentation against ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="mq-send", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "config_uri", nargs="?", metavar="CONFIG_URI", help="ini file (file.ini or file.ini#name)"
+    )
+    parser.add_argument("--queue-dir", metavar="DIR", help="queue directory (mq.queue_dir)")
+    parser.add_argument("--smtp-host", metavar="HOST", help="SMTP server (mq.smtp_host, default localhost)")
+    parser.add_argument(
+        "--smtp-port", metavar="PORT", help="SMTP port (mq.smtp_port, default 25, 465 for ssl)"
+    )
+    parser.add_argument(
+        "--smtp-tls",
+        choices=("none", "starttls", "ssl"),
+        help="TLS mode (mq.smtp_tls; default none for loopback hosts, starttls otherwise)",
+    )
+    parser.add_argument("--smtp-username", metavar="USER", help="AUTH user name (mq.smtp_username)")
+    parser.add_argument(
+        "--smtp-password-file", metavar="FILE", help="file holding the AUTH password (mq.smtp_password_file)"
+    )
+    parser.add_argument(
+        "--smtp-timeout", metavar="S", help="connect and command timeout (mq.smtp_timeout, 30s)"
+    )
+    parser.add_argument(
+        "--flush", action="store_true", help="ignore the retry schedule: try every message now"
+    )
+    parser.add_argument("--max-messages", metavar="N", type=int, help="stop after N delivery attempts")
+    parser.add_argument(
+        "--delivery-log", metavar="FILE", help="append one line per attempt (mq.delivery_log)"
+    )
+    parser.add_argument(
+        "--delivery-log-format", choices=("logfmt", "json"), help="delivery log format (default logfmt)"
+    )
+    parser.add_argument("--smtp-log", metavar="FILE", help="write the SMTP dialog to FILE (mq.smtp_log)")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug output, with the SMTP dialog")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    return parser
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, object]:
+    """The ``mq.*`` settings given as flags."""
+    return {
+        "mq.queue_dir": args.queue_dir,
+        "mq.smtp_host": args.smtp_host,
+        "mq.smtp_port": args.smtp_port,
+        "mq.smtp_tls": args.smtp_tls,
+        "mq.smtp_username": args.smtp_username,
+        "mq.smtp_password_file": args.smtp_password_file,
+        "mq.smtp_timeout": args.smtp_timeout,
+        "mq.delivery_log": args.delivery_log,
+        "mq.delivery_log_format": args.delivery_log_format,
+        "mq.smtp_log": args.smtp_log,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``mq-send``; return its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.max_messages is not None and args.max_messages < 1:
+        parser.error("--max-messages must be at least 1")
+    verbosity = 1 if args.verbose else -1 if args.quiet else 0
+    try:
+        settings = load_settings(args.config_uri, overrides_from(args))
+        setup_logging(args.config_uri, verbosity)
+        if settings.smtp_log:
+            attach_smtp_log(settings.smtp_log, propagate=verbosity > 0)
+        sender = Sender(settings, queue=open_queue(settings))
+    except (ConfigurationError, MailQueueError, OSError) as exc:
+        print(f"mq-send: error: {exc}", file=sys.stderr)
+        return EX_USAGE
+    result = sender.run(flush=args.flush, max_messages=args.max_messages)
+    return result.exit_status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Read ``mq.*`` settings (and logging) from a Pyramid-style config URI for the command-line tools."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+from .errors import ConfigurationError
+from .settings import Settings, parse_settings
+
+
+def read_config_uri(config_uri: str) -> dict[str, str]:
+    """The settings of ``[app:main]`` (or ``[app:NAME]`` for ``file.ini#NAME``) in an ini file."""
+    import plaster
+
+    path = config_uri.split("#", 1)[0]
+    if "://" not in config_uri and not os.path.isfile(path):
+        raise ConfigurationError("CONFIG_URI", f"{path} does not exist")
+    try:
+        return dict(plaster.get_settings(config_uri))
+    except Exception as exc:  # noqa: BLE001 - plaster and configparser raise many kinds
+        raise ConfigurationError("CONFIG_URI", f"cannot read {config_uri}: {exc}") from None
+
+
+def setup_logging(config_uri: str | None, verbosity: int) -> None:
+    """Configure logging from the ini's logging sections when it has them, else to stderr.
+
+    ``verbosity`` is -1 (quiet: errors only), 0 (warnings and deliveries) or 1 (debug,
+    with the SMTP dialog).
+    """
+    level = {-1: logging.ERROR, 0: logging.INFO, 1: logging.DEBUG}[max(-1, min(1, verbosity))]
+    if config_uri and _has_logging_sections(config_uri):
+        import plaster
+
+        plaster.setup_logging(config_uri)
+        if verbosity:
+            logging.getLogger("mq_transaction").setLevel(level)
+        return
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mq_transaction").setLevel(level)
+
+
+def _has_logging_sections(config_uri: str) -> bool:
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(config_uri.split("#", 1)[0], encoding="utf-8")
+    except configparser.Error:
+        return False
+    return parser.has_section("loggers")
+
+
+def attach_smtp_log(path: str, propagate: bool) -> logging.Handler:
+    """Write the SMTP dialog (logger ``mq_transaction.smtp``) to ``path``, timestamped."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    handler.setLevel(logging.DEBUG)
+    logger = logging.getLogger("mq_transaction.smtp")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = propagate
+    return handler
+
+
+def load_settings(config_uri: str | None, overrides: Mapping[str, object]) -> Settings:
+    """Settings from the config file, with ``overrides`` (``mq.*`` keys, from flags) on top."""
+    raw: dict[str, object] = dict(read_config_uri(config_uri)) if config_uri else {}
+    raw.update({key: value for key, value in overrides.items() if value is not None})
+    return parse_settings(raw)
