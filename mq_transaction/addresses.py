@@ -29,9 +29,7 @@ def validate_address(address: object, role: str = "address") -> str:
     if not isinstance(address, str):
         raise InvalidAddressError(f"{role} {address!r} is not a string")
     if _FORBIDDEN.search(address):
-        raise InvalidAddressError(
-            f"{role} {address!r} contains a control character (CR, LF, NUL...)"
-        )
+        raise InvalidAddressError(f"{role} {address!r} contains a control character (CR, LF, NUL...)")
     if any("\ud800" <= c <= "\udfff" for c in address):
         raise InvalidAddressError(f"{role} {address!r} is not valid UTF-8")
     if len(address) > _MAX_LENGTH or not _MAILBOX.match(address):
@@ -62,14 +60,12 @@ def addresses_from_headers(values: list[str], header: str) -> list[str]:
         if not address:
             if name:
                 raise InvalidAddressError(
-                    f"{header} header has {name!r} with no address "
-                    "(a comma in an unquoted display name?)"
+                    f"{header} header has {name!r} with no address (a comma in an unquoted display name?)"
                 )
             continue
         if "@" not in address:
             raise InvalidAddressError(
-                f"{header} header has {address!r}, which is not an address "
-                "(a comma in an unquoted display name?)"
+                f"{header} header has {address!r}, which is not an address (a comma in an unquoted display name?)"
             )
         found.append(validate_address(address, f"{header} address"))
     return found

@@ -23,14 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mq-send", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "config_uri", nargs="?", metavar="CONFIG_URI", help="ini file (file.ini or file.ini#name)"
-    )
+    parser.add_argument("config_uri", nargs="?", metavar="CONFIG_URI", help="ini file (file.ini or file.ini#name)")
     parser.add_argument("--queue-dir", metavar="DIR", help="queue directory (mq.queue_dir)")
     parser.add_argument("--smtp-host", metavar="HOST", help="SMTP server (mq.smtp_host, default localhost)")
-    parser.add_argument(
-        "--smtp-port", metavar="PORT", help="SMTP port (mq.smtp_port, default 25, 465 for ssl)"
-    )
+    parser.add_argument("--smtp-port", metavar="PORT", help="SMTP port (mq.smtp_port, default 25, 465 for ssl)")
     parser.add_argument(
         "--smtp-tls",
         choices=("none", "starttls", "ssl"),
@@ -40,16 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--smtp-password-file", metavar="FILE", help="file holding the AUTH password (mq.smtp_password_file)"
     )
-    parser.add_argument(
-        "--smtp-timeout", metavar="S", help="connect and command timeout (mq.smtp_timeout, 30s)"
-    )
-    parser.add_argument(
-        "--flush", action="store_true", help="ignore the retry schedule: try every message now"
-    )
+    parser.add_argument("--smtp-timeout", metavar="S", help="connect and command timeout (mq.smtp_timeout, 30s)")
+    parser.add_argument("--flush", action="store_true", help="ignore the retry schedule: try every message now")
     parser.add_argument("--max-messages", metavar="N", type=int, help="stop after N delivery attempts")
-    parser.add_argument(
-        "--delivery-log", metavar="FILE", help="append one line per attempt (mq.delivery_log)"
-    )
+    parser.add_argument("--delivery-log", metavar="FILE", help="append one line per attempt (mq.delivery_log)")
     parser.add_argument(
         "--delivery-log-format", choices=("logfmt", "json"), help="delivery log format (default logfmt)"
     )

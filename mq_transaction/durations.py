@@ -37,11 +37,7 @@ def format_duration(seconds: float) -> str:
 
 def iso_utc(timestamp: float) -> str:
     """Return an ISO 8601 UTC string (``2026-11-28T15:11:36.123456Z``) for a Unix time."""
-    return (
-        datetime.fromtimestamp(timestamp, tz=timezone.utc)
-        .isoformat(timespec="microseconds")
-        .replace("+00:00", "Z")
-    )
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def parse_iso_utc(text: str) -> float:

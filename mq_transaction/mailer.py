@@ -37,9 +37,7 @@ class QueuedMailer:
         self.transaction_manager = transaction_manager or transaction.manager
         self.default_sender = default_sender
 
-    def prepare(
-        self, message: object, sender: str | None = None, recipients: object = None
-    ) -> PreparedMessage:
+    def prepare(self, message: object, sender: str | None = None, recipients: object = None) -> PreparedMessage:
         """Validate and return what would be queued, without queueing it."""
         return prepare_message(message, sender, recipients, self.default_sender)
 

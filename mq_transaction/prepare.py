@@ -94,9 +94,7 @@ def message_bytes(message: object) -> bytes:
 
 def _object_envelope(message: object) -> tuple[str | None, list[str] | None]:
     """Envelope defaults carried by a pyramid_mailer-style object (``sender``, ``send_to``)."""
-    if isinstance(message, (bytes, str, email.message.Message)) or not hasattr(
-        message, "to_message"
-    ):
+    if isinstance(message, (bytes, str, email.message.Message)) or not hasattr(message, "to_message"):
         return None, None
     sender = getattr(message, "sender", None)
     recipients = None

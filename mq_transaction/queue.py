@@ -388,7 +388,9 @@ class MessageQueue:
     def find(self, queue_id: str) -> Entry:
         """Return the entry for ``queue_id``, or raise :class:`UnknownQueueIdError`."""
         if not isinstance(queue_id, str) or not is_queue_id(queue_id):
-            raise UnknownQueueIdError(f"{queue_id!r} is not a queue id (expected e.g. 20261128T151136123456Z-9f3a2b1c0d)")
+            raise UnknownQueueIdError(
+                f"{queue_id!r} is not a queue id (expected e.g. 20261128T151136123456Z-9f3a2b1c0d)"
+            )
         for state in STATES:
             try:
                 info = os.stat(self._file(state, queue_id), follow_symlinks=False)
@@ -419,7 +421,9 @@ class MessageQueue:
             envelope, message = None, b""
         return Claim(entry.queue_id, envelope, message, [fd])  # type: ignore[arg-type]
 
-    def operator_move(self, claim: Claim, source: str, target: str, mtime: float | None = None, rewrite: bool = False) -> None:
+    def operator_move(
+        self, claim: Claim, source: str, target: str, mtime: float | None = None, rewrite: bool = False
+    ) -> None:
         """Move a locked message between states on an operator's request."""
         if rewrite:
             self._rewrite(claim, source, mtime)

@@ -57,9 +57,7 @@ class Envelope:
     next_attempt: float | None = None
 
     @classmethod
-    def new(
-        cls, sender: str, recipients: tuple[str, ...] | list[str], queued_at: float, message_id: str
-    ) -> Envelope:
+    def new(cls, sender: str, recipients: tuple[str, ...] | list[str], queued_at: float, message_id: str) -> Envelope:
         """Return the envelope of a freshly queued message."""
         return cls(sender, [Recipient(a) for a in recipients], queued_at, message_id)
 
@@ -71,9 +69,7 @@ class Envelope:
         """Serialise to one line of JSON (times as ISO 8601 UTC)."""
         data = {
             "sender": self.sender,
-            "recipients": [
-                {"address": r.address, "status": r.status, "reply": r.reply} for r in self.recipients
-            ],
+            "recipients": [{"address": r.address, "status": r.status, "reply": r.reply} for r in self.recipients],
             "queued_at": iso_utc(self.queued_at),
             "message_id": self.message_id,
             "attempts": self.attempts,
@@ -87,9 +83,7 @@ class Envelope:
         """Parse an envelope; raise :class:`CorruptMessageError` when it is malformed."""
         try:
             data = json.loads(raw.decode("utf-8"))
-            recipients = [
-                Recipient(str(r["address"]), str(r["status"]), r.get("reply")) for r in data["recipients"]
-            ]
+            recipients = [Recipient(str(r["address"]), str(r["status"]), r.get("reply")) for r in data["recipients"]]
             if not recipients or any(r.status not in RECIPIENT_STATUSES for r in recipients):
                 raise ValueError("bad recipient list")
             attempts = data.get("attempts") or []

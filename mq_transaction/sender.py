@@ -261,9 +261,7 @@ class Sender:
                 "at": iso_utc(now),
                 "server": f"{self.server.host}:{self.server.port}",
                 "recipients": {
-                    address: str(outcome.replies[address])
-                    for address in targets
-                    if address in outcome.replies
+                    address: str(outcome.replies[address]) for address in targets if address in outcome.replies
                 },
                 "result": state,
                 **({"next_attempt": iso_utc(next_attempt)} if next_attempt else {}),
@@ -285,8 +283,7 @@ class Sender:
             message_id=envelope.message_id,
             sender=envelope.sender,
             recipients=tuple(
-                RecipientResult(r.address, r.status, r.reply, r.address in targets)
-                for r in envelope.recipients
+                RecipientResult(r.address, r.status, r.reply, r.address in targets) for r in envelope.recipients
             ),
             attempt=attempt,
             queued_at=envelope.queued_at,

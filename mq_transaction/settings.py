@@ -134,7 +134,9 @@ class Settings:
                 with open(self.smtp_password_file, encoding="utf-8") as handle:
                     return handle.read().rstrip("\r\n")
             except OSError as exc:
-                raise ConfigurationError("mq.smtp_password_file", f"cannot read {self.smtp_password_file}: {exc.strerror}") from None
+                raise ConfigurationError(
+                    "mq.smtp_password_file", f"cannot read {self.smtp_password_file}: {exc.strerror}"
+                ) from None
         return None
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -208,7 +210,9 @@ def check_settings(settings: Settings, require_queue_dir: bool = True) -> None:
     if settings.min_backoff > settings.max_backoff:
         raise ConfigurationError("mq.min_backoff", "is greater than mq.max_backoff")
     if settings.smtp_password is not None and settings.smtp_password_file:
-        raise ConfigurationError("mq.smtp_password_file", "set either mq.smtp_password or mq.smtp_password_file, not both")
+        raise ConfigurationError(
+            "mq.smtp_password_file", "set either mq.smtp_password or mq.smtp_password_file, not both"
+        )
     if not settings.smtp_host:
         raise ConfigurationError("mq.smtp_host", "is empty")
 

@@ -162,9 +162,7 @@ class DialogMixin:
             options.append(f"SIZE={len(wire)}")
         if needs_smtputf8(sender, recipients):
             if not self.has_extn("smtputf8"):  # type: ignore[attr-defined]
-                reply = Reply(
-                    553, "5.6.7 SMTPUTF8 is required for this address but the server does not offer it"
-                )
+                reply = Reply(553, "5.6.7 SMTPUTF8 is required for this address but the server does not offer it")
                 return self._fail_all(outcome, recipients, reply)
             options.append("SMTPUTF8")
             self.command_encoding = "utf-8"
@@ -234,9 +232,7 @@ class DialogMixin:
             reply = self._reply()
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self.close()  # type: ignore[attr-defined]
-            lost = Reply(
-                451, "4.4.2 connection lost after the end of data; the message may have been delivered"
-            )
+            lost = Reply(451, "4.4.2 connection lost after the end of data; the message may have been delivered")
             raise ConnectionLost(
                 f"no reply after the end of data: {exc}",
                 after_data=True,
@@ -317,9 +313,7 @@ def open_session(config: ServerConfig) -> DialogMixin:
     session: DialogMixin | None = None
     try:
         if config.tls == "ssl":
-            session = DialogSMTP_SSL(
-                local_hostname=config.helo, timeout=config.timeout, context=config.tls_context()
-            )
+            session = DialogSMTP_SSL(local_hostname=config.helo, timeout=config.timeout, context=config.tls_context())
         else:
             session = DialogSMTP(local_hostname=config.helo, timeout=config.timeout)
         session._setup_dialog(config.data_timeout, config.log_bodies, peer)
@@ -330,9 +324,7 @@ def open_session(config: ServerConfig) -> DialogMixin:
         _ehlo(session)
         if config.tls == "starttls":
             if not session.has_extn("starttls"):
-                raise ServerError(
-                    "STARTTLS is required (mq.smtp_tls = starttls) but the server does not offer it"
-                )
+                raise ServerError("STARTTLS is required (mq.smtp_tls = starttls) but the server does not offer it")
             code, text = session.starttls(context=config.tls_context())
             if code != 220:
                 raise ServerError("server refused STARTTLS", Reply(code, text.decode("utf-8", "replace")))

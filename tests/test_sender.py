@@ -70,9 +70,7 @@ def test_messages_per_connection_cap_opens_a_new_session(queue, smtp_sink):
 
 
 def test_server_receives_exact_bytes_crlf_normalised_and_dot_stuffing_undone(queue, smtp_sink):
-    body = (
-        b".leading dot\n..two dots\nbare LF\r\nCRLF line\n" + bytes(range(128, 256)) + b"\n.\n" + b"x" * 990
-    )
+    body = b".leading dot\n..two dots\nbare LF\r\nCRLF line\n" + bytes(range(128, 256)) + b"\n.\n" + b"x" * 990
     mailer = QueuedMailer(queue)
     with transaction.manager:
         queue_id = mailer.send(b"From: a@example.com\nTo: b@example.org\nSubject: bytes\n\n" + body)
@@ -266,9 +264,7 @@ def test_self_signed_certificate_is_refused_without_its_ca_file(queue, tls_auth_
     assert sink.received == []
 
 
-def test_auth_over_starttls_with_a_ca_file_delivers_and_logs_no_secret(
-    queue, tls_auth_sink, tmp_path, caplog
-):
+def test_auth_over_starttls_with_a_ca_file_delivers_and_logs_no_secret(queue, tls_auth_sink, tmp_path, caplog):
     sink, ca_file = tls_auth_sink
     queue_messages(queue, 2)
     password_file = tmp_path / "password"
@@ -382,9 +378,7 @@ def test_hooks_get_each_outcome_and_a_raising_hook_changes_nothing(queue, smtp_s
 
 
 def test_hooks_named_in_settings_are_called(queue, smtp_sink, tmp_path, monkeypatch):
-    (tmp_path / "myhooks.py").write_text(
-        "seen = []\ndef on_delivered(event):\n    seen.append(event.queue_id)\n"
-    )
+    (tmp_path / "myhooks.py").write_text("seen = []\ndef on_delivered(event):\n    seen.append(event.queue_id)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     (queue_id,) = queue_messages(queue, 1)
     Sender(make_settings(queue.path, smtp_sink.port, on_delivered="myhooks:on_delivered")).run()
