@@ -18,7 +18,9 @@ def read_config_uri(config_uri: str) -> dict[str, str]:
     if "://" not in config_uri and not os.path.isfile(path):
         raise ConfigurationError("CONFIG_URI", f"{path} does not exist")
     try:
-        return dict(plaster.get_settings(config_uri))
+        name = plaster.parse_uri(config_uri).fragment or "main"
+        loader = plaster.get_loader(config_uri, protocols=["wsgi"])
+        return dict(loader.get_settings(f"app:{name}"))
     except Exception as exc:  # noqa: BLE001 - plaster and configparser raise many kinds
         raise ConfigurationError("CONFIG_URI", f"cannot read {config_uri}: {exc}") from None
 

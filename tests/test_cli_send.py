@@ -1,0 +1,156 @@
+"""``mq-send`` as a real subprocess: settings, exit statuses, SIGKILL crashes, concurrent runs."""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import transaction
+
+from mq_transaction import MessageQueue, QueuedMailer
+
+MQ_SEND = [sys.executable, "-m", "mq_transaction.cli_send"]
+
+
+def run_mq_send(*args, timeout=120):
+    return subprocess.run([*MQ_SEND, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def fill_queue(path, count):
+    """Commit ``count`` distinct 2 KB messages (fsync off: only the setup is fast)."""
+    mailer = QueuedMailer(MessageQueue(path, fsync=False))
+    body = b"x" * 60 + b"\n"
+    for number in range(count):
+        with transaction.manager:
+            mailer.send(f"From: app@example.com\nTo: u{number}@example.org\nSubject: {number}\n\n".encode() + body * 33)
+
+
+def write_ini(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_reads_mq_settings_from_app_main_and_delivers(tmp_path, smtp_sink):
+    fill_queue(tmp_path / "q", 3)
+    ini = write_ini(
+        tmp_path / "app.ini",
+        f"[app:main]\nuse = egg:nothing\nmq.queue_dir = {tmp_path / 'q'}\nmq.smtp_host = 127.0.0.1\n"
+        f"mq.smtp_port = {smtp_sink.port}\nmq.delivery_log = {tmp_path / 'delivery.log'}\n",
+    )
+    done = run_mq_send(ini)
+    assert done.returncode == 0, done.stderr
+    assert len(smtp_sink.received) == 3
+    assert len((tmp_path / "delivery.log").read_text().splitlines()) == 3
+
+
+def test_config_uri_fragment_selects_another_app_section_and_flags_override(tmp_path, smtp_sink):
+    fill_queue(tmp_path / "q", 1)
+    ini = write_ini(
+        tmp_path / "app.ini",
+        "[app:main]\nuse = egg:nothing\nmq.queue_dir = /nonexistent\n\n"
+        f"[app:mailer]\nuse = egg:nothing\nmq.queue_dir = {tmp_path / 'q'}\nmq.smtp_port = 1\n",
+    )
+    done = run_mq_send(f"{ini}#mailer", "--smtp-host", "127.0.0.1", "--smtp-port", smtp_sink.port)
+    assert done.returncode == 0, done.stderr
+    assert len(smtp_sink.received) == 1
+
+
+@pytest.mark.parametrize(
+    ("setting", "key"),
+    [
+        ("mq.smtp_prot = 25", "mq.smtp_prot"),
+        ("mq.smtp_port = twenty-five", "mq.smtp_port"),
+        ("mq.min_backoff = soon", "mq.min_backoff"),
+        ("mq.smtp_tls = maybe", "mq.smtp_tls"),
+        ("mq.on_failed = nowhere.module:hook", "mq.on_failed"),
+    ],
+)
+def test_bad_setting_is_a_one_line_error_naming_the_key_with_status_2(tmp_path, setting, key):
+    (tmp_path / "q").mkdir()
+    ini = write_ini(tmp_path / "app.ini", f"[app:main]\nuse = egg:x\nmq.queue_dir = {tmp_path / 'q'}\n{setting}\n")
+    done = run_mq_send(ini)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and key in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_queue_directory_is_a_configuration_error(tmp_path):
+    done = run_mq_send("--queue-dir", tmp_path / "absent")
+    assert done.returncode == 2
+    assert "mq.queue_dir" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_unreadable_password_file_is_a_configuration_error(tmp_path):
+    (tmp_path / "q").mkdir()
+    done = run_mq_send("--queue-dir", tmp_path / "q", "--smtp-password-file", tmp_path / "nope")
+    assert done.returncode == 2 and "mq.smtp_password_file" in done.stderr
+
+
+def test_exit_status_75_when_the_server_is_down_and_1_when_a_message_fails(tmp_path, smtp_sink):
+    fill_queue(tmp_path / "q", 2)
+    down = run_mq_send("--queue-dir", tmp_path / "q", "--smtp-host", "127.0.0.1", "--smtp-port", "1", "-q")
+    assert down.returncode == 75
+    smtp_sink.behaviour.rcpt_replies["u0@example.org"] = "550 5.1.1 unknown"
+    smtp_sink.behaviour.rcpt_replies["u1@example.org"] = "451 4.3.0 later"
+    mixed = run_mq_send("--queue-dir", tmp_path / "q", "--smtp-host", "127.0.0.1", "--smtp-port", smtp_sink.port)
+    assert mixed.returncode == 1  # 1 wins over 75
+
+
+def test_max_messages_stops_after_n_attempts(tmp_path, smtp_sink):
+    fill_queue(tmp_path / "q", 5)
+    done = run_mq_send(
+        "--queue-dir", tmp_path / "q", "--smtp-host", "127.0.0.1", "--smtp-port", smtp_sink.port, "--max-messages", 2
+    )
+    assert done.returncode == 0
+    assert len(smtp_sink.received) == 2
+
+
+def _received_ids(sink):
+    return collections.Counter(sink.handler.message_ids())
+
+
+def test_sigkill_at_random_points_loses_nothing_and_duplicates_at_most_one_per_kill(tmp_path, smtp_sink):
+    queue_dir = tmp_path / "q"
+    fill_queue(queue_dir, 2000)
+    args = [*MQ_SEND, "--queue-dir", str(queue_dir), "--smtp-host", "127.0.0.1", "--smtp-port", str(smtp_sink.port)]
+    rng = random.Random(20261128)
+    kills = 0
+    for _ in range(6):
+        process = subprocess.Popen([*args, "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.15, 0.6))
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            kills += 1
+        process.wait()
+    assert kills >= 3, "the drain finished before the kills: make the queue bigger"
+    final = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr
+    received = _received_ids(smtp_sink)
+    assert len(received) == 2000  # nothing lost
+    duplicates = sum(count - 1 for count in received.values())
+    assert duplicates <= kills
+    assert all(count <= 2 for count in received.values())
+    assert list(MessageQueue(queue_dir).entries()) == []
+
+
+def test_two_concurrent_senders_deliver_each_message_exactly_once(tmp_path, smtp_sink):
+    queue_dir = tmp_path / "q"
+    fill_queue(queue_dir, 2000)
+    args = [*MQ_SEND, "--queue-dir", str(queue_dir), "--smtp-host", "127.0.0.1", "--smtp-port", str(smtp_sink.port)]
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    first = subprocess.Popen([*args, "-q", "--delivery-log", str(logs[0])], stderr=subprocess.PIPE)
+    second = subprocess.Popen([*args, "-q", "--delivery-log", str(logs[1])], stderr=subprocess.PIPE)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert second.wait(timeout=300) == 0, second.stderr.read()
+    received = _received_ids(smtp_sink)
+    assert len(received) == 2000
+    assert max(received.values()) == 1
+    lines = [len(log.read_text().splitlines()) for log in logs]
+    assert sum(lines) == 2000 and min(lines) > 0  # both really worked on the queue
+    assert list(MessageQueue(queue_dir).entries()) == []
