@@ -125,6 +125,10 @@ def decode(content: bytes) -> tuple[Envelope, bytes]:
         raise CorruptMessageError("queue file header line is malformed") from None
     if version != VERSION:
         raise CorruptMessageError(f"queue file format version {version} is not supported (this is {VERSION})")
+    # int() also accepts signs, underscores, padding and upper-case hex: only the exact
+    # line encode() writes is valid, so a damaged header cannot pass for a good one.
+    if content[:newline] != b"%s %d %d %d %08x" % (MAGIC, version, env_len, msg_len, crc):
+        raise CorruptMessageError("queue file header line is malformed")
     start = newline + 1
     if len(content) != start + env_len + 1 + msg_len:
         expected = start + env_len + 1 + msg_len

@@ -1,0 +1,278 @@
+"""The queue on disk: the file format, the directory layout, modes and clean-up."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+import pytest
+
+from mq_transaction import CorruptMessageError, MessageQueue, QueueWriteError
+from mq_transaction.queue import is_queue_id, new_queue_id
+from mq_transaction.queuefile import Envelope, decode, decode_envelope_only, encode
+
+MESSAGE = b"From: app@example.com\r\nTo: bob@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
+
+
+def envelope(*recipients: str) -> Envelope:
+    return Envelope.new("app@example.com", recipients or ("bob@example.com",), 1795878696.123456, "<id@x>")
+
+
+def small_file() -> bytes:
+    return encode(envelope(), MESSAGE)
+
+
+# -- the file format -------------------------------------------------------------------
+
+
+def test_encode_then_decode_returns_the_envelope_and_the_exact_message():
+    original = envelope("bob@example.com", "ßtraße@bücher.example", '"odd,name"@example.com')
+    got_envelope, got_message = decode(encode(original, MESSAGE))
+    assert got_message == MESSAGE
+    assert got_envelope == original
+
+
+def test_message_is_stored_verbatim_and_contiguous_after_the_envelope_line():
+    content = small_file()
+    assert content.startswith(b"MQUEUE 1 ")
+    assert content.endswith(MESSAGE)
+    assert content.count(MESSAGE) == 1
+    # The envelope is one line of JSON, never a header of the message.
+    first, envelope_line, rest = content.split(b"\n", 2)
+    assert envelope_line.startswith(b"{") and envelope_line.endswith(b"}")
+    assert rest == MESSAGE
+
+
+def test_envelope_only_reads_the_envelope_from_the_first_bytes():
+    content = encode(envelope("a@example.com", "b@example.com"), b"x" * 100_000)
+    assert [r.address for r in decode_envelope_only(content[:4096]).recipients] == [
+        "a@example.com",
+        "b@example.com",
+    ]
+
+
+def test_every_truncation_of_a_file_is_corrupt():
+    content = small_file()
+    for length in range(len(content)):
+        with pytest.raises(CorruptMessageError):
+            decode(content[:length])
+
+
+@pytest.mark.parametrize("extra", [b"x", b"\n", b"\r\n", b"\0" * 4096])
+def test_a_file_with_bytes_appended_is_corrupt(extra):
+    with pytest.raises(CorruptMessageError):
+        decode(small_file() + extra)
+
+
+def test_every_single_bit_flip_anywhere_in_a_file_is_corrupt():
+    content = small_file()
+    for position in range(len(content)):
+        for bit in range(8):
+            damaged = bytearray(content)
+            damaged[position] ^= 1 << bit
+            with pytest.raises(CorruptMessageError):
+                decode(bytes(damaged))
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        b"",
+        b"\n",
+        MESSAGE,
+        b"X-Actually-From: app@example.com\nX-Actually-To: bob@example.com\n" + MESSAGE,
+        b"X-Zope-From: app@example.com\nX-Zope-To: bob@example.com\n" + MESSAGE,
+        b'{"sender": "app@example.com"}\n',
+        b"MQUEUE\n",
+        b"MQUEUE 1 2 3\n{}\n",
+        b"MQUEUE 1 x y z\n",
+        bytes(range(256)) * 4,
+    ],
+    ids=[
+        "empty",
+        "newline",
+        "bare-message",
+        "repoze",
+        "zope",
+        "json",
+        "magic-only",
+        "short-header",
+        "junk-header",
+        "binary",
+    ],
+)
+def test_a_foreign_file_is_corrupt(foreign):
+    with pytest.raises(CorruptMessageError):
+        decode(foreign)
+
+
+def test_a_newer_format_version_is_corrupt_and_says_so():
+    content = small_file().replace(b"MQUEUE 1 ", b"MQUEUE 2 ", 1)
+    with pytest.raises(CorruptMessageError, match="version 2"):
+        decode(content)
+
+
+def test_an_envelope_that_is_valid_json_but_not_an_envelope_is_corrupt():
+    import zlib
+
+    for env in (b"{}", b'{"sender":"a@b","recipients":[],"queued_at":"2026-01-01T00:00:00Z"}', b"[1]"):
+        crc = zlib.crc32(MESSAGE, zlib.crc32(env))
+        content = b"MQUEUE 1 %d %d %08x\n%s\n%s" % (len(env), len(MESSAGE), crc, env, MESSAGE)
+        with pytest.raises(CorruptMessageError, match="envelope"):
+            decode(content)
+
+
+def test_claiming_a_corrupt_file_moves_it_to_corrupt_instead_of_sending_it(mail_queue):
+    queue_id = new_queue_id()
+    with open(os.path.join(mail_queue.path, "new", queue_id), "wb") as handle:
+        handle.write(small_file()[:-3])
+    assert mail_queue.due() == [queue_id]
+    with pytest.raises(CorruptMessageError, match=queue_id):
+        mail_queue.claim(queue_id)
+    assert os.listdir(os.path.join(mail_queue.path, "corrupt")) == [queue_id]
+    assert mail_queue.due() == []
+
+
+# -- queue ids ---------------------------------------------------------------------------
+
+
+def test_queue_ids_are_unique_time_ordered_and_cannot_name_a_path():
+    ids = [new_queue_id(1795878696.0 + n / 1000) for n in range(1000)]
+    assert len(set(ids)) == 1000
+    assert [i[:22] for i in ids] == sorted(i[:22] for i in ids)
+    assert all(is_queue_id(i) for i in ids)
+    assert ids[0].startswith("20261128T")
+    for bad in ("../new/x", "", ".hidden", "20261128T151136123456Z-9f3a2b1c0d/..", "x" * 33):
+        assert not is_queue_id(bad)
+
+
+def test_enqueue_returns_the_name_of_the_file_in_new(mail_queue):
+    queue_id = mail_queue.enqueue(envelope(), MESSAGE)
+    assert os.listdir(os.path.join(mail_queue.path, "new")) == [queue_id]
+    assert mail_queue.find(queue_id).state == "queued"
+    assert mail_queue.read(mail_queue.find(queue_id)) == (envelope(), MESSAGE)
+
+
+# -- readers ignore dot-files and anything not a regular file -----------------------
+
+
+def test_due_and_entries_ignore_dot_files_directories_symlinks_and_fifos(mail_queue):
+    queue_id = mail_queue.enqueue(envelope(), MESSAGE)
+    new = os.path.join(mail_queue.path, "new")
+    with open(os.path.join(new, ".hidden"), "wb") as handle:
+        handle.write(small_file())
+    with open(os.path.join(new, f".{queue_id}.rewrite"), "wb") as handle:
+        handle.write(small_file())
+    os.mkdir(os.path.join(new, "20261128T151136123456Z-0000000000"))
+    os.symlink(os.path.join(new, queue_id), os.path.join(new, "20261128T151136123456Z-1111111111"))
+    os.mkfifo(os.path.join(new, "20261128T151136123456Z-2222222222"))
+    assert mail_queue.due() == [queue_id]
+    assert [e.queue_id for e in mail_queue.entries()] == [queue_id]
+    assert [e.queue_id for e in mail_queue.entries("queued")] == [queue_id]
+
+
+def test_due_lists_deferred_messages_only_once_their_retry_time_has_come(mail_queue):
+    now = time.time()
+    ready, later = new_queue_id(now - 2), new_queue_id(now - 1)
+    for queue_id, mtime in ((ready, now - 10), (later, now + 3600)):
+        path = os.path.join(mail_queue.path, "deferred", queue_id)
+        with open(path, "wb") as handle:
+            handle.write(small_file())
+        os.utime(path, (mtime, mtime))
+    assert mail_queue.due(now) == [ready]
+    assert mail_queue.due(now, flush=True) == [ready, later]
+
+
+# -- cleanup of tmp/ -----------------------------------------------------------------
+
+
+def test_cleanup_tmp_removes_only_tmp_files_older_than_the_max_age(mail_queue):
+    now = time.time()
+    max_age = 36 * 3600
+    tmp = os.path.join(mail_queue.path, "tmp")
+    new = os.path.join(mail_queue.path, "new")
+    files = {
+        "stale": (tmp, now - max_age - 60),
+        "fresh": (tmp, now - max_age + 60),
+        "old-mail": (new, now - 10 * max_age),
+    }
+    for name, (directory, mtime) in files.items():
+        path = os.path.join(directory, name)
+        with open(path, "wb") as handle:
+            handle.write(b"x")
+        os.utime(path, (mtime, mtime))
+    os.mkdir(os.path.join(tmp, "old-directory"))
+    os.utime(os.path.join(tmp, "old-directory"), (now - 10 * max_age,) * 2)
+
+    assert mail_queue.cleanup_tmp(max_age, now=now) == ["stale"]
+    assert sorted(os.listdir(tmp)) == ["fresh", "old-directory"]
+    assert os.listdir(new) == ["old-mail"]
+
+
+def test_cleanup_tmp_leaves_messages_of_open_transactions_alone(mail_queue):
+    queue_id = mail_queue.write_tmp(envelope(), MESSAGE)
+    assert mail_queue.cleanup_tmp(36 * 3600) == []
+    assert os.listdir(os.path.join(mail_queue.path, "tmp")) == [queue_id]
+
+
+# -- layout and modes ------------------------------------------------------------------
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.fixture
+def strict_umask():
+    """Run with umask 077, so group modes prove they are set explicitly."""
+    old = os.umask(0o077)
+    yield
+    os.umask(old)
+
+
+@pytest.fixture
+def loose_umask():
+    """Run with umask 000, so private modes prove they are set explicitly."""
+    old = os.umask(0)
+    yield
+    os.umask(old)
+
+
+DIRECTORIES = ["tmp", "new", "sending", "deferred", "hold", "failed", "corrupt"]
+
+
+def test_queue_creates_every_state_directory(tmp_path):
+    queue = MessageQueue(tmp_path / "q")
+    assert sorted(os.listdir(queue.path)) == sorted(DIRECTORIES)
+
+
+def test_default_modes_are_0700_for_directories_and_0600_for_files(tmp_path, loose_umask):
+    queue = MessageQueue(tmp_path / "q")
+    queue_id = queue.enqueue(envelope(), MESSAGE)
+    assert mode(queue.path) == 0o700
+    assert {d: mode(os.path.join(queue.path, d)) for d in DIRECTORIES} == dict.fromkeys(DIRECTORIES, 0o700)
+    assert mode(os.path.join(queue.path, "new", queue_id)) == 0o600
+    assert mode(os.path.join(queue.path, "tmp", queue.write_tmp(envelope(), MESSAGE))) == 0o600
+
+
+def test_group_access_makes_directories_0770_and_files_0660(tmp_path, strict_umask):
+    queue = MessageQueue(tmp_path / "q", group_access=True)
+    queue_id = queue.enqueue(envelope(), MESSAGE)
+    assert mode(queue.path) == 0o770
+    assert {d: mode(os.path.join(queue.path, d)) for d in DIRECTORIES} == dict.fromkeys(DIRECTORIES, 0o770)
+    assert mode(os.path.join(queue.path, "new", queue_id)) == 0o660
+    assert mode(os.path.join(queue.path, "tmp", queue.write_tmp(envelope(), MESSAGE))) == 0o660
+
+
+def test_opening_an_existing_queue_keeps_its_messages(tmp_path):
+    first = MessageQueue(tmp_path / "q")
+    queue_id = first.enqueue(envelope(), MESSAGE)
+    again = MessageQueue(tmp_path / "q")
+    assert again.due() == [queue_id]
+
+
+def test_a_queue_path_that_is_a_file_is_a_queue_write_error(tmp_path):
+    (tmp_path / "q").write_bytes(b"not a directory")
+    with pytest.raises(QueueWriteError, match="not a directory"):
+        MessageQueue(tmp_path / "q")
