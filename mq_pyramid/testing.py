@@ -55,9 +55,7 @@ class MemoryMailer:
         self.default_sender = default_sender
         self.outbox: list[OutboxMessage] = []
 
-    def prepare(
-        self, message: object, sender: str | None = None, recipients: object = None
-    ) -> PreparedMessage:
+    def prepare(self, message: object, sender: str | None = None, recipients: object = None) -> PreparedMessage:
         """Validate and return what would be queued, exactly as ``QueuedMailer.prepare``."""
         return prepare_message(message, sender, recipients, self.default_sender)
 
