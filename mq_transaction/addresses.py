@@ -37,15 +37,31 @@ def validate_address(address: object, role: str = "address") -> str:
     return address
 
 
+_SPACE_AROUND_SEPARATOR = re.compile(r"\s*([@.])\s*")
+
+
+def _written_in(address: str, value: str) -> bool:
+    """True when ``address`` is written in ``value`` (spaces around "@" and "." aside).
+
+    The email.utils parsers silently rewrite what they cannot parse
+    (``bob@exa mple.com`` becomes ``bob@example.com``); such an address is malformed.
+    """
+    return address in _SPACE_AROUND_SEPARATOR.sub(r"\1", value)
+
+
 def envelope_address(value: object, role: str) -> str:
     """Return the bare address of ``value`` (``a@b`` or ``Name <a@b>``), validated."""
     if isinstance(value, str) and _FORBIDDEN.search(value):
         raise InvalidAddressError(f"{role} {value!r} contains a control character (CR, LF, NUL...)")
     if isinstance(value, str) and "<" in value:
         _name, bare = parseaddr(value)
-        if not bare:
-            raise InvalidAddressError(f"{role} {value!r} is not a valid email address")
-        value = bare
+        try:
+            if not _written_in(bare, value):
+                raise InvalidAddressError(value)
+            return validate_address(bare, role)
+        except InvalidAddressError:
+            # Name the value given, not the fragment parseaddr made of it ("Doe, John <j@x>" -> "Doe").
+            raise InvalidAddressError(f"{role} {value!r} is not a valid email address") from None
     return validate_address(value, role)
 
 
@@ -56,7 +72,14 @@ def addresses_from_headers(values: list[str], header: str) -> list[str]:
     a piece with no address; it is rejected instead of becoming a second recipient.
     """
     found = []
-    for name, address in getaddresses(values):
+    for value in values:
+        found.extend(_addresses_from_header(value, header))
+    return found
+
+
+def _addresses_from_header(value: str, header: str) -> list[str]:
+    found = []
+    for name, address in getaddresses([value]):
         if not address:
             if name:
                 raise InvalidAddressError(
@@ -67,5 +90,7 @@ def addresses_from_headers(values: list[str], header: str) -> list[str]:
             raise InvalidAddressError(
                 f"{header} header has {address!r}, which is not an address (a comma in an unquoted display name?)"
             )
+        if not _written_in(address, value):
+            raise InvalidAddressError(f"{header} header {value!r} has a malformed address")
         found.append(validate_address(address, f"{header} address"))
     return found

@@ -134,11 +134,14 @@ def prepare_message(
     naming the bad value for a missing or malformed sender or recipient.
     """
     object_sender, object_recipients = _object_envelope(message)
+    if object_recipients is not None and not object_sender and default_sender:
+        # As pyramid_mailer's own Mailer does: its Message refuses to_message() without one.
+        message.sender = object_sender = default_sender
     data = message_bytes(message)
     fields, header_end = _header_fields(data)
 
     if sender is None:
-        sender = default_sender or object_sender
+        sender = object_sender or default_sender  # an object's own sender wins, as in pyramid_mailer
     if sender is None:
         found = addresses_from_headers(_values(data, fields, "sender"), "Sender") or (
             addresses_from_headers(_values(data, fields, "from"), "From")
@@ -176,7 +179,7 @@ def prepare_message(
 
     message_id = ""
     for value in _values(data, fields, "message-id"):
-        message_id = value.strip()
+        message_id = " ".join(value.split())  # unfolded: the envelope field is one line
         break
     has_date = any(field.name == "date" for field in fields)
 
