@@ -6,7 +6,9 @@ import argparse
 import sys
 
 from .config import attach_smtp_log, load_settings, setup_logging
+from .daemon import Daemon
 from .errors import ConfigurationError, MailQueueError
+from .metrics import Metrics
 from .sender import EX_USAGE, Sender, open_queue
 
 DESCRIPTION = """Deliver the mail queued by mq_transaction.
@@ -44,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--delivery-log-format", choices=("logfmt", "json"), help="delivery log format (default logfmt)"
     )
     parser.add_argument("--smtp-log", metavar="FILE", help="write the SMTP dialog to FILE (mq.smtp_log)")
+    parser.add_argument(
+        "--metrics-file", metavar="FILE", help="write Prometheus text metrics to FILE, atomically (mq.metrics_file)"
+    )
+    parser.add_argument(
+        "--daemon",
+        action="store_true",
+        help="stay running: send each message moments after its commit (one daemon per queue)",
+    )
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug output, with the SMTP dialog")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="errors only")
@@ -63,6 +73,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, object]:
         "mq.delivery_log": args.delivery_log,
         "mq.delivery_log_format": args.delivery_log_format,
         "mq.smtp_log": args.smtp_log,
+        "mq.metrics_file": args.metrics_file,
     }
 
 
@@ -79,11 +90,33 @@ def main(argv: list[str] | None = None) -> int:
         if settings.smtp_log:
             attach_smtp_log(settings.smtp_log, propagate=verbosity > 0)
         sender = Sender(settings, queue=open_queue(settings))
+        metrics = Metrics(settings.metrics_file) if settings.metrics_file else None
+        if args.daemon:
+            daemon = Daemon(sender, metrics=metrics, idle_timeout=settings.smtp_idle_timeout)
+            daemon.acquire_lock()
     except (ConfigurationError, MailQueueError, OSError) as exc:
         print(f"mq-send: error: {exc}", file=sys.stderr)
         return EX_USAGE
+    if args.daemon:
+        daemon.install_signal_handlers()
+        return daemon.run()
+    if verbosity == 0 and sys.stderr.isatty():
+        sender.progress = progress_bar
     result = sender.run(flush=args.flush, max_messages=args.max_messages)
+    if metrics is not None:
+        metrics.add_run(result)
+        metrics.write(sender.queue)
     return result.exit_status
+
+
+def progress_bar(done: int, total: int) -> None:
+    """A one-line progress bar on a terminal, for large backlogs only."""
+    if total < 50:
+        return
+    width = 30
+    filled = width * done // total
+    end = "\n" if done == total else ""
+    print(f"\rmq-send [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

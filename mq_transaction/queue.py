@@ -7,6 +7,7 @@ directory. See ``docs/queue.md`` for the table this module mirrors name for name
 
 from __future__ import annotations
 
+import calendar
 import errno
 import fcntl
 import logging
@@ -55,6 +56,12 @@ def new_queue_id(now: float | None = None) -> str:
     whole = int(now)
     micro = int((now - whole) * 1_000_000)
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(whole)) + f"{micro:06d}Z-{secrets.token_hex(5)}"
+
+
+def queued_time(queue_id: str) -> float:
+    """The Unix time a message was queued, read from its queue id."""
+    seconds = calendar.timegm(time.strptime(queue_id[:15], "%Y%m%dT%H%M%S"))
+    return seconds + int(queue_id[15:21]) / 1_000_000
 
 
 def is_queue_id(value: str) -> bool:

@@ -9,6 +9,7 @@ Usage in-process::
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
@@ -21,6 +22,7 @@ from .errors import ConfigurationError, CorruptMessageError
 from .hooks import DeliveryEvent, Hooks, RecipientResult
 from .queue import Claim, MessageQueue
 from .queuefile import DEFERRED, DELIVERED, FAILED
+from .replies import reply_class
 from .settings import Settings
 from .smtp import ConnectionLost, DialogMixin, Outcome, ServerConfig, ServerError, close_session, open_session
 
@@ -41,7 +43,9 @@ class RunResult:
     connections: int = 0
     recovered: int = 0
     server_error: str | None = None
-    replies: dict[str, int] = field(default_factory=dict)  # reply class -> count, for metrics
+    connection_errors: int = 0
+    #: (recipient outcome, reply class) -> count, e.g. ("failed", "5xx"): for metrics
+    outcomes: collections.Counter = field(default_factory=collections.Counter)
 
     @property
     def exit_status(self) -> int:
@@ -111,6 +115,9 @@ class Sender:
         self.session: DialogMixin | None = None
         self._session_messages = 0
         self.progress: Callable[[int, int], None] | None = None
+        #: The daemon lowers this and logs outages once per state change instead.
+        self.server_error_level = logging.ERROR
+        self.last_activity = clock()
 
     # -- a whole run ---------------------------------------------------------------------
 
@@ -209,13 +216,16 @@ class Sender:
                 self.close()
                 return self._server_failed(claim, result, exc)
         self._record(claim, targets, outcome, result)
+        self.last_activity = self.clock()
         return True
 
     def _server_failed(self, claim: Claim, result: RunResult, exc: ServerError) -> bool:
         result.attempts -= 1  # the message was not tried
         self.queue.unclaim(claim)
         result.server_error = str(exc)
-        log.error(
+        result.connection_errors += 1
+        log.log(
+            self.server_error_level,
             "SMTP server %s:%d cannot be used: %s; every message stays queued for the next run",
             self.server.host,
             self.server.port,
@@ -232,8 +242,7 @@ class Sender:
                 reply = outcome.replies[recipient.address]
                 recipient.status = outcome.status(recipient.address)
                 recipient.reply = str(reply)
-                key = f"{reply.code // 100}xx"
-                result.replies[key] = result.replies.get(key, 0) + 1
+                result.outcomes[recipient.status, reply_class(reply.code)] += 1
         attempt = len(envelope.attempts) + 1
         reason = next_attempt = None
         if envelope.undelivered():

@@ -96,6 +96,7 @@ class Settings:
     smtp_timeout: float = 30.0
     smtp_data_timeout: float = 600.0
     smtp_helo: str | None = None
+    smtp_idle_timeout: float = 30.0
     smtp_connections: int = 1
     max_per_connection: int = 100
     smtp_log: str | None = None
@@ -161,6 +162,7 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "smtp_timeout": _duration,
     "smtp_data_timeout": _duration,
     "smtp_helo": _optional_text,
+    "smtp_idle_timeout": _duration,
     "smtp_connections": _positive_int,
     "max_per_connection": _positive_int,
     "smtp_log": _optional_text,

@@ -1,0 +1,295 @@
+"""``mq-send --daemon``: stay running and send each message moments after its commit.
+
+Woken by inotify on ``new/`` (polling where inotify is missing), and by a timer for the
+next deferred message. Keeps the SMTP session open between messages and closes it when
+idle. Backs off from a server that cannot be used (not from each message) and logs
+outages once per change. SIGTERM/SIGINT finish the message in flight, QUIT and exit 0;
+SIGHUP reopens the log files. One daemon per queue, enforced by a lock file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+from .errors import MailQueueError
+from .metrics import Metrics
+from .sender import RunResult, Sender
+
+log = logging.getLogger("mq_transaction.daemon")
+
+_IN_CREATE, _IN_MOVED_TO = 0x100, 0x80
+
+
+class DaemonAlreadyRunning(MailQueueError):
+    """Another ``mq-send --daemon`` holds this queue's daemon lock."""
+
+
+class Watcher:
+    """Waits for files to appear in a directory: inotify on Linux, else plain timeouts."""
+
+    def __init__(self, directory: str, wake_fd: int) -> None:
+        self.wake_fd = wake_fd
+        self.fd: int | None = None
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+            if fd < 0:
+                raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+            if libc.inotify_add_watch(fd, os.fsencode(directory), _IN_CREATE | _IN_MOVED_TO) < 0:
+                os.close(fd)
+                raise OSError(ctypes.get_errno(), "inotify_add_watch failed")
+            self.fd = fd
+        except (OSError, AttributeError) as exc:
+            log.info("inotify is not available (%s); polling %s instead", exc, directory)
+
+    @property
+    def mode(self) -> str:
+        """``inotify`` or ``polling``."""
+        return "inotify" if self.fd is not None else "polling"
+
+    def wait(self, timeout: float, poll_interval: float) -> None:
+        """Return when a file appears, the wake pipe is written, or ``timeout`` passes."""
+        fds = [self.wake_fd] + ([self.fd] if self.fd is not None else [])
+        if self.fd is None:
+            timeout = min(timeout, poll_interval)
+        try:
+            ready, _, _ = select.select(fds, [], [], max(0.0, timeout))
+        except InterruptedError:
+            return
+        for fd in ready:
+            _drain(fd)
+
+    def close(self) -> None:
+        """Stop watching."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _drain(fd: int) -> None:
+    while True:
+        try:
+            if not os.read(fd, 65536):
+                return
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EINTR):
+                return
+            raise
+
+
+def notify_systemd(state: str) -> None:
+    """Send ``state`` (e.g. ``READY=1``) to systemd when run as a ``Type=notify`` service."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("cannot notify systemd at %s: %s", address, exc)
+
+
+def reopen_log_files() -> None:
+    """Close every logging FileHandler's stream; it reopens on the next record (logrotate)."""
+    loggers = [logging.getLogger()] + [
+        logger for logger in logging.root.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.acquire()
+                try:
+                    if handler.stream:
+                        handler.stream.close()
+                    handler.stream = None
+                finally:
+                    handler.release()
+
+
+class Daemon:
+    """The long-running sender. ``run()`` returns the exit status (0 after SIGTERM)."""
+
+    #: Seconds between the server retries after an outage: doubling up to the cap.
+    SERVER_RETRY_FIRST, SERVER_RETRY_MAX = 5.0, 30.0
+    HOUSEKEEPING_EVERY = 60.0
+    METRICS_EVERY = 15.0
+
+    def __init__(
+        self,
+        sender: Sender,
+        *,
+        metrics: Metrics | None = None,
+        poll_interval: float = 1.0,
+        idle_timeout: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.sender = sender
+        self.queue = sender.queue
+        self.metrics = metrics
+        self.poll_interval = poll_interval
+        self.idle_timeout = idle_timeout
+        self.clock = clock
+        self.stopping = False
+        self._reopen = False
+        self._lock_fd: int | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.server_down_since: float | None = None
+        self.server_retry_at = 0.0
+        self._server_retry_delay = self.SERVER_RETRY_FIRST
+        sender.server_error_level = logging.DEBUG
+
+    # -- control ------------------------------------------------------------------------
+
+    def acquire_lock(self) -> None:
+        """Take the queue's daemon lock, or raise :class:`DaemonAlreadyRunning`."""
+        path = self.queue.daemon_lock_path()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DaemonAlreadyRunning(
+                f"another mq-send --daemon is already running on {self.queue.path} (it holds {path})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def request_stop(self, *_args: object) -> None:
+        """Finish the message in flight, then stop (the SIGTERM/SIGINT handler)."""
+        self.stopping = True
+        self._wake()
+
+    def request_reopen(self, *_args: object) -> None:
+        """Reopen log files at the next opportunity (the SIGHUP handler)."""
+        self._reopen = True
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop, SIGHUP reopens the logs."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reopen)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self, ready: Callable[[], None] | None = None) -> int:
+        """Serve until stopped; return 0."""
+        if self._lock_fd is None:
+            self.acquire_lock()
+        watcher = Watcher(self.queue.state_dir_for_watching(), self._wake_r)
+        housekeeping_at = metrics_at = 0.0
+        first = True
+        try:
+            while not self.stopping:
+                now = self.clock()
+                result = RunResult()
+                if now >= housekeeping_at:
+                    self.sender.housekeeping(result)
+                    housekeeping_at = now + self.HOUSEKEEPING_EVERY
+                if now >= self.server_retry_at:
+                    due = self.queue.due(now)
+                    if due:
+                        self.sender.deliver(due, result, should_stop=lambda: self.stopping)
+                        self._server_state(result)
+                if first:
+                    first = False
+                    log.info(
+                        "mq-send daemon ready: pid %d, queue %s, waking by %s",
+                        os.getpid(),
+                        self.queue.path,
+                        watcher.mode,
+                    )
+                    notify_systemd("READY=1")
+                    if ready:
+                        ready()
+                if self.metrics is not None:
+                    self.metrics.add_run(result)
+                    if result.attempts or result.corrupt or now >= metrics_at:
+                        self._write_metrics()
+                        metrics_at = now + self.METRICS_EVERY
+                if self._reopen:
+                    self._reopen = False
+                    reopen_log_files()
+                    if self.sender.delivery_log is not None:
+                        self.sender.delivery_log.reopen()
+                    log.info("log files reopened")
+                if self.stopping:
+                    break
+                self._close_if_idle()
+                watcher.wait(self._timeout(housekeeping_at, metrics_at), self.poll_interval)
+        finally:
+            notify_systemd("STOPPING=1")
+            self.sender.close()
+            watcher.close()
+            if self.metrics is not None:
+                self._write_metrics()
+            log.info("mq-send daemon stopped")
+        return 0
+
+    def _write_metrics(self) -> None:
+        try:
+            self.metrics.write(self.queue)
+        except OSError as exc:
+            log.error("cannot write metrics file %s: %s", self.metrics.path, exc)
+
+    def _server_state(self, result: RunResult) -> None:
+        """Track the server's health; log only when it changes."""
+        now = self.clock()
+        if result.server_error:
+            if self.server_down_since is None:
+                self.server_down_since = now
+                log.error(
+                    "SMTP server cannot be used: %s; mail stays queued, retrying the server every %.0f-%.0fs",
+                    result.server_error,
+                    self.SERVER_RETRY_FIRST,
+                    self.SERVER_RETRY_MAX,
+                )
+            else:
+                self._server_retry_delay = min(self._server_retry_delay * 2, self.SERVER_RETRY_MAX)
+            self.server_retry_at = now + self._server_retry_delay
+        elif result.attempts and self.server_down_since is not None:
+            log.warning("SMTP server is back after %.0fs; delivering the backlog", now - self.server_down_since)
+            self.server_down_since = None
+            self._server_retry_delay = self.SERVER_RETRY_FIRST
+            self.server_retry_at = 0.0
+
+    def _close_if_idle(self) -> None:
+        if self.sender.session is not None and self.clock() - self.sender.last_activity >= self.idle_timeout:
+            log.debug("closing the idle SMTP session")
+            self.sender.close()
+
+    def _timeout(self, housekeeping_at: float, metrics_at: float) -> float:
+        now = self.clock()
+        candidates = [housekeeping_at - now]
+        if self.metrics is not None:
+            candidates.append(metrics_at - now)
+        if self.sender.session is not None:
+            candidates.append(self.sender.last_activity + self.idle_timeout - now)
+        if self.server_down_since is not None:
+            candidates.append(self.server_retry_at - now)
+        next_retry = self.queue.next_retry_time()
+        if next_retry is not None:
+            candidates.append(max(next_retry, self.server_retry_at) - now)
+        return max(0.0, min(candidates))
