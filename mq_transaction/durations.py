@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timezone
 
@@ -17,8 +18,8 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration")
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"{value!r} is not a duration (negative)")
+        if not 0 <= value < math.inf:  # also refuses NaN
+            raise ValueError(f"{value!r} is not a duration (negative or not finite)")
         return float(value)
     match = _DURATION.match(str(value).lower())
     if not match:

@@ -7,6 +7,7 @@ its type and its default is listed in :data:`KEYS` (and in ``docs/configuration.
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -20,12 +21,22 @@ TLS_MODES = ("none", "starttls", "ssl")
 LOG_FORMATS = ("logfmt", "json")
 
 
+def _as_text(value: object) -> str:
+    # Settings built in Python may hold a pathlib.Path, or a wrong type (a TypeError
+    # becomes a ConfigurationError naming the key, not an AttributeError from .strip()).
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not text")
+    return value
+
+
 def _text(value: str) -> str:
-    return value.strip()
+    return _as_text(value).strip()
 
 
 def _optional_text(value: str) -> str | None:
-    return value.strip() or None
+    return _as_text(value).strip() or None
 
 
 def _boolean(value: str | bool) -> bool:
@@ -59,7 +70,7 @@ def _duration(value: str) -> float:
 
 def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
     def parse(value: str) -> str:
-        lowered = value.strip().lower()
+        lowered = _as_text(value).strip().lower()
         if lowered not in options:
             raise ValueError(f"{value!r} is not one of {', '.join(options)}")
         return lowered
@@ -68,6 +79,7 @@ def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
 
 
 def _sender(value: str) -> str | None:
+    value = _as_text(value)
     if not value.strip():
         return None
     try:
