@@ -208,22 +208,22 @@ class Daemon:
                 if now >= housekeeping_at:
                     self.sender.housekeeping(result)
                     housekeeping_at = now + self.HOUSEKEEPING_EVERY
-                if now >= self.server_retry_at:
-                    due = self.queue.due(now)
-                    if due:
-                        self.sender.deliver(due, result, should_stop=lambda: self.stopping)
-                        self._server_state(result)
-                if first:
+                due = self.queue.due(now) if now >= self.server_retry_at else []
+                if first:  # ready once the queue has been scanned, before the backlog is sent
                     first = False
                     log.info(
-                        "mq-send daemon ready: pid %d, queue %s, waking by %s",
+                        "mq-send daemon ready: pid %d, queue %s, waking by %s, %d message(s) due",
                         os.getpid(),
                         self.queue.path,
                         watcher.mode,
+                        len(due),
                     )
                     notify_systemd("READY=1")
                     if ready:
                         ready()
+                if due:
+                    self.sender.deliver(due, result, should_stop=lambda: self.stopping)
+                    self._server_state(result)
                 if self.metrics is not None:
                     self.metrics.add_run(result)
                     if result.attempts or result.corrupt or now >= metrics_at:

@@ -92,9 +92,9 @@ class RecordingHandler:
 class Sink:
     """A running server: ``port``, ``handler`` (what arrived) and ``stop()``."""
 
-    def __init__(self, handler: RecordingHandler, **controller_options) -> None:
+    def __init__(self, handler: RecordingHandler, port: int | None = None, **controller_options) -> None:
         self.handler = handler
-        self.port = free_port()
+        self.port = port or free_port()
         self.controller = Controller(handler, hostname="127.0.0.1", port=self.port, **controller_options)
         self.controller.start()
 

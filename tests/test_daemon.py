@@ -1,0 +1,223 @@
+"""``mq-send --daemon``: prompt sending, outages, SIGTERM, one daemon per queue, metrics."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import transaction
+from prometheus_client.parser import text_string_to_metric_families
+from smtp_sinks import RecordingHandler, Sink, free_port
+
+from mq_transaction import MessageQueue, QueuedMailer
+from mq_transaction.daemon import Daemon
+from mq_transaction.metrics import Metrics
+from mq_transaction.sender import Sender
+from mq_transaction.settings import parse_settings
+
+MQ_SEND = [sys.executable, "-m", "mq_transaction.cli_send"]
+
+
+def commit_messages(queue_dir, count, fsync=True):
+    mailer = QueuedMailer(MessageQueue(queue_dir, fsync=fsync))
+    for number in range(count):
+        with transaction.manager:
+            mailer.send(f"From: app@example.com\nTo: u{number}@example.org\nSubject: {number}\n\nhello\n".encode())
+
+
+def wait_for(condition, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def start_daemon(queue_dir, port, *extra):
+    process = subprocess.Popen(
+        [
+            *MQ_SEND,
+            "--daemon",
+            "--queue-dir",
+            str(queue_dir),
+            "--smtp-host",
+            "127.0.0.1",
+            "--smtp-port",
+            str(port),
+            *extra,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    while True:
+        line = process.stderr.readline()
+        if not line:
+            raise AssertionError(f"daemon exited before it was ready: {''.join(lines)}")
+        lines.append(line)
+        if "daemon ready" in line:
+            break
+    threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
+    return process
+
+
+@pytest.fixture
+def queue_dir(tmp_path):
+    MessageQueue(tmp_path / "q")
+    return tmp_path / "q"
+
+
+def test_daemon_sends_a_message_committed_after_it_started(queue_dir, smtp_sink):
+    daemon = start_daemon(queue_dir, smtp_sink.port)
+    try:
+        commit_messages(queue_dir, 1)
+        assert wait_for(lambda: len(smtp_sink.received) == 1, timeout=10)
+        commit_messages(queue_dir, 2)
+        assert wait_for(lambda: len(smtp_sink.received) == 3, timeout=10)
+        assert smtp_sink.handler.sessions == 1  # the session stayed open between messages
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=10) == 0
+
+
+def test_second_daemon_on_the_same_queue_is_refused_with_status_2(queue_dir, smtp_sink):
+    first = start_daemon(queue_dir, smtp_sink.port)
+    try:
+        second = subprocess.run(
+            [*MQ_SEND, "--daemon", "--queue-dir", str(queue_dir), "--smtp-port", str(smtp_sink.port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode == 2
+        assert "already running" in second.stderr and second.stderr.count("\n") == 1
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=10) == 0
+
+
+def test_sigterm_mid_backlog_loses_nothing_and_exits_0(queue_dir, smtp_sink):
+    commit_messages(queue_dir, 1500, fsync=False)
+    daemon = start_daemon(queue_dir, smtp_sink.port)
+    assert wait_for(lambda: len(smtp_sink.received) >= 100)
+    daemon.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    assert daemon.wait(timeout=10) == 0
+    assert time.monotonic() - started < 10
+    queue = MessageQueue(queue_dir)
+    left = collections.Counter(entry.state for entry in queue.entries())
+    assert set(left) <= {"queued"}  # nothing stranded in sending/
+    sent = len(smtp_sink.received)
+    assert sent + left["queued"] == 1500
+    assert 0 < left["queued"]
+    Sender(parse_settings({"mq.queue_dir": str(queue_dir), "mq.smtp_port": str(smtp_sink.port)})).run()
+    ids = collections.Counter(smtp_sink.handler.message_ids())
+    assert len(ids) == 1500 and max(ids.values()) == 1
+
+
+def test_daemon_survives_an_outage_and_delivers_the_backlog_after_it(queue_dir, monkeypatch):
+    monkeypatch.setattr(Daemon, "SERVER_RETRY_FIRST", 0.2)
+    monkeypatch.setattr(Daemon, "SERVER_RETRY_MAX", 0.5)
+    port = free_port()
+    settings = parse_settings({"mq.queue_dir": str(queue_dir), "mq.smtp_port": str(port), "mq.smtp_timeout": "2s"})
+    daemon = Daemon(Sender(settings), poll_interval=0.1)
+    ready = threading.Event()
+    thread = threading.Thread(target=daemon.run, kwargs={"ready": ready.set})
+    thread.start()
+    sink = None
+    try:
+        assert ready.wait(10)
+        commit_messages(queue_dir, 3)
+        assert wait_for(lambda: daemon.server_down_since is not None, timeout=10)
+        time.sleep(1.0)  # several server retries while it is down
+        assert thread.is_alive()
+        assert len(list(MessageQueue(queue_dir).entries("queued"))) == 3
+        sink = Sink(RecordingHandler(), port=port)
+        assert wait_for(lambda: len(sink.received) == 3, timeout=15)
+        assert wait_for(lambda: daemon.server_down_since is None, timeout=5)
+    finally:
+        daemon.request_stop()
+        thread.join(10)
+        if sink:
+            sink.stop()
+    assert not thread.is_alive()
+
+
+def test_outage_is_logged_once_per_state_change(queue_dir, monkeypatch, caplog):
+    monkeypatch.setattr(Daemon, "SERVER_RETRY_FIRST", 0.05)
+    monkeypatch.setattr(Daemon, "SERVER_RETRY_MAX", 0.1)
+    settings = parse_settings({"mq.queue_dir": str(queue_dir), "mq.smtp_port": str(free_port())})
+    commit_messages(queue_dir, 5)
+    daemon = Daemon(Sender(settings), poll_interval=0.05)
+    thread = threading.Thread(target=daemon.run)
+    with caplog.at_level("INFO", logger="mq_transaction"):
+        thread.start()
+        time.sleep(1.0)
+        daemon.request_stop()
+        thread.join(10)
+    outage_lines = [r for r in caplog.records if "cannot be used" in r.getMessage() and r.levelname == "ERROR"]
+    assert len(outage_lines) == 1
+
+
+def test_metrics_file_parses_and_counts_deliveries_across_runs(queue_dir, smtp_sink, tmp_path):
+    metrics_file = tmp_path / "mq.prom"
+
+    def run(port):
+        args = ["--queue-dir", str(queue_dir), "--smtp-port", str(port), "--metrics-file", str(metrics_file), "-q"]
+        subprocess.run([*MQ_SEND, *args], capture_output=True, text=True, timeout=60)
+        return {f.name: f for f in text_string_to_metric_families(metrics_file.read_text())}
+
+    commit_messages(queue_dir, 2)
+    run(smtp_sink.port)
+    commit_messages(queue_dir, 1)
+    families = run(smtp_sink.port)
+    assert families["mq_messages_delivered"].samples[0].value == 3  # counters add up across runs
+    outcomes = {(s.labels["outcome"], s.labels["class"]): s.value for s in families["mq_recipient_outcomes"].samples}
+    assert outcomes == {("delivered", "2xx"): 3}
+    assert families["mq_last_success_timestamp_seconds"].samples[0].value > time.time() - 60
+
+    commit_messages(queue_dir, 1)
+    families = run(free_port())  # the server is down
+    states = {s.labels["state"]: s.value for s in families["mq_messages"].samples}
+    assert states == {"queued": 1, "sending": 0, "deferred": 0, "held": 0, "failed": 0, "corrupt": 0}
+    assert families["mq_smtp_connection_errors"].samples[0].value == 1
+    assert families["mq_messages_delivered"].samples[0].value == 3
+    assert 0 <= families["mq_oldest_message_age_seconds"].samples[0].value < 60
+
+
+def test_sighup_reopens_the_delivery_log(queue_dir, smtp_sink, tmp_path):
+    log_file = tmp_path / "delivery.log"
+    daemon = start_daemon(queue_dir, smtp_sink.port, "--delivery-log", str(log_file))
+    try:
+        commit_messages(queue_dir, 1)
+        assert wait_for(lambda: log_file.exists() and log_file.read_text().count("\n") == 1)
+        os.rename(log_file, tmp_path / "delivery.log.1")
+        daemon.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        commit_messages(queue_dir, 1)
+        assert wait_for(lambda: log_file.exists() and log_file.read_text().count("\n") == 1)
+        assert (tmp_path / "delivery.log.1").read_text().count("\n") == 1
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=10) == 0
+
+
+def test_metrics_writer_is_atomic_and_keeps_counters(tmp_path, queue_dir):
+    from mq_transaction.sender import RunResult
+
+    metrics = Metrics(str(tmp_path / "m.prom"))
+    metrics.add_run(RunResult(delivered=2, failed=1))
+    metrics.write(MessageQueue(queue_dir))
+    metrics.add_run(RunResult(delivered=1))
+    metrics.write(MessageQueue(queue_dir))
+    text = (tmp_path / "m.prom").read_text()
+    assert "mq_messages_delivered_total 3" in text and "mq_messages_failed_total 1" in text
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".mq-metrics")] == []
