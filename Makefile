@@ -21,8 +21,12 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint docs
 	$(BIN)/python -m pytest
+
+# The documentation site; warnings are errors. Part of `make test`, hence of CI.
+docs: $(VENV)/.installed-test
+	$(BIN)/sphinx-build -q -W --keep-going -b html docs docs/_build/html
 
 demo: $(VENV)/.installed-test
 	$(BIN)/python examples/demo.py

@@ -13,6 +13,9 @@ TESTS_REQUIRE = [
     "zope.sqlalchemy",
     "pyramid_mailer",
     "prometheus_client",
+    "cryptography",
+    "sphinx",
+    "myst-parser",
 ]
 BENCH_REQUIRE = ["zope.sendmail", "aiosmtpd"]
 
