@@ -27,6 +27,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     content: bytes
+    mail_options: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -47,12 +48,15 @@ class RecordingHandler:
         self.behaviour = Behaviour()
         self.received: list[Received] = []
         self.sessions = 0
+        self.offer_pipelining = False
         self.lock = threading.Lock()
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
         with self.lock:
             self.sessions += 1
         session.host_name = hostname
+        if self.offer_pipelining:
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):  # noqa: N802
@@ -73,7 +77,9 @@ class RecordingHandler:
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802
         with self.lock:
-            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+            self.received.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content, list(envelope.mail_options))
+            )
         if self.behaviour.drop_after_data:
             raise ConnectionResetError("dropping the connection after DATA, as a test asks")
         return self.behaviour.data_reply or "250 2.0.0 Message accepted"
