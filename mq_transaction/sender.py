@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,14 @@ class RunResult:
     connection_errors: int = 0
     #: (recipient outcome, reply class) -> count, e.g. ("failed", "5xx"): for metrics
     outcomes: collections.Counter = field(default_factory=collections.Counter)
+
+    def merge(self, other: RunResult) -> None:
+        """Add another run's counts to this one (parallel sessions)."""
+        for name in ("delivered", "deferred", "failed", "corrupt", "attempts", "connections", "recovered"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.connection_errors += other.connection_errors
+        self.outcomes.update(other.outcomes)
+        self.server_error = self.server_error or other.server_error
 
     @property
     def exit_status(self) -> int:
@@ -122,14 +131,45 @@ class Sender:
     # -- a whole run ---------------------------------------------------------------------
 
     def run(self, flush: bool = False, max_messages: int | None = None) -> RunResult:
-        """Clean ``tmp/``, recover dead claims, deliver everything due; then QUIT."""
+        """Clean ``tmp/``, recover dead claims, deliver everything due; then QUIT.
+
+        With ``mq.smtp_connections`` above 1, that many sessions share the work, each in
+        its own thread (the per-message claims keep them apart).
+        """
         result = RunResult()
         try:
             self.housekeeping(result)
-            self.deliver(self.queue.due(self.clock(), flush=flush), result, max_messages)
+            due = self.queue.due(self.clock(), flush=flush)
+            if self.settings.smtp_connections > 1 and len(due) > 1:
+                self._deliver_in_parallel(due[:max_messages], result)
+            else:
+                self.deliver(due, result, max_messages)
         finally:
             self.close()
         return result
+
+    def _deliver_in_parallel(self, due: list[str], result: RunResult) -> None:
+        count = min(self.settings.smtp_connections, len(due))
+        workers = [self] + [
+            Sender(self.settings, queue=self.queue, delivery_log=self.delivery_log, clock=self.clock)
+            for _ in range(count - 1)
+        ]
+        for worker in workers[1:]:
+            worker.hooks = self.hooks
+        shares = [due[index::count] for index in range(count)]
+        results = [RunResult() for _ in workers]
+        threads = [
+            threading.Thread(target=worker.deliver, args=(share, partial), name=f"mq-send-{number}")
+            for number, (worker, share, partial) in enumerate(zip(workers, shares, results, strict=True))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for worker in workers[1:]:
+            worker.close()
+        for partial in results:
+            result.merge(partial)
 
     def housekeeping(self, result: RunResult) -> None:
         """Remove stale ``tmp/`` files and give dead senders' claims back to the queue."""

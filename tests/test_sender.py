@@ -430,3 +430,14 @@ def test_non_ascii_addresses_use_smtputf8(queue, smtp_sink):
     assert smtp_sink.received[0].rcpt_tos == ["zoë@exämple.org"]
     assert states(queue) == {}
     assert QUEUED  # the state constant exists for the table in docs
+
+
+def test_parallel_connections_share_the_queue_without_duplicates(queue, smtp_sink):
+    queue_messages(queue, 40)
+    result = Sender(make_settings(queue.path, smtp_sink.port, smtp_connections=3)).run()
+    assert result.exit_status == 0
+    assert result.delivered == 40 and result.connections == 3
+    assert smtp_sink.handler.sessions == 3
+    ids = smtp_sink.handler.message_ids()
+    assert len(ids) == len(set(ids)) == 40
+    assert states(queue) == {}
