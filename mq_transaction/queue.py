@@ -256,7 +256,11 @@ class MessageQueue:
         """
         recovered = []
         for entry in _scan(self._state_dir(SENDING)):
-            fd = _open_locked(entry.path)
+            try:
+                fd = _open_locked(entry.path)
+            except OSError as exc:
+                log.error("queue id %s: cannot open %s: %s", entry.name, entry.path, exc.strerror)
+                continue
             if fd is None:
                 continue
             try:
@@ -307,7 +311,13 @@ class MessageQueue:
         target = self._file(SENDING, queue_id)
         for state in (QUEUED, DEFERRED):
             source = self._file(state, queue_id)
-            fd = _open_locked(source)
+            try:
+                fd = _open_locked(source)
+            except OSError as exc:
+                self._move(queue_id, state, CORRUPT)
+                raise CorruptMessageError(
+                    f"queue id {queue_id}: cannot read it ({exc.strerror}); moved to corrupt"
+                ) from exc
             if fd is None:
                 continue
             try:
@@ -419,7 +429,10 @@ class MessageQueue:
 
     def lock(self, entry: Entry) -> Claim | None:
         """Lock a message where it lies (for the operator tool); None when a sender holds it."""
-        fd = _open_locked(self._file(entry.state, entry.queue_id))
+        try:
+            fd = _open_locked(self._file(entry.state, entry.queue_id))
+        except OSError as exc:
+            raise QueueWriteError(f"queue id {entry.queue_id}: cannot open it: {exc.strerror}") from exc
         if fd is None:
             return None
         try:
@@ -469,10 +482,13 @@ def _scan(directory: str, dotfiles: bool = False) -> Iterator[os.DirEntry]:
 
 
 def _open_locked(path: str) -> int | None:
-    """Open ``path`` and take its exclusive lock without waiting; None if missing or held."""
+    """Open ``path`` and take its exclusive lock without waiting; None if missing or held.
+
+    Other errors (a file this user cannot read) raise ``OSError``.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except (FileNotFoundError, OSError):
+    except FileNotFoundError:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -205,7 +205,11 @@ class Sender:
                 continue
             if claim is None:
                 continue  # another sender has it
-            if not self._attempt(claim, result):
+            try:
+                if not self._attempt(claim, result):
+                    break
+            except Exception as exc:  # noqa: BLE001 - never lose the claim to a surprise
+                self._unexpected(claim, result, exc)
                 break
         if self.progress:
             self.progress(total, total)
@@ -228,7 +232,7 @@ class Sender:
         targets = [r.address for r in envelope.undelivered()]
         result.attempts += 1
         retried = False
-        while True:
+        while targets:  # a message with no one left to try is only settled, never sent
             try:
                 session = self._session(result)
                 outcome = session.send_message_bytes(envelope.sender, targets, claim.message)
@@ -255,9 +259,25 @@ class Sender:
             except ServerError as exc:
                 self.close()
                 return self._server_failed(claim, result, exc)
+        else:
+            outcome = Outcome()
         self._record(claim, targets, outcome, result)
         self.last_activity = self.clock()
         return True
+
+    def _unexpected(self, claim: Claim, result: RunResult, exc: Exception) -> None:
+        """An error nobody planned for: keep the message queued and stop this run."""
+        log.exception(
+            "queue id %s (Message-ID %s): unexpected error; the message stays queued and this run stops",
+            claim.queue_id,
+            claim.envelope.message_id,
+        )
+        self.close()
+        result.server_error = f"unexpected error: {exc!r}"
+        try:
+            self.queue.unclaim(claim)
+        except OSError:
+            claim.release()  # left in sending/: the next run recovers it
 
     def _server_failed(self, claim: Claim, result: RunResult, exc: ServerError) -> bool:
         result.attempts -= 1  # the message was not tried

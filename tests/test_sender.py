@@ -441,3 +441,29 @@ def test_parallel_connections_share_the_queue_without_duplicates(queue, smtp_sin
     ids = smtp_sink.handler.message_ids()
     assert len(ids) == len(set(ids)) == 40
     assert states(queue) == {}
+
+
+def test_an_unexpected_error_keeps_the_message_queued_and_stops_the_run(queue, smtp_sink, monkeypatch):
+    from mq_transaction.smtp import DialogMixin
+
+    queue_messages(queue, 3)
+
+    def broken(self, sender, recipients, message):
+        raise RuntimeError("a bug nobody planned for")
+
+    monkeypatch.setattr(DialogMixin, "send_message_bytes", broken)
+    result = Sender(make_settings(queue.path, smtp_sink.port)).run()
+    assert result.exit_status == 75
+    assert "a bug nobody planned for" in result.server_error
+    assert states(queue) == {"queued": 3}
+
+
+def test_message_with_nobody_left_to_try_is_settled_without_smtp(queue, smtp_sink):
+    (queue_id,) = queue_messages(queue, 1)
+    claim = queue.claim(queue_id)
+    claim.envelope.recipients[0].status = "failed"
+    claim.envelope.recipients[0].reply = "550 5.1.1 unknown"
+    queue.unclaim(claim, envelope_changed=True)
+    result = Sender(make_settings(queue.path, smtp_sink.port)).run()
+    assert result.failed == 1 and result.connections == 0
+    assert queue.find(queue_id).state == FAILED
