@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Mapping
 
+from .durations import iso_utc
 from .errors import ConfigurationError
 from .settings import Settings, parse_settings
 
@@ -25,6 +26,13 @@ def read_config_uri(config_uri: str) -> dict[str, str]:
         raise ConfigurationError("CONFIG_URI", f"cannot read {config_uri}: {exc}") from None
 
 
+class UTCFormatter(logging.Formatter):
+    """Timestamps in ISO 8601 UTC (``2026-11-28T15:11:36.123456Z``), as everywhere in mq_transaction."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return iso_utc(record.created)
+
+
 def setup_logging(config_uri: str | None, verbosity: int) -> None:
     """Configure logging from the ini's logging sections when it has them, else to stderr.
 
@@ -39,7 +47,9 @@ def setup_logging(config_uri: str | None, verbosity: int) -> None:
         if verbosity:
             logging.getLogger("mq_transaction").setLevel(level)
         return
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(UTCFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger("mq_transaction").setLevel(level)
 
 
@@ -57,7 +67,7 @@ def _has_logging_sections(config_uri: str) -> bool:
 def attach_smtp_log(path: str, propagate: bool) -> logging.Handler:
     """Write the SMTP dialog (logger ``mq_transaction.smtp``) to ``path``, timestamped."""
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    handler.setFormatter(UTCFormatter("%(asctime)s %(message)s"))
     handler.setLevel(logging.DEBUG)
     logger = logging.getLogger("mq_transaction.smtp")
     logger.addHandler(handler)
