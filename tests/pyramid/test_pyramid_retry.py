@@ -17,6 +17,10 @@ class RenderedFlakyError(FlakyDatabaseError):
     """The same, but the app has an exception view that renders it as a 200 page."""
 
 
+class RenderedOnLastAttemptError(FlakyDatabaseError):
+    """The same, with the exception view docs/pyramid.md recommends: last attempt only."""
+
+
 mark_error_retryable(FlakyDatabaseError)
 
 
@@ -54,7 +58,8 @@ def retry_views(config):
         attempt = request.environ["retry.attempt"]
         request.mailer.send(f"From: app@example.com\r\nTo: ann@example.org\r\nSubject: attempt {attempt}\r\n\r\nHi\r\n")
         if attempt == 0:
-            raise RenderedFlakyError("rendered by an exception view, then retried")
+            error = RenderedOnLastAttemptError if request.params.get("last") else RenderedFlakyError
+            raise error("rendered by an exception view, then retried")
         return Response("ok")
 
     def transient(request):
@@ -72,6 +77,11 @@ def retry_views(config):
     config.add_route("flaky-rendered", "/flaky-rendered")
     config.add_view(flaky_rendered, route_name="flaky-rendered")
     config.add_view(lambda exc, request: Response("oops", status=200), context=RenderedFlakyError)
+    config.add_view(
+        lambda exc, request: Response("oops", status=200),
+        context=RenderedOnLastAttemptError,
+        last_retry_attempt=True,
+    )
     config.add_route("transient", "/transient")
     config.add_view(transient, route_name="transient")
 
@@ -108,6 +118,11 @@ def test_retryable_error_rendered_by_an_exception_view_is_retried_and_queues_onc
         # pyramid_tm with a commit veto commits what the exception view rendered as 200,
         # then pyramid_retry runs the request again: docs/pyramid.md warns about it
         assert app.subjects() == ["attempt 0", "attempt 1"]
+
+
+def test_exception_view_limited_to_the_last_attempt_queues_once_everywhere(app):
+    app.http.get("/flaky-rendered", params={"last": "1"})
+    assert app.subjects() == ["attempt 1"]
 
 
 def test_error_a_data_manager_calls_retryable_is_retried(make_app, setup):
