@@ -228,3 +228,23 @@ def test_queue_is_opened_once_not_per_request(make_app, monkeypatch):
     app.http.get("/ok")
     app.http.get("/ok")
     assert created == []
+
+
+@pytest.mark.parametrize("setup", ["own", "tm-explicit"])
+def test_in_a_script_request_mailer_joins_request_tm_or_the_thread_local_manager(make_app, setup):
+    from pyramid.scripting import prepare
+
+    app = make_app(setup)
+    env = prepare(registry=app.registry)
+    try:
+        request = env["request"]
+        manager = request.mailer.transaction_manager
+        if setup == "own":
+            assert manager is transaction.manager
+        else:
+            assert manager is request.tm and manager is not transaction.manager
+        with manager:
+            request.mailer.send(b"From: a@example.com\r\nTo: b@example.com\r\nSubject: from a script\r\n\r\nx\r\n")
+    finally:
+        env["closer"]()
+    assert app.subjects() == ["from a script"]
