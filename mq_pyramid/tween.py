@@ -22,6 +22,7 @@ import transaction
 from pyramid.httpexceptions import HTTPException, HTTPNotFound
 from pyramid.interfaces import ITweens
 from pyramid.tweens import EXCVIEW
+from transaction.interfaces import NoTransaction
 from zope.interface import Interface, alsoProvides
 
 from .settings import ConfigurationError
@@ -86,9 +87,12 @@ def mail_tween_factory(handler: Callable[[Any], Any], registry: Any) -> Callable
         try:
             response = handler(request)
         except Exception as exc:
-            _mark_retryable(manager, exc)
-            manager.abort()
+            if _in_transaction(manager):
+                _mark_retryable(manager, exc)
+                manager.abort()
             raise
+        if not _in_transaction(manager):
+            return response  # the view ended the transaction itself: nothing left to decide
         if _must_abort(request, response, manager, commit_veto):
             manager.abort()
             return response
@@ -127,16 +131,18 @@ def _commit(request: Any, manager: transaction.TransactionManager, response: Any
     return response
 
 
+def _in_transaction(manager: transaction.TransactionManager) -> bool:
+    try:
+        manager.get()
+    except NoTransaction:
+        return False
+    return True
+
+
 def _mark_retryable(manager: transaction.TransactionManager, exc: Exception) -> None:
     # Ask the transaction before aborting it, while its data managers (zope.sqlalchemy's
     # can recognise a serialization failure) are still joined.
-    if IRetryableError is None:
-        return
-    try:
-        retryable = manager.get().isRetryableError(exc)
-    except Exception:  # noqa: BLE001 - the view may have ended the transaction itself
-        return
-    if retryable:
+    if IRetryableError is not None and manager.get().isRetryableError(exc):
         alsoProvides(exc, IRetryableError)
 
 

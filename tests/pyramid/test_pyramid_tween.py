@@ -248,3 +248,22 @@ def test_in_a_script_request_mailer_joins_request_tm_or_the_thread_local_manager
     finally:
         env["closer"]()
     assert app.subjects() == ["from a script"]
+
+
+def test_view_that_ends_the_transaction_itself_keeps_its_outcome_and_its_error(make_app):
+    def commit_then(request):
+        request.mailer.send(mail(request))
+        request.mailer.transaction_manager.commit()  # explicit manager: no new transaction begins
+        if request.params.get("fail"):
+            raise RuntimeError("failed after committing")
+        return Response("committed by the view", status=500)
+
+    def extra(config):
+        config.add_route("commit", "/commit")
+        config.add_view(commit_then, route_name="commit")
+
+    app = make_app("own", extra=extra)
+    app.http.get("/commit", status=500)
+    with pytest.raises(RuntimeError, match="failed after committing"):  # not NoTransaction
+        app.http.get("/commit", params={"fail": "1"})
+    assert app.subjects() == ["/commit", "/commit"]
