@@ -14,8 +14,6 @@ from pyramid.config import Configurator
 from pyramid.httpexceptions import HTTPSeeOther
 from pyramid.response import Response
 
-from mq_transaction import InvalidMessageError
-
 log = logging.getLogger(__name__)
 
 FROM = "Signup Demo <noreply@signup.example>"
@@ -71,7 +69,9 @@ def signup_view(request):
         # Queued in this request's transaction: it becomes deliverable when the request
         # commits (here, when the redirect below is returned).
         queue_id = request.mailer.send(welcome_mail(name, email, f"Welcome, {name}"))
-    except InvalidMessageError as exc:
+    except ValueError as exc:
+        # InvalidMessageError from the mailer (a malformed address), or the email
+        # package refusing a CR/LF in a header: either way, nothing was queued.
         return form_page(request, f"That address cannot receive mail: {exc}", status=400)
     log.info("signed up %s; welcome mail is queue id %s", email, queue_id)
     return HTTPSeeOther(location=request.route_url("welcome", _query={"email": email}))

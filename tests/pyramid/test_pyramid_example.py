@@ -52,9 +52,10 @@ def test_sign_up_that_crashes_after_sending_queues_nothing(real):
     assert queued_recipients(queue) == []
 
 
-def test_sign_up_with_an_address_that_cannot_receive_mail_is_refused(real):
+@pytest.mark.parametrize("email", ["eve@@example.org", "eve@example.org\r\nBcc: all@example.org", "Doe, J <j@x.org>"])
+def test_sign_up_with_an_address_that_cannot_receive_mail_is_refused(real, email):
     http, queue = real
-    response = http.post("/signup", {"name": "Eve", "email": "eve@@example.org"}, status=400)
+    response = http.post("/signup", {"name": "Eve", "email": email}, status=400)
     assert "cannot receive mail" in response.text
     assert queued_recipients(queue) == []
 
