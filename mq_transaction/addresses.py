@@ -17,6 +17,7 @@ _DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"
 _LITERAL = r"\[[\x21-\x5a\x5e-\x7e]+\]"
 _MAILBOX = re.compile(rf"^(?:{_DOT_ATOM}|{_QUOTED})@(?:{_DOMAIN}|{_LITERAL})$")
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _MAX_LENGTH = 320
 
 
@@ -30,7 +31,7 @@ def validate_address(address: object, role: str = "address") -> str:
         raise InvalidAddressError(f"{role} {address!r} is not a string")
     if _FORBIDDEN.search(address):
         raise InvalidAddressError(f"{role} {address!r} contains a control character (CR, LF, NUL...)")
-    if any("\ud800" <= c <= "\udfff" for c in address):
+    if _SURROGATE.search(address):
         raise InvalidAddressError(f"{role} {address!r} is not valid UTF-8")
     if len(address) > _MAX_LENGTH or not _MAILBOX.match(address):
         raise InvalidAddressError(f"{role} {address!r} is not a valid email address")
@@ -77,7 +78,35 @@ def addresses_from_headers(values: list[str], header: str) -> list[str]:
     return found
 
 
+# The common header forms, ``a@b`` and ``Plain Name <a@b>``, comma-separated: parsed
+# without email.utils (the slow part of send()), giving exactly what getaddresses gives.
+# Anything else (quotes, comments, groups, dots in names, empty items) takes the full parser.
+_LWS = "[ \t\r\n]*"
+_PLAIN_ITEM = re.compile(
+    rf"{_LWS}(?:[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~\-\u0080-\U0010ffff \t\r\n]*<({_DOT_ATOM}@{_DOMAIN})>"
+    rf"|({_DOT_ATOM}@{_DOMAIN})){_LWS}"
+)
+
+
+_OTHER_SPACE = re.compile(r"[^\S \t\r\n]")  # white space email.utils treats apart (NBSP, U+2028...)
+
+
+def _plain_addresses(value: str) -> list[str] | None:
+    if _OTHER_SPACE.search(value):
+        return None
+    found = []
+    for item in value.split(","):
+        match = _PLAIN_ITEM.fullmatch(item)
+        if match is None:
+            return None
+        found.append(match.group(1) or match.group(2))
+    return found
+
+
 def _addresses_from_header(value: str, header: str) -> list[str]:
+    plain = _plain_addresses(value)
+    if plain is not None:
+        return [validate_address(address, f"{header} address") for address in plain]
     found = []
     for name, address in getaddresses([value]):
         if not address:

@@ -13,7 +13,6 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass
-from email.parser import HeaderParser
 from email.utils import formatdate
 
 from .addresses import addresses_from_headers, envelope_address
@@ -61,12 +60,15 @@ def _header_fields(data: bytes) -> tuple[list[_Field], int]:
 
 
 def _values(data: bytes, fields: list[_Field], name: str) -> list[str]:
+    """The values of the ``name`` fields, as email's compat32 parser gives them (folds kept).
+
+    Bytes that are not UTF-8 become surrogates, which address validation refuses.
+    """
     values = []
     for field in fields:
         if field.name == name:
             raw = data[field.start : field.end].decode("utf-8", "surrogateescape")
-            parsed = HeaderParser().parsestr(raw + "\n", headersonly=True)
-            values.extend(str(v) for v in parsed.get_all(name, []))
+            values.append(raw[raw.index(":") + 1 :].lstrip(" \t").rstrip("\r\n"))
     return values
 
 
@@ -180,6 +182,8 @@ def prepare_message(
     message_id = ""
     for value in _values(data, fields, "message-id"):
         message_id = " ".join(value.split())  # unfolded: the envelope field is one line
+        # Stored in the JSON envelope, which must be UTF-8: show bytes that are not as U+FFFD.
+        message_id = message_id.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         break
     has_date = any(field.name == "date" for field in fields)
 

@@ -433,3 +433,49 @@ def test_recipients_argument_overrides_a_pyramid_mailer_message_envelope(queued_
 def test_pyramid_mailer_message_with_a_bad_recipient_is_rejected_naming_it():
     with pytest.raises(InvalidAddressError, match="not-an-address"):
         prepare_message(pyramid_message(bcc=["not-an-address"]))
+
+
+# -- header bytes that are not UTF-8 ----------------------------------------------------
+
+
+def test_an_address_header_with_bytes_that_are_not_utf8_is_rejected():
+    with pytest.raises(InvalidAddressError, match="UTF-8"):
+        prepare_message(b"From: app@example.com\r\nTo: b\xffob@example.com\r\n\r\nx")
+
+
+def test_a_message_id_with_bytes_that_are_not_utf8_is_queued_unchanged(queued_mailer):
+    message = b"From: app@example.com\r\nTo: bob@example.com\r\nMessage-ID: <\xff\xfe@example.com>\r\n\r\nx"
+    envelope, stored = store(queued_mailer, message)
+    assert envelope.message_id == "<\ufffd\ufffd@example.com>"
+    assert stored.endswith(message)
+
+
+# -- the fast path for common address headers ---------------------------------------------
+
+
+def test_the_fast_address_parser_agrees_with_email_utils_getaddresses():
+    from email.utils import getaddresses
+
+    from mq_transaction.addresses import _plain_addresses
+
+    rng = random.Random(5321)
+    noise = "abcXYZ019.-_+!#$%&'*/=?^`{|}~\u00e9\u00f6\u4f8b\u00a0\u2028 \t\r\n\x0b\x85\u3000\"()<>@,;:\\[]\x00\x7f"
+
+    def word():
+        return "".join(rng.choice("abcxyz0189_+-") for _ in range(rng.randrange(1, 6)))
+
+    def item():
+        address = f"{word()}@{word()}.{word()}"
+        return rng.choice([address, f"{word()} <{address}>", f"{word()} {word()}<{address}>", f" {address} "])
+
+    fast_path_taken = 0
+    for _ in range(20_000):
+        value = list(",".join(item() for _ in range(rng.randrange(1, 4))))
+        for _ in range(rng.choice([0, 0, 1, 2])):
+            value.insert(rng.randrange(len(value) + 1), rng.choice(noise))
+        value = "".join(value)
+        fast = _plain_addresses(value)
+        if fast is not None:
+            fast_path_taken += 1
+            assert fast == [address for _name, address in getaddresses([value])], value
+    assert fast_path_taken > 1000
