@@ -179,10 +179,11 @@ def main(argv: list[str] | None = None) -> int:
             for key in ORDER if run % 2 == 0 else reversed(ORDER):
                 directory = os.path.join(scratch, f"{key}-{run}")
                 # Start with no dirty pages or journal work left by the previous measurement.
+                # Nothing is deleted until the end: ext4 is slow to create files for a while
+                # after many were deleted, which would slow whatever runs next.
                 os.sync()
                 time.sleep(args.settle)
                 runs[key].append(benches[key](directory))
-                shutil.rmtree(directory)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -65,8 +65,8 @@ class MailDataManager:
             failures = self.queue.publish(self.queue_ids)
         except Exception as exc:  # noqa: BLE001 - tpc_finish must not raise
             failures = [(queue_id, exc) for queue_id in self.queue_ids]
-        new_dir = self.queue.state_dir_for_watching()
         for queue_id, exc in failures:
+            new_dir = self.queue.state_dir_for_watching()
             tmp_path = self.queue.tmp_path(queue_id)
             if os.path.lexists(tmp_path):
                 log.critical(

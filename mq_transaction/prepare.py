@@ -9,6 +9,7 @@ headers. Every other byte is kept exactly as given.
 from __future__ import annotations
 
 import email.message
+import re
 import secrets
 import socket
 import time
@@ -29,45 +30,34 @@ class PreparedMessage:
     message_id: str
 
 
-@dataclass(frozen=True)
-class _Field:
-    name: str  # lower-case header name
-    start: int
-    end: int
+#: One header field: its first line holds a colon after a non-empty name; continuation
+#: lines start with a space or tab. The header block ends at a blank line or at the first
+#: line that is neither (a body without a blank line before it).
+_FIELD = re.compile(rb"([^:\n]+):[^\n]*(?:\n|\Z)(?:[ \t][^\n]*(?:\n|\Z))*")
 
 
-def _header_fields(data: bytes) -> tuple[list[_Field], int]:
-    """Return the header fields of ``data`` and the offset where the header block ends."""
-    fields: list[_Field] = []
+def _header_fields(data: bytes) -> tuple[list[tuple[str, int, int]], int]:
+    """Return the header fields of ``data`` as ``(lower-case name, start, end)`` and the
+    offset where the header block ends."""
+    fields = []
     pos = 0
-    size = len(data)
-    while pos < size:
-        newline = data.find(b"\n", pos)
-        end = size if newline < 0 else newline + 1
-        line = data[pos:end]
-        if line in (b"\n", b"\r\n"):
-            break
-        if line[:1] in (b" ", b"\t") and fields:
-            last = fields[-1]
-            fields[-1] = _Field(last.name, last.start, end)
-        else:
-            colon = line.find(b":")
-            if colon <= 0:
-                break  # not a header line: the body starts here (no blank line)
-            fields.append(_Field(line[:colon].strip().lower().decode("ascii", "replace"), pos, end))
-        pos = end
+    match = _FIELD.match(data, pos)
+    while match is not None and match.end() > pos:
+        fields.append((match.group(1).strip().lower().decode("ascii", "replace"), pos, match.end()))
+        pos = match.end()
+        match = _FIELD.match(data, pos)
     return fields, pos
 
 
-def _values(data: bytes, fields: list[_Field], name: str) -> list[str]:
+def _values(data: bytes, fields: list[tuple[str, int, int]], name: str) -> list[str]:
     """The values of the ``name`` fields, as email's compat32 parser gives them (folds kept).
 
     Bytes that are not UTF-8 become surrogates, which address validation refuses.
     """
     values = []
-    for field in fields:
-        if field.name == name:
-            raw = data[field.start : field.end].decode("utf-8", "surrogateescape")
+    for field_name, start, end in fields:
+        if field_name == name:
+            raw = data[start:end].decode("utf-8", "surrogateescape")
             values.append(raw[raw.index(":") + 1 :].lstrip(" \t").rstrip("\r\n"))
     return values
 
@@ -185,10 +175,11 @@ def prepare_message(
         # Stored in the JSON envelope, which must be UTF-8: show bytes that are not as U+FFFD.
         message_id = message_id.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         break
-    has_date = any(field.name == "date" for field in fields)
+    names = {name for name, _start, _end in fields}
+    has_date = "date" in names
 
-    if strip_bcc and any(field.name == "bcc" for field in fields):
-        kept = [data[f.start : f.end] for f in fields if f.name != "bcc"]
+    if strip_bcc and "bcc" in names:
+        kept = [data[start:end] for name, start, end in fields if name != "bcc"]
         data = b"".join(kept) + data[header_end:]
     added = []
     if not message_id:

@@ -24,6 +24,7 @@ from .errors import CorruptMessageError
 MAGIC = b"MQUEUE"
 VERSION = 1
 MAX_FIRST_LINE = 96
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # made once: json.dumps makes one per call
 
 #: Recipient states stored in the envelope.
 PENDING, DELIVERED, DEFERRED, FAILED = "pending", "delivered", "deferred", "failed"
@@ -76,7 +77,7 @@ class Envelope:
             "failure_reason": self.failure_reason,
             "next_attempt": None if self.next_attempt is None else iso_utc(self.next_attempt),
         }
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return _JSON.encode(data).encode("utf-8")
 
     @classmethod
     def from_json(cls, raw: bytes) -> Envelope:

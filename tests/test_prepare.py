@@ -479,3 +479,32 @@ def test_the_fast_address_parser_agrees_with_email_utils_getaddresses():
             fast_path_taken += 1
             assert fast == [address for _name, address in getaddresses([value])], value
     assert fast_path_taken > 1000
+
+
+def test_header_block_is_split_into_fields_by_the_line_rules():
+    """A field's first line has a colon after a non-empty name; lines starting with a space
+    or tab continue it; a blank line, or any other line, ends the header block."""
+    from mq_transaction.prepare import _header_fields
+
+    def by_lines(data):
+        fields, pos = [], 0
+        while pos < len(data):
+            newline = data.find(b"\n", pos)
+            end = len(data) if newline < 0 else newline + 1
+            line = data[pos:end]
+            if line in (b"\n", b"\r\n"):
+                break
+            if line[:1] in (b" ", b"\t") and fields:
+                fields[-1] = (fields[-1][0], fields[-1][1], end)
+            elif line.find(b":") > 0:
+                fields.append((line[: line.find(b":")].strip().lower().decode("ascii", "replace"), pos, end))
+            else:
+                break
+            pos = end
+        return fields, pos
+
+    rng = random.Random(822)
+    pieces = [b"To", b"From", b":", b" ", b"\t", b"\n", b"\r\n", b"\r", b"a", b"\xff", b"\0", b": v", b"\n ", b"\n\n"]
+    for _ in range(20_000):
+        data = b"".join(rng.choice(pieces) for _ in range(rng.randrange(25)))
+        assert _header_fields(data) == by_lines(data), data
