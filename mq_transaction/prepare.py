@@ -41,24 +41,30 @@ def _header_fields(data: bytes) -> tuple[list[tuple[str, int, int]], int]:
     offset where the header block ends."""
     fields = []
     pos = 0
-    match = _FIELD.match(data, pos)
-    while match is not None and match.end() > pos:
-        fields.append((match.group(1).strip().lower().decode("ascii", "replace"), pos, match.end()))
-        pos = match.end()
+    match = _FIELD.match(data)
+    while match is not None:  # a field is never empty: each match moves on
+        end = match.end()
+        fields.append((match.group(1).strip().lower().decode("ascii", "replace"), pos, end))
+        pos = end
         match = _FIELD.match(data, pos)
     return fields, pos
 
 
-def _values(data: bytes, fields: list[tuple[str, int, int]], name: str) -> list[str]:
-    """The values of the ``name`` fields, as email's compat32 parser gives them (folds kept).
+#: The header fields prepare_message() reads.
+_ENVELOPE_FIELDS = frozenset(("sender", "from", "to", "cc", "bcc", "message-id"))
+
+
+def _field_values(data: bytes, fields: list[tuple[str, int, int]]) -> dict[str, list[str]]:
+    """The values of the fields in :data:`_ENVELOPE_FIELDS` by name, as email's compat32
+    parser gives them (folds kept), in one pass.
 
     Bytes that are not UTF-8 become surrogates, which address validation refuses.
     """
-    values = []
-    for field_name, start, end in fields:
-        if field_name == name:
+    values: dict[str, list[str]] = {}
+    for name, start, end in fields:
+        if name in _ENVELOPE_FIELDS:
             raw = data[start:end].decode("utf-8", "surrogateescape")
-            values.append(raw[raw.index(":") + 1 :].lstrip(" \t").rstrip("\r\n"))
+            values.setdefault(name, []).append(raw[raw.index(":") + 1 :].lstrip(" \t").rstrip("\r\n"))
     return values
 
 
@@ -131,12 +137,13 @@ def prepare_message(
         message.sender = object_sender = default_sender
     data = message_bytes(message)
     fields, header_end = _header_fields(data)
+    values = _field_values(data, fields)
 
     if sender is None:
         sender = object_sender or default_sender  # an object's own sender wins, as in pyramid_mailer
     if sender is None:
-        found = addresses_from_headers(_values(data, fields, "sender"), "Sender") or (
-            addresses_from_headers(_values(data, fields, "from"), "From")
+        found = addresses_from_headers(values.get("sender", []), "Sender") or (
+            addresses_from_headers(values.get("from", []), "From")
         )
         if not found:
             raise NoSenderError(
@@ -152,7 +159,7 @@ def prepare_message(
     if recipients is None:
         found = []
         for name, header in (("to", "To"), ("cc", "Cc"), ("bcc", "Bcc")):
-            for address in addresses_from_headers(_values(data, fields, name), header):
+            for address in addresses_from_headers(values.get(name, []), header):
                 if address not in found:
                     found.append(address)
         recipients = found
@@ -170,7 +177,7 @@ def prepare_message(
         raise NoRecipientsError("no recipients: pass recipients= or give To, Cc or Bcc headers")
 
     message_id = ""
-    for value in _values(data, fields, "message-id"):
+    for value in values.get("message-id", []):
         message_id = " ".join(value.split())  # unfolded: the envelope field is one line
         # Stored in the JSON envelope, which must be UTF-8: show bytes that are not as U+FFFD.
         message_id = message_id.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

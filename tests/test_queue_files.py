@@ -33,6 +33,37 @@ def test_encode_then_decode_returns_the_envelope_and_the_exact_message():
     assert got_envelope == original
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"sender": 'odd"name\\@example.com', "message_id": "<\u00e9\u2028\x00@x>"},
+        {"attempts": [{"at": "2026-11-28T15:11:36Z", "reply": "451 4.3.0 try later"}], "next_attempt": 1795878999.5},
+        {"failure_reason": "rejected"},
+    ],
+)
+def test_envelope_json_is_exactly_what_json_dumps_writes(changes):
+    import json
+
+    from mq_transaction.durations import iso_utc
+
+    env = envelope("bob@example.com", "ßtraße@bücher.example")
+    env.recipients[1].status, env.recipients[1].reply = "failed", '550 5.1.1 "no such user"\r\n'
+    for name, value in changes.items():
+        setattr(env, name, value)
+    expected = {
+        "sender": env.sender,
+        "recipients": [{"address": r.address, "status": r.status, "reply": r.reply} for r in env.recipients],
+        "queued_at": iso_utc(env.queued_at),
+        "message_id": env.message_id,
+        "attempts": env.attempts,
+        "failure_reason": env.failure_reason,
+        "next_attempt": None if env.next_attempt is None else iso_utc(env.next_attempt),
+    }
+    assert env.to_json() == json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode()
+    assert Envelope.from_json(env.to_json()).to_json() == env.to_json()
+
+
 def test_message_is_stored_verbatim_and_contiguous_after_the_envelope_line():
     content = small_file()
     assert content.startswith(b"MQUEUE 1 ")
