@@ -69,6 +69,7 @@ class Result:
     count: int
     send: list[float] = field(default_factory=list)  # seconds per send() call
     commit: list[float] = field(default_factory=list)  # seconds per transaction.commit()
+    cpu: float = 0.0  # CPU seconds (user + system) of the whole run: less sensitive to disk noise
 
     @property
     def rate(self) -> float:
@@ -183,21 +184,25 @@ def main(argv: list[str] | None = None) -> int:
                 # after many were deleted, which would slow whatever runs next.
                 os.sync()
                 time.sleep(args.settle)
-                runs[key].append(benches[key](directory))
+                cpu = time.process_time()
+                result = benches[key](directory)
+                result.cpu = time.process_time() - cpu
+                runs[key].append(result)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
     print(f"{args.count} messages of {MESSAGE_SIZE} bytes, 3 recipients, one transaction each; {args.runs} runs")
     print(f"scratch directory under {args.dir}; Python {sys.version.split()[0]}; median run shown")
     print()
-    header = ("", "msg/s", "each run (msg/s)", "send p50 ms", "p99", "commit p50 ms", "p99")
     print(
-        f"{header[0]:20} {header[1]:>7}  {header[2]:<32} {header[3]:>11} {header[4]:>6} {header[5]:>13} {header[6]:>6}"
+        f"{'':20} {'msg/s':>7}  {'each run (msg/s)':<32} {'CPU us/msg':>10} {'send p50 ms':>11} {'p99':>6}"
+        f" {'commit p50 ms':>13} {'p99':>6}"
     )
     for key in ORDER:
         result = median_run(runs[key])
         each = " ".join(f"{r.rate:.0f}" for r in runs[key])
-        line = f"{result.name:20} {result.rate:7.0f}  {each:<32}"
+        cpu = statistics.median(r.cpu / r.count for r in runs[key]) * 1e6
+        line = f"{result.name:20} {result.rate:7.0f}  {each:<32} {cpu:10.0f}"
         if result.send:
             line += (
                 f" {ms(percentile(result.send, 0.5)):>11} {ms(percentile(result.send, 0.99)):>6}"
