@@ -152,14 +152,10 @@ def test_short_writes_are_continued_until_every_byte_is_written(queued_mailer, m
         assert decode(handle.read())[1] == MESSAGE
 
 
-def test_a_write_that_writes_nothing_is_an_error_not_a_loop(
-    queued_mailer, mail_queue, queue_files, monkeypatch
-):
+def test_a_write_that_writes_nothing_is_an_error_not_a_loop(queued_mailer, mail_queue, queue_files, monkeypatch):
     original = os.write
     where = tmp_dir(mail_queue)
-    monkeypatch.setattr(
-        os, "write", lambda fd, data: 0 if fd_path(fd).startswith(where) else original(fd, data)
-    )
+    monkeypatch.setattr(os, "write", lambda fd, data: 0 if fd_path(fd).startswith(where) else original(fd, data))
     with pytest.raises(QueueWriteError):
         with transaction.manager:
             queued_mailer.send(MESSAGE)

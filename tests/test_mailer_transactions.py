@@ -225,9 +225,7 @@ def test_nested_savepoint_rollbacks_remove_exactly_the_later_messages(queued_mai
     assert queue_files("tmp") == []
 
 
-def test_rollback_to_a_savepoint_taken_before_the_first_send_then_sending_again_commits(
-    queued_mailer, queue_files
-):
+def test_rollback_to_a_savepoint_taken_before_the_first_send_then_sending_again_commits(queued_mailer, queue_files):
     # The data manager joined after the savepoint, so ``transaction`` rolls it back by
     # aborting and unjoining it; the mailer must join again for the next message.
     with transaction.manager as txn:
@@ -257,9 +255,7 @@ def test_savepoint_rolled_back_twice_after_the_first_send_keeps_later_sends(queu
 
 @pytest.mark.parametrize("sort_key", [BEFORE_OURS, AFTER_OURS], ids=["other-sorts-first", "other-sorts-last"])
 @pytest.mark.parametrize("phase", ["tpc_begin", "commit", "tpc_vote"])
-def test_another_resource_failing_before_the_votes_end_vetoes_the_mail(
-    queued_mailer, queue_files, phase, sort_key
-):
+def test_another_resource_failing_before_the_votes_end_vetoes_the_mail(queued_mailer, queue_files, phase, sort_key):
     other = FailingDataManager(phase, sort_key)
     with pytest.raises(RuntimeError, match=f"{phase} failed on purpose"):
         with transaction.manager as txn:
