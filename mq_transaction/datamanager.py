@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
+from .errors import QueueWriteError
 from .queue import MessageQueue
 
 log = logging.getLogger("mq_transaction")
@@ -31,6 +32,9 @@ class MailDataManager:
         self.transaction_manager = transaction_manager
         self.queue_ids: list[str] = []
         self._finished = False
+        #: A write that failed in this transaction: the vote refuses, so a caller that
+        #: caught the error cannot commit the rest of the request without that message.
+        self.write_error: Exception | None = None
         # False once aborted: a rollback to a savepoint taken before this manager joined
         # aborts and unjoins it while the transaction goes on, so the mailer joins again.
         self.joined = True
@@ -48,6 +52,7 @@ class MailDataManager:
             self._discard(self.queue_ids)
             self.queue_ids = []
             self.joined = False
+            self.write_error = None
 
     def tpc_begin(self, transaction: object) -> None:
         """Nothing to do: the messages are already durable in ``tmp/``."""
@@ -56,7 +61,11 @@ class MailDataManager:
         """Nothing to do: the messages are already durable in ``tmp/``."""
 
     def tpc_vote(self, transaction: object) -> None:
-        """Vote yes: every message was written and fsynced when it was sent."""
+        """Vote yes (every message is already durable), unless a write failed in this transaction."""
+        if self.write_error is not None:
+            raise QueueWriteError(
+                f"a message of this transaction could not be queued ({self.write_error}); the transaction is vetoed"
+            )
 
     def tpc_finish(self, transaction: object) -> None:
         """Publish: rename every message into ``new/`` and fsync it. Never raises."""

@@ -16,10 +16,13 @@ class IMailer(Interface):
 
         ``message`` is bytes, str, an ``email.message.Message`` or any object with a
         ``to_message()`` method. The envelope defaults to ``default_sender`` (else the
-        Sender/From header) and the To, Cc and Bcc addresses. The message is validated
+        Sender/From header) and the To, Cc and Bcc addresses; a ``to_message()`` object's
+        own ``sender`` and ``send_to`` come first. The message is validated
         and written durably before this returns; it becomes deliverable if and only if
-        the transaction commits. Raises ``TypeError`` for other message types and a
-        ``MailQueueError`` subclass (also a ``ValueError``) naming any bad address.
+        the transaction commits. Raises ``TypeError`` for other message types, a
+        ``MailQueueError`` subclass (also a ``ValueError``) naming any bad address, and
+        ``QueueWriteError`` when the disk refuses the write (the transaction then cannot
+        commit).
         """
 
     def enqueue(message, sender=None, recipients=None):

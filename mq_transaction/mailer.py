@@ -10,7 +10,7 @@ from transaction.interfaces import NoTransaction
 from zope.interface import implementer
 
 from .datamanager import MailDataManager
-from .errors import NoTransactionError
+from .errors import NoTransactionError, QueueWriteError
 from .interfaces import IMailer
 from .prepare import PreparedMessage, prepare_message
 from .queue import MessageQueue
@@ -49,7 +49,11 @@ class QueuedMailer:
         """
         prepared = self.prepare(message, sender, recipients)
         manager = self._join()
-        queue_id = self.queue.write_tmp(_envelope(prepared), prepared.message)
+        try:
+            queue_id = self.queue.write_tmp(_envelope(prepared), prepared.message)
+        except QueueWriteError as exc:
+            manager.write_error = exc
+            raise
         manager.add(queue_id)
         return queue_id
 

@@ -220,12 +220,14 @@ class MessageQueue:
         """Write a message and publish it at once (no transaction); return its queue id."""
         queue_id = self.write_tmp(envelope, message)
         for _queue_id, exc in self.publish([queue_id]):
+            # Not durably queued: withdraw it, so that a caller who retries sends it once.
             self.discard_tmp([queue_id])
+            _unlink_quietly(self._file(QUEUED, queue_id))
             raise QueueWriteError(f"cannot publish queue id {queue_id}: {exc.strerror or exc}") from exc
         return queue_id
 
     def cleanup_tmp(self, max_age: float, now: float | None = None) -> list[str]:
-        """Remove files older than ``max_age`` seconds from ``tmp/``, and stale rewrite files.
+        """Remove files older than ``max_age`` seconds from ``tmp/``, and stale ``.*.rewrite`` files.
 
         These are the leftovers of processes killed mid-request or mid-rewrite; nothing
         else ever removes mail. Returns the names removed.
@@ -235,7 +237,7 @@ class MessageQueue:
         for directory in self._dirs.values():
             in_tmp = directory == self._dirs[TMP]
             for entry in _scan(directory, dotfiles=True):
-                if not in_tmp and not entry.name.startswith("."):
+                if not in_tmp and not (entry.name.startswith(".") and entry.name.endswith(".rewrite")):
                     continue
                 try:
                     if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime > max_age:

@@ -221,6 +221,10 @@ def check_settings(settings: Settings, require_queue_dir: bool = True) -> None:
     """Check rules that span keys; raise :class:`ConfigurationError` naming the key."""
     if require_queue_dir and not settings.queue_dir:
         raise ConfigurationError("mq.queue_dir", "missing: set it to the queue directory")
+    if settings.tmp_max_age < 3600:
+        raise ConfigurationError(
+            "mq.tmp_max_age", "must be at least 1h: younger files may belong to transactions still running"
+        )
     if settings.min_backoff > settings.max_backoff:
         raise ConfigurationError("mq.min_backoff", "is greater than mq.max_backoff")
     if settings.smtp_password is not None and settings.smtp_password_file:

@@ -113,8 +113,10 @@ def test_failed_fsync_is_reported_not_retried(queued_mailer, mail_queue, queue_f
     with pytest.raises(QueueWriteError):
         queued_mailer.send(MESSAGE)
     assert fault.calls == 1
-    # The caller may catch the error and go on: the failed message must not reappear.
-    transaction.commit()
+    # The caller may catch the error and go on: the commit is vetoed, nothing reappears.
+    with pytest.raises(QueueWriteError, match="vetoed"):
+        transaction.commit()
+    transaction.abort()
     assert queue_files("tmp") == []
     assert queue_files("new") == []
 
@@ -246,3 +248,54 @@ def test_fsync_off_never_calls_fsync(tmp_path, monkeypatch):
         queue_id = mailer.send(MESSAGE)
     assert fault.calls == 0
     assert os.listdir(new_dir(queue)) == [queue_id]
+
+
+def test_a_caught_write_error_still_vetoes_the_transaction(tmp_path, monkeypatch):
+    """A view that catches the QueueWriteError cannot commit the request without its mail."""
+    import errno
+
+    import transaction as txn_module
+
+    from mq_transaction import MessageQueue, QueuedMailer, QueueWriteError
+
+    queue = MessageQueue(tmp_path / "q")
+    manager = txn_module.TransactionManager(explicit=True)
+    mailer = QueuedMailer(queue, transaction_manager=manager)
+    manager.begin()
+    mailer.send(b"From: a@example.com\nTo: b@example.org\n\nfirst\n")
+    real_write = os.write
+
+    def full_disk(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(QueueWriteError):
+        mailer.send(b"From: a@example.com\nTo: b@example.org\n\nsecond\n")
+    monkeypatch.setattr(os, "write", real_write)
+    with pytest.raises(QueueWriteError, match="vetoed"):
+        manager.commit()
+    manager.abort()
+    assert list(queue.entries()) == []
+    assert os.listdir(os.path.join(queue.path, "tmp")) == []
+
+
+def test_enqueue_withdraws_a_message_whose_publication_was_not_durable(tmp_path, monkeypatch):
+    import errno
+
+    from mq_transaction import MessageQueue, QueuedMailer, QueueWriteError
+
+    queue = MessageQueue(tmp_path / "q")
+    mailer = QueuedMailer(queue)
+    real_fsync = os.fsync
+    calls = []
+
+    def fail_directory_fsync(fd):
+        calls.append(fd)
+        if len(calls) == 2:  # the first fsync is the file's, the second is new/'s
+            raise OSError(errno.EIO, "Input/output error")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fail_directory_fsync)
+    with pytest.raises(QueueWriteError):
+        mailer.enqueue(b"From: a@example.com\nTo: b@example.org\n\nx\n")
+    assert list(queue.entries()) == []
