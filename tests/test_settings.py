@@ -208,3 +208,9 @@ def test_loopback_hosts_are_recognised(host):
 @pytest.mark.parametrize("host", ["smtp.example.com", "10.0.0.1", "localhost.example.com"])
 def test_other_hosts_are_not_loopback(host):
     assert not is_loopback(host)
+
+
+def test_tmp_max_age_below_an_hour_is_refused_to_protect_running_transactions():
+    with pytest.raises(ConfigurationError) as caught:
+        parse_settings({"mq.queue_dir": "/q", "mq.tmp_max_age": "10m"})
+    assert caught.value.key == "mq.tmp_max_age"
