@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import transaction
-from transaction.interfaces import NoTransaction
 from zope.interface import implementer
 
-from mq_transaction.errors import NoTransactionError
 from mq_transaction.interfaces import IMailer
+from mq_transaction.mailer import join_transaction
 from mq_transaction.prepare import PreparedMessage, prepare_message
 from mq_transaction.queue import new_queue_id
 
@@ -81,38 +80,21 @@ class MemoryMailer:
         )
 
     def _join(self) -> _OutboxDataManager:
-        # The same rules as QueuedMailer: an explicit manager without a transaction, or
-        # a transaction that is committing or over, is an error rather than lost mail.
-        try:
-            txn = self.transaction_manager.get()
-        except NoTransaction:
-            raise NoTransactionError(
-                "send() needs an active transaction: call transaction_manager.begin() first, "
-                "or use enqueue() to queue without one"
-            ) from None
-        status = str(getattr(txn, "status", "Active"))
-        if status not in ("Active", "Doomed"):
-            raise NoTransactionError(f"send() cannot join a transaction that is {status.lower()}")
-        try:
-            return txn.data(self)
-        except KeyError:
-            pass
-        manager = _OutboxDataManager(self.outbox, self.transaction_manager)
-        txn.join(manager)
-        txn.set_data(self, manager)
-        return manager
+        # The same rules as QueuedMailer, by the same code.
+        return join_transaction(self, self.transaction_manager, lambda: _OutboxDataManager(self.outbox))
 
 
 class _OutboxDataManager:
     """Moves a transaction's messages into the outbox in ``tpc_finish``, as the queue publishes."""
 
-    def __init__(self, outbox: list[OutboxMessage], transaction_manager: Any) -> None:
+    def __init__(self, outbox: list[OutboxMessage]) -> None:
         self.outbox = outbox
-        self.transaction_manager = transaction_manager
         self.pending: list[OutboxMessage] = []
+        self.joined = True  # see join_transaction()
 
     def abort(self, txn: Any) -> None:
         self.pending = []
+        self.joined = False
 
     def tpc_begin(self, txn: Any) -> None:
         pass
@@ -128,7 +110,7 @@ class _OutboxDataManager:
         self.pending = []
 
     def tpc_abort(self, txn: Any) -> None:
-        self.pending = []
+        self.abort(txn)
 
     def sortKey(self) -> str:  # noqa: N802 - the transaction API's name
         return f"mq_transaction:memory:{id(self)}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 import transaction
 from transaction.interfaces import NoTransaction
@@ -63,27 +65,40 @@ class QueuedMailer:
         return self.queue.enqueue(_envelope(prepared), prepared.message)
 
     def _join(self) -> MailDataManager:
-        try:
-            txn = self.transaction_manager.get()
-        except NoTransaction:
-            raise NoTransactionError(
-                "send() needs an active transaction: call transaction_manager.begin() first, "
-                "or use enqueue() to queue without one"
-            ) from None
-        status = str(getattr(txn, "status", "Active"))
-        if status not in ("Active", "Doomed"):
-            raise NoTransactionError(f"send() cannot join a transaction that is {status.lower()}")
-        try:
-            manager = txn.data(self)
-        except KeyError:
-            manager = MailDataManager(self.queue, self.transaction_manager)
-            txn.set_data(self, manager)
-        else:
-            if manager.joined:
-                return manager
-            manager.joined = True  # unjoined by a savepoint rollback: join again
-        txn.join(manager)
-        return manager
+        return join_transaction(
+            self, self.transaction_manager, lambda: MailDataManager(self.queue, self.transaction_manager)
+        )
+
+
+def join_transaction(owner: object, transaction_manager: Any, make_manager: Callable[[], Any]) -> Any:
+    """The data manager ``owner`` has in the current transaction, joining one if needed.
+
+    One data manager per transaction, joined once. An explicit manager with no
+    transaction, or a transaction that is committing or over, raises
+    :class:`NoTransactionError` rather than losing the mail. A data manager unjoined by a
+    rollback to a savepoint older than it (its ``joined`` turned False) joins again.
+    """
+    try:
+        txn = transaction_manager.get()
+    except NoTransaction:
+        raise NoTransactionError(
+            "send() needs an active transaction: call transaction_manager.begin() first, "
+            "or use enqueue() to queue without one"
+        ) from None
+    status = str(getattr(txn, "status", "Active"))
+    if status not in ("Active", "Doomed"):
+        raise NoTransactionError(f"send() cannot join a transaction that is {status.lower()}")
+    try:
+        manager = txn.data(owner)
+    except KeyError:
+        manager = make_manager()
+        txn.set_data(owner, manager)
+    else:
+        if manager.joined:
+            return manager
+        manager.joined = True
+    txn.join(manager)
+    return manager
 
 
 def _envelope(prepared: PreparedMessage) -> Envelope:

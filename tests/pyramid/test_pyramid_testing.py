@@ -187,3 +187,20 @@ def test_a_webtest_test_as_docs_pyramid_md_shows_it():
     assert welcome.recipients == ("ann@example.org",)
     assert welcome.email["Subject"] == "Welcome"
     assert isinstance(config.registry.getUtility(IMailer), MemoryMailer)
+
+
+def test_testing_mailer_keeps_mail_sent_after_rolling_back_to_an_older_savepoint():
+    """A rollback to a savepoint older than the mailer's join unjoins it; later mail still counts."""
+    import transaction as transaction_package
+
+    from mq_pyramid.testing import MemoryMailer
+
+    manager = transaction_package.TransactionManager(explicit=True)
+    mailer = MemoryMailer(transaction_manager=manager)
+    txn = manager.begin()
+    savepoint = txn.savepoint()
+    mailer.send(b"From: a@example.com\nTo: b@example.org\n\nrolled back\n")
+    savepoint.rollback()
+    mailer.send(b"From: a@example.com\nTo: b@example.org\n\nkept\n")
+    manager.commit()
+    assert [m.message.endswith(b"kept\n") for m in mailer.outbox] == [True]
