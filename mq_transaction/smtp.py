@@ -9,6 +9,7 @@ own outcome, pipelines when the server allows, and waits long after the final do
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import re
@@ -302,6 +303,21 @@ class ServerConfig:
         return context
 
 
+@functools.cache
+def default_helo_name() -> str:
+    """The EHLO name smtplib would pick (FQDN, else ``[address]``), looked up once per process.
+
+    smtplib looks it up for every connection, and a slow resolver would then delay each one.
+    """
+    fqdn = socket.getfqdn()
+    if "." in fqdn:
+        return fqdn
+    try:
+        return f"[{socket.gethostbyname(socket.gethostname())}]"
+    except OSError:
+        return "[127.0.0.1]"
+
+
 def open_session(config: ServerConfig) -> DialogMixin:
     """Connect, greet, secure and authenticate; return the ready session.
 
@@ -313,9 +329,11 @@ def open_session(config: ServerConfig) -> DialogMixin:
     session: DialogMixin | None = None
     try:
         if config.tls == "ssl":
-            session = DialogSMTP_SSL(local_hostname=config.helo, timeout=config.timeout, context=config.tls_context())
+            session = DialogSMTP_SSL(
+                local_hostname=config.helo or default_helo_name(), timeout=config.timeout, context=config.tls_context()
+            )
         else:
-            session = DialogSMTP(local_hostname=config.helo, timeout=config.timeout)
+            session = DialogSMTP(local_hostname=config.helo or default_helo_name(), timeout=config.timeout)
         session._setup_dialog(config.data_timeout, config.log_bodies, peer)
         session._host = config.host  # smtplib checks the certificate against this name
         code, text = session.connect(config.host, config.port)
