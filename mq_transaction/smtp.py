@@ -14,6 +14,7 @@ import itertools
 import logging
 import re
 import smtplib
+import socket
 import ssl
 from dataclasses import dataclass, field
 
