@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from .config import attach_smtp_log, load_settings, setup_logging
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_messages is not None and args.max_messages < 1:
         parser.error("--max-messages must be at least 1")
+    if args.daemon and (args.flush or args.max_messages is not None):
+        parser.error("--flush and --max-messages are for one-shot runs, not --daemon")
     verbosity = 1 if args.verbose else -1 if args.quiet else 0
     try:
         settings = load_settings(args.config_uri, overrides_from(args))
@@ -105,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     result = sender.run(flush=args.flush, max_messages=args.max_messages)
     if metrics is not None:
         metrics.add_run(result)
-        metrics.write(sender.queue)
+        try:
+            metrics.write(sender.queue)
+        except OSError as exc:
+            logging.getLogger("mq_transaction.sender").error("cannot write metrics file %s: %s", metrics.path, exc)
     return result.exit_status
 
 

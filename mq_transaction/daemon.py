@@ -225,7 +225,7 @@ class Daemon:
                     self.sender.deliver(due, result, should_stop=lambda: self.stopping)
                     self._server_state(result)
                 if self.metrics is not None:
-                    self.metrics.add_run(result)
+                    self.metrics.add_run(result, server_usable=self.server_down_since is None)
                     if result.attempts or result.corrupt or now >= metrics_at:
                         self._write_metrics()
                         metrics_at = now + self.METRICS_EVERY

@@ -12,6 +12,7 @@ import re
 import tempfile
 import time
 
+from .errors import ConfigurationError
 from .queue import STATES, MessageQueue, queued_time
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
@@ -22,7 +23,7 @@ COUNTERS = {
     "mq_messages_deferred_total": "Delivery attempts that left a message deferred.",
     "mq_messages_failed_total": "Messages moved to failed (rejected or expired).",
     "mq_messages_corrupt_total": "Queue files found corrupt and moved aside.",
-    "mq_smtp_connection_errors_total": "Runs in which the SMTP server could not be used.",
+    "mq_smtp_connection_errors_total": "Server-level failures: the SMTP server could not be used.",
 }
 
 
@@ -30,12 +31,19 @@ class Metrics:
     """Counts what this process did; :meth:`write` publishes them with the queue's gauges."""
 
     def __init__(self, path: str) -> None:
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory) or not os.access(directory, os.W_OK | os.X_OK):
+            raise ConfigurationError("mq.metrics_file", f"directory {directory} does not exist or is not writable")
         self.path = path
         self.pending: collections.Counter = collections.Counter()
         self.last_success: float | None = None
 
-    def add_run(self, result) -> None:
-        """Add one :class:`~mq_transaction.sender.RunResult`'s counts."""
+    def add_run(self, result, server_usable: bool = True) -> None:
+        """Add one :class:`~mq_transaction.sender.RunResult`'s counts.
+
+        A run without a server-level failure counts as a success unless the caller knows
+        the server is down (the daemon skips the server while it backs off).
+        """
         for (outcome, reply_class), count in result.outcomes.items():
             self.pending[("mq_recipient_outcomes_total", f'{{outcome="{outcome}",class="{reply_class}"}}')] += count
         self.pending[("mq_messages_delivered_total", "")] += result.delivered
@@ -43,7 +51,7 @@ class Metrics:
         self.pending[("mq_messages_failed_total", "")] += result.failed
         self.pending[("mq_messages_corrupt_total", "")] += result.corrupt
         self.pending[("mq_smtp_connection_errors_total", "")] += result.connection_errors
-        if not result.server_error:
+        if not result.server_error and server_usable:
             self.last_success = time.time()
 
     def _previous(self) -> tuple[collections.Counter, float | None]:

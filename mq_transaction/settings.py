@@ -51,17 +51,20 @@ def _boolean(value: str | bool) -> bool:
 
 
 def _positive_int(value: str | int) -> int:
-    number = int(str(value).strip())
+    text = str(value).strip()
+    if not text.isdigit():
+        raise ValueError(f"{value!r} is not a whole number")
+    number = int(text)
     if number < 1:
         raise ValueError(f"{value!r} must be a whole number of at least 1")
     return number
 
 
 def _port(value: str | int) -> int:
-    number = int(str(value).strip())
-    if not 0 < number < 65536:
-        raise ValueError(f"{value!r} is not a TCP port")
-    return number
+    text = str(value).strip()
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"{value!r} is not a TCP port (1-65535)")
+    return int(text)
 
 
 def _duration(value: str) -> float:

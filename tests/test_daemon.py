@@ -221,3 +221,33 @@ def test_metrics_writer_is_atomic_and_keeps_counters(tmp_path, queue_dir):
     text = (tmp_path / "m.prom").read_text()
     assert "mq_messages_delivered_total 3" in text and "mq_messages_failed_total 1" in text
     assert [p for p in os.listdir(tmp_path) if p.startswith(".mq-metrics")] == []
+
+
+def test_metrics_file_in_a_missing_directory_is_a_configuration_error(queue_dir, tmp_path):
+    done = subprocess.run(
+        [*MQ_SEND, "--queue-dir", str(queue_dir), "--metrics-file", str(tmp_path / "absent" / "m.prom")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "mq.metrics_file" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_daemon_refuses_one_shot_flags(queue_dir):
+    done = subprocess.run(
+        [*MQ_SEND, "--daemon", "--flush", "--queue-dir", str(queue_dir)], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "--flush" in done.stderr
+
+
+def test_last_success_does_not_advance_while_the_server_is_known_down(tmp_path, queue_dir):
+    from mq_transaction.sender import RunResult
+
+    metrics = Metrics(str(tmp_path / "m.prom"))
+    metrics.add_run(RunResult(), server_usable=False)
+    metrics.write(MessageQueue(queue_dir))
+    assert "mq_last_success_timestamp_seconds 0.000" in (tmp_path / "m.prom").read_text()
+    metrics.add_run(RunResult(delivered=1))
+    metrics.write(MessageQueue(queue_dir))
+    assert "mq_last_success_timestamp_seconds 0.000" not in (tmp_path / "m.prom").read_text()
