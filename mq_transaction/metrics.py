@@ -100,7 +100,7 @@ class Metrics:
             samples = sorted((labels, value) for (n, labels), value in counters.items() if n == name)
             lines += [f"{name}{labels} {value:g}" for labels, value in samples] or [f"{name} 0"]
         lines += [
-            "# HELP mq_last_success_timestamp_seconds When a run last used the SMTP server successfully.",
+            "# HELP mq_last_success_timestamp_seconds When a run last ended without a server-level failure.",
             "# TYPE mq_last_success_timestamp_seconds gauge",
             f"mq_last_success_timestamp_seconds {last_success or 0:.3f}",
         ]
