@@ -76,6 +76,15 @@ def wire_format(message: bytes) -> bytes:
 
     The queued bytes are never changed; this copy is made for the DATA phase only.
     """
+    if (
+        message.endswith(b"\r\n")
+        and not message.startswith(b".")
+        and b"\n." not in message
+        and message.count(b"\r") == message.count(b"\n") == message.count(b"\r\n")
+    ):
+        # Every CR and every LF is part of a CRLF and no line starts with a dot: the bytes
+        # are already on-the-wire form (the common case; the two regex passes cost more).
+        return message
     wire = _EOL.sub(b"\r\n", message)
     wire = _LEADING_DOT.sub(b"..", wire)
     if not wire.endswith(b"\r\n"):
