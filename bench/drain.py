@@ -11,6 +11,8 @@ setup is not timed), then drains them into a fast SMTP sink on 127.0.0.1 with:
 * a bare reference client (``bench/_reference_client.py``): plain smtplib over one
   reused connection, reading each file, ``sendmail()``, unlink, fsync of the directory:
   the least a durable sender can do.
+* for information, ours again with ``mq.smtp_connections = 2`` (``--connections``; the
+  setting comes from an ini file, as in production; the default stays one connection).
 
 Each drain is a subprocess timed from start to exit (start-up included; the cost of a
 run over an empty queue is shown apart). Its peak memory and CPU time come from
@@ -137,6 +139,17 @@ def ours_command(directory: str, port: int) -> list[str]:
     ]
 
 
+def ours_parallel_command(directory: str, port: int, connections: int) -> list[str]:
+    # mq.smtp_connections has no flag: it comes from the ini file, as in production.
+    ini = directory.rstrip("/") + ".ini"
+    with open(ini, "w", encoding="utf-8") as handle:
+        handle.write(
+            f"[app:main]\nuse = egg:mq_transaction\nmq.queue_dir = {directory}\nmq.smtp_host = 127.0.0.1\n"
+            f"mq.smtp_port = {port}\nmq.smtp_connections = {connections}\n"
+        )
+    return [*command("mq-send", "mq_transaction.cli_send"), ini, "-q"]
+
+
 def zope_command(directory: str, port: int) -> list[str]:
     return [*command("zope-sendmail", "zope.sendmail.queue"), "--hostname", "127.0.0.1", "--port", str(port), directory]
 
@@ -170,12 +183,24 @@ class Kind:
     left: Callable[[str], int]
 
 
-KINDS = {
-    "ours": Kind("ours", "ours (mq-send)", fill_ours, ours_command, left_in_ours),
-    "zope": Kind("zope", "zope-sendmail 7.3", fill_zope, zope_command, left_in_zope),
-    "reference": Kind("reference", "reference client", fill_reference, reference_command, left_in_reference),
-}
-ORDER = ("ours", "zope", "reference")
+def make_kinds(connections: int) -> dict[str, Kind]:
+    """The drains, in their order within a run; ``connections`` > 1 adds ours with that many."""
+    kinds = {
+        "ours": Kind("ours", "ours (mq-send)", fill_ours, ours_command, left_in_ours),
+        "zope": Kind("zope", "zope-sendmail 7.3", fill_zope, zope_command, left_in_zope),
+        "reference": Kind("reference", "reference client", fill_reference, reference_command, left_in_reference),
+    }
+    if connections > 1:
+        kinds["parallel"] = Kind(
+            "parallel",
+            f"ours, {connections} conns",
+            fill_ours,
+            lambda directory, port: ours_parallel_command(directory, port, connections),
+            left_in_ours,
+        )
+    return kinds
+
+
 RATIOS = (
     ("ours", "zope", "ours / zope-sendmail", 2.0),
     ("ours", "reference", "ours / reference client", 0.8),
@@ -281,7 +306,9 @@ def median_run(runs: list[Drain]) -> Drain:
     return sorted(runs, key=lambda r: r.rate)[len(runs) // 2]
 
 
-def report(args, sink: Sink, extensions: list[str], runs: dict[str, list[Drain]], fixed: dict[str, float]) -> int:
+def report(
+    args, kinds: dict[str, Kind], sink: Sink, extensions: list[str], runs: dict[str, list[Drain]], fixed: dict
+) -> int:
     print(
         f"{args.count} messages of {MESSAGE_SIZE} bytes, {args.recipients} recipient(s), one transaction each; "
         f"{args.runs} runs; median run shown"
@@ -294,13 +321,13 @@ def report(args, sink: Sink, extensions: list[str], runs: dict[str, list[Drain]]
         f"{'':19} {'msg/s':>6}  {'each run (msg/s)':<18} {'empty-run ms':>12} {'CPU us/msg':>10}"
         f" {'peak RSS MB':>11} {'connections':>11} {'received':>9}"
     )
-    for key in ORDER:
+    for key in kinds:
         result = median_run(runs[key])
         each = " ".join(f"{r.rate:.0f}" for r in runs[key])
         cpu = statistics.median(r.cpu / r.count for r in runs[key]) * 1e6
         rss = max(r.max_rss_kb for r in runs[key]) / 1024
         print(
-            f"{KINDS[key].name:19} {result.rate:6.0f}  {each:<18} {fixed[key] * 1000:12.0f} {cpu:10.0f}"
+            f"{kinds[key].name:19} {result.rate:6.0f}  {each:<18} {fixed[key] * 1000:12.0f} {cpu:10.0f}"
             f" {rss:11.1f} {result.sessions:11d} {result.received:9d}"
         )
     print()
@@ -308,19 +335,27 @@ def report(args, sink: Sink, extensions: list[str], runs: dict[str, list[Drain]]
         each = [a.rate / b.rate for a, b in zip(runs[ours], runs[anchor], strict=True)]
         verdict = "met" if statistics.median(each) >= target else "MISSED"
         print(
-            f"{label:26} {statistics.median(each):5.2f}  (target >= {target:.1f}: {verdict}; "
+            f"{label:30} {statistics.median(each):5.2f}  (target >= {target:.1f}: {verdict}; "
             f"each run: {' '.join(f'{r:.2f}' for r in each)})"
         )
+    if "parallel" in kinds:  # for information: the default is one connection
+        for anchor in ("zope", "reference"):
+            each = [a.rate / b.rate for a, b in zip(runs["parallel"], runs[anchor], strict=True)]
+            label = f"{kinds['parallel'].name} / {kinds[anchor].name.split()[0]}"
+            print(
+                f"{label:30} {statistics.median(each):5.2f}  (not the default; each run: "
+                f"{' '.join(f'{r:.2f}' for r in each)})"
+            )
     peak = max(r.max_rss_kb for r in runs["ours"]) / 1024
     verdict = "met" if peak < MEMORY_TARGET_MB else "MISSED"
-    print(f"{'ours: peak RSS':26} {peak:5.1f} MB (target < {MEMORY_TARGET_MB} MB: {verdict})")
+    print(f"{'ours: peak RSS':30} {peak:5.1f} MB (target < {MEMORY_TARGET_MB} MB: {verdict})")
     print()
     failed = False
-    for key in ORDER:
+    for key in kinds:
         for number, result in enumerate(runs[key], 1):
             for problem in result.problems():
                 failed = True
-                print(f"CHECK FAILED: {KINDS[key].name}, run {number}: {problem}")
+                print(f"CHECK FAILED: {kinds[key].name}, run {number}: {problem}")
     if not failed:
         print(
             f"checked: every drain exited 0, the sink received all {args.count} messages each time, "
@@ -331,33 +366,35 @@ def report(args, sink: Sink, extensions: list[str], runs: dict[str, list[Drain]]
 
 def benchmark(args) -> int:
     messages = make_messages(args.count, args.recipients)
+    kinds = make_kinds(args.connections)
+    order = tuple(kinds)
     scratch = tempfile.mkdtemp(prefix="mq-drain-", dir=args.dir)
     sink = None
     try:
         sink = start_sink(args.sink, os.path.join(scratch, "sink-counters"))
         extensions = sink.extensions()
-        print(f"filling {args.runs} x {len(ORDER)} queues of {args.count} messages (not timed)...", flush=True)
+        print(f"filling {args.runs} x {len(order)} queues of {args.count} messages (not timed)...", flush=True)
         directories = {}
         for run in range(args.runs):
-            for key in ORDER:
+            for key in order:
                 directories[key, run] = os.path.join(scratch, f"{key}-{run}")
-                KINDS[key].fill(directories[key, run], messages)
-        fixed = {key: fixed_cost(KINDS[key], sink, scratch) for key in ORDER}
-        runs: dict[str, list[Drain]] = {key: [] for key in ORDER}
+                kinds[key].fill(directories[key, run], messages)
+        fixed = {key: fixed_cost(kinds[key], sink, scratch) for key in order}
+        runs: dict[str, list[Drain]] = {key: [] for key in order}
         for run in range(args.runs):
             # A B C, then C B A: slow drift of the disk's state hits every sender alike.
-            for key in ORDER if run % 2 == 0 else reversed(ORDER):
+            for key in order if run % 2 == 0 else reversed(order):
                 os.sync()  # no dirty pages left by the setup or the previous drain
                 time.sleep(args.settle)
-                result = drain(KINDS[key], directories[key, run], sink, args.count, scratch)
+                result = drain(kinds[key], directories[key, run], sink, args.count, scratch)
                 runs[key].append(result)
                 print(
-                    f"  run {run + 1} {KINDS[key].name:19} {result.rate:6.0f} msg/s, "
+                    f"  run {run + 1} {kinds[key].name:19} {result.rate:6.0f} msg/s, "
                     f"{result.sessions} connections, {result.received} received",
                     flush=True,
                 )
         print()
-        return report(args, sink, extensions, runs, fixed)
+        return report(args, kinds, sink, extensions, runs, fixed)
     finally:
         if sink is not None:
             sink.stop()
@@ -415,6 +452,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=0.5, help="seconds to wait after sync before each drain")
     parser.add_argument(
         "--sink", choices=("auto", "smtp-sink", "aiosmtpd"), default="auto", help="SMTP sink (default auto)"
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=2,
+        help="also drain with mq.smtp_connections = N, for information (default 2; 1 to skip)",
     )
     parser.add_argument("--profile", action="store_true", help="profile an in-process drain of ours instead")
     parser.add_argument("--top", type=int, default=30, help="functions shown by --profile (default 30)")
