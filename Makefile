@@ -36,3 +36,9 @@ bench: $(VENV)/.installed-bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo-run
+
+# Drain 2,000 queued messages with mq-send, zope-sendmail and a bare smtplib client into
+# Postfix's smtp-sink (fetched into /tmp/mq-bench-cache from Debian's postfix package).
+.PHONY: bench-drain
+bench-drain: $(VENV)/.installed-bench
+	$(BIN)/python bench/drain.py
