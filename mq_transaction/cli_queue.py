@@ -1,0 +1,208 @@
+"""``mq-queue``: the command line over :mod:`mq_transaction.operator` (no logic lives here)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import operator
+from .config import load_settings, setup_logging
+from .durations import parse_duration
+from .errors import ConfigurationError, MailQueueError
+from .queue import DEFERRED, FAILED, STATES
+from .sender import open_queue
+
+EX_OK, EX_PROBLEM, EX_USAGE = 0, 1, 2
+
+DESCRIPTION = """See and steer the mail queue of mq_transaction.
+
+Reads the mq.* settings from CONFIG_URI (an ini file; its [app:main] section, or
+[app:NAME] for file.ini#NAME), as mq-send does; --queue-dir overrides the file.
+Exit status: 0 done; 1 status --warn-age exceeded, or an id was not in the queue,
+busy, or in a state the command does not apply to (the other ids were done), or
+discard was not confirmed; 2 usage or configuration error, or an argument that is
+not a queue id (then nothing was done)."""
+
+
+ID_HELP = "a queue id, as send() returned it"
+IDS_HELP = "queue ids, as send() returned them"
+
+
+def _duration(value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to check the documentation against ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="mq-queue", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("config_uri", nargs="?", metavar="CONFIG_URI", help="ini file (file.ini or file.ini#name)")
+    parser.add_argument("--queue-dir", metavar="DIR", help="queue directory (mq.queue_dir)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    status = commands.add_parser("status", help="counts per state, oldest message, last delivery and failure")
+    status.add_argument(
+        "--warn-age", metavar="DURATION", type=_duration, help="exit 1 when a waiting message is older (e.g. 30m)"
+    )
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.set_defaults(run=run_status)
+
+    listing = commands.add_parser("list", help="one line per message (a table at a terminal)")
+    listing.add_argument(
+        "--state", choices=STATES, metavar="STATE", help=f"only the messages in STATE: {', '.join(STATES)}"
+    )
+    listing.add_argument("--json", action="store_true", help="a JSON array, one object per message")
+    listing.set_defaults(run=run_list)
+
+    show = commands.add_parser("show", help="the envelope, the attempt history and the headers of a message")
+    show.add_argument("id", metavar="ID", help=ID_HELP)
+    show.add_argument("--raw", action="store_true", help="print the whole message, byte for byte, instead")
+    show.set_defaults(run=run_show)
+
+    retry = commands.add_parser("retry", help="make messages due now (failed ones: to the undelivered recipients)")
+    retry.add_argument("ids", nargs="*", metavar="ID", help=IDS_HELP)
+    retry.add_argument("--all-failed", action="store_true", help="every failed message")
+    retry.add_argument("--all-deferred", action="store_true", help="every deferred message")
+    retry.set_defaults(run=run_retry)
+
+    hold = commands.add_parser("hold", help="keep messages aside: never sent until released")
+    hold.add_argument("ids", nargs="+", metavar="ID", help=IDS_HELP)
+    hold.set_defaults(run=run_hold)
+
+    release = commands.add_parser("release", help="held messages back to the queue, due now (or to failed)")
+    release.add_argument("ids", nargs="+", metavar="ID", help=IDS_HELP)
+    release.set_defaults(run=run_release)
+
+    discard = commands.add_parser("discard", help="remove messages for good (asks first at a terminal)")
+    discard.add_argument("ids", nargs="+", metavar="ID", help=IDS_HELP)
+    discard.add_argument("--yes", action="store_true", help="do not ask (needed when not at a terminal)")
+    discard.set_defaults(run=run_discard)
+    return parser
+
+
+def _config_uri_slot(argv: list[str]) -> list[str]:
+    """argv with an empty CONFIG_URI before the command when none is given.
+
+    argparse fills an optional positional before the subcommands greedily, so that
+    ``mq-queue show ID`` would read ``show`` as the config URI.
+    """
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        if token == "--queue-dir":
+            index += 2
+        elif token.startswith("-"):
+            index += 1
+        else:
+            return [*argv[:index], "", *argv[index:]] if token in COMMANDS else argv
+    return argv
+
+
+COMMANDS = ("status", "list", "show", "retry", "hold", "release", "discard")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``mq-queue``; return its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(_config_uri_slot(sys.argv[1:] if argv is None else list(argv)))
+    args.config_uri = args.config_uri or None
+    if args.command == "retry" and not (args.ids or args.all_failed or args.all_deferred):
+        parser.error("retry needs IDs, --all-failed or --all-deferred")
+    try:
+        settings = load_settings(args.config_uri, {"mq.queue_dir": args.queue_dir})
+        setup_logging(args.config_uri, 0)
+        queue = open_queue(settings)
+        return args.run(queue, settings, args)
+    except operator.MessageNotFoundError as exc:
+        print(f"mq-queue: error: {exc}", file=sys.stderr)
+        return EX_PROBLEM
+    except (ConfigurationError, MailQueueError, OSError) as exc:
+        print(f"mq-queue: error: {exc}", file=sys.stderr)
+        return EX_USAGE
+
+
+def run_status(queue, settings, args) -> int:
+    report = operator.queue_status(queue, args.warn_age, settings.delivery_log, settings.delivery_log_format)
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print(operator.format_status(report, tty=sys.stdout.isatty()))
+    return EX_PROBLEM if report["over_warn_age"] else EX_OK
+
+
+def run_list(queue, settings, args) -> int:
+    records = operator.list_messages(queue, args.state)
+    if args.json:
+        print(json.dumps(records, indent=2, ensure_ascii=False))
+    elif sys.stdout.isatty():
+        print(operator.format_list_table(records))
+    elif records:
+        print(operator.format_list_lines(records))
+    return EX_OK
+
+
+def run_show(queue, settings, args) -> int:
+    if args.raw:
+        content = operator.raw_message(queue, args.id)
+        sys.stdout.flush()
+        sys.stdout.buffer.write(content)
+        sys.stdout.buffer.flush()
+    else:
+        print(operator.format_details(operator.details(queue, args.id)))
+    return EX_OK
+
+
+def report(outcomes: list[operator.Outcome], nothing: str) -> int:
+    """Print what was done (stdout) and what was not (stderr); 1 when anything was not."""
+    if not outcomes:
+        print(nothing)
+    for outcome in outcomes:
+        if outcome.done:
+            print(outcome.text)
+        else:
+            print(f"mq-queue: {outcome.text}", file=sys.stderr)
+    return EX_OK if all(outcome.done for outcome in outcomes) else EX_PROBLEM
+
+
+def run_retry(queue, settings, args) -> int:
+    states = [state for state, wanted in ((FAILED, args.all_failed), (DEFERRED, args.all_deferred)) if wanted]
+    ids = operator.check_ids(args.ids)
+    return report(operator.retry(queue, ids, states), f"no {' or '.join(states)} message to retry")
+
+
+def run_hold(queue, settings, args) -> int:
+    return report(operator.hold(queue, operator.check_ids(args.ids)), "")
+
+
+def run_release(queue, settings, args) -> int:
+    return report(operator.release(queue, operator.check_ids(args.ids)), "")
+
+
+def run_discard(queue, settings, args) -> int:
+    ids = operator.check_ids(args.ids)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(
+                "mq-queue: error: discard removes mail for good; without a terminal to confirm at, "
+                "pass --yes. Nothing was removed.",
+                file=sys.stderr,
+            )
+            return EX_USAGE
+        print(operator.format_list_lines(operator.list_given(queue, ids)))
+        try:
+            answer = input(f"Discard {len(ids)} message(s) for good? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Nothing was removed.")
+            return EX_PROBLEM
+    return report(operator.discard(queue, ids), "")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,492 @@
+"""``mq-queue``: every command on a queue holding every state, its JSON against the documented
+schema, its exit statuses, and ids that try to leave the queue."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_operator import REFUSED, build_queue, commit
+
+from mq_transaction import MessageQueue, cli_queue, operator
+from mq_transaction.queue import CORRUPT, DEFERRED, FAILED, HELD, QUEUED, SENDING, STATES
+from mq_transaction.sender import Sender
+
+MQ_QUEUE = [sys.executable, "-m", "mq_transaction.cli_queue"]
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "mq-queue.md"
+NOT_IDS = ["../x", "/etc/passwd", ".hidden", "new/20261128T151136123456Z-9f3a2b1c0d", "..", "x\ny"]
+ABSENT = "20261128T151136123456Z-9f3a2b1c0d"
+
+
+@pytest.fixture(autouse=True)
+def keep_logging_levels():
+    """main() sets up logging as the real command does; give other tests their levels back."""
+    logger = logging.getLogger("mq_transaction")
+    level = logger.level
+    yield
+    logger.setLevel(level)
+
+
+@pytest.fixture
+def built(tmp_path, smtp_sink):
+    made = build_queue(tmp_path / "queue", smtp_sink)
+    yield made
+    made.claim.release()
+
+
+def run(capsys, built, *args):
+    """Run mq-queue in-process on the built queue; return (status, stdout, stderr)."""
+    status = cli_queue.main(["--queue-dir", built.queue.path, *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def run_mq_queue(*args, stdin=subprocess.DEVNULL):
+    return subprocess.run(
+        [*MQ_QUEUE, *map(str, args)], capture_output=True, text=True, stdin=stdin, timeout=60, check=False
+    )
+
+
+def state_of(built, queue_id):
+    try:
+        return operator.find(built.queue, queue_id).state
+    except operator.MessageNotFoundError:
+        return None
+
+
+# -- the documented JSON schemas, checked by hand (no jsonschema dependency) ------------
+
+
+def documented_schema(command: str) -> dict:
+    text = DOCS.read_text(encoding="utf-8")
+    match = re.search(rf"### The schema of `{command} --json`.*?```json\n(.*?)\n```", text, re.DOTALL)
+    assert match, f"docs/mq-queue.md has no JSON Schema for {command} --json"
+    return json.loads(match.group(1))
+
+
+JSON_TYPES = {
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "null": lambda v: v is None,
+    "boolean": lambda v: isinstance(v, bool),
+}
+
+
+def schema_problems(value, schema: dict, where: str = "$") -> list[str]:
+    """What in ``value`` breaks ``schema`` (the keywords our schemas use: type, enum,
+    pattern, minimum, properties, required, additionalProperties, items)."""
+    kinds = schema.get("type")
+    if kinds is not None:
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        if not any(JSON_TYPES[kind](value) for kind in kinds):
+            return [f"{where}: {value!r} is not of type {kinds}"]
+    problems = []
+    if "enum" in schema and value not in schema["enum"]:
+        problems.append(f"{where}: {value!r} is not one of {schema['enum']}")
+    if isinstance(value, str) and "pattern" in schema and not re.search(schema["pattern"], value):
+        problems.append(f"{where}: {value!r} does not match {schema['pattern']}")
+    if JSON_TYPES["number"](value) and "minimum" in schema and value < schema["minimum"]:
+        problems.append(f"{where}: {value!r} is below {schema['minimum']}")
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        problems += [f"{where}: no key {key!r}" for key in schema.get("required", []) if key not in value]
+        if schema.get("additionalProperties") is False:
+            problems += [f"{where}: unknown key {key!r}" for key in value if key not in properties]
+        for key, item in value.items():
+            if key in properties:
+                problems += schema_problems(item, properties[key], f"{where}.{key}")
+    if isinstance(value, list) and "items" in schema:
+        for index, item in enumerate(value):
+            problems += schema_problems(item, schema["items"], f"{where}[{index}]")
+    return problems
+
+
+def test_the_schema_checker_finds_what_is_wrong():
+    schema = documented_schema("list")
+    good = {
+        "id": ABSENT,
+        "state": "queued",
+        "queued_at": "2026-11-28T16:55:07.459938Z",
+        "attempts": 0,
+        "next_attempt": None,
+        "sender": "a@example.com",
+        "recipients": [{"address": "b@example.org", "status": "pending", "reply": None}],
+        "message_id": None,
+        "subject": None,
+        "size": 1,
+        "last_error": None,
+    }
+    assert schema_problems([good], schema) == []
+    bad = [
+        {**good, "extra": 1},
+        {k: v for k, v in good.items() if k != "size"},
+        {**good, "attempts": "1"},
+        {**good, "attempts": True},
+        {**good, "state": "lost"},
+        {**good, "queued_at": "2026-11-28 16:55:07"},
+        {**good, "recipients": [{"address": "b@example.org", "status": "gone", "reply": None}]},
+    ]
+    for item in bad:
+        assert schema_problems([item], schema), item
+
+
+def test_the_list_schema_names_exactly_the_fields_list_gives():
+    items = documented_schema("list")["items"]
+    assert tuple(items["required"]) == operator.LIST_FIELDS
+    assert set(items["properties"]) == set(operator.LIST_FIELDS)
+    assert items["properties"]["state"]["enum"] == list(STATES)
+
+
+# -- list -------------------------------------------------------------------------------
+
+
+def test_list_json_of_every_state_matches_the_documented_schema(capsys, built):
+    status, out, err = run(capsys, built, "list", "--json")
+    assert status == 0, err
+    records = json.loads(out)
+    assert schema_problems(records, documented_schema("list")) == []
+    assert {r["state"]: r["id"] for r in records} == built.ids
+    for record in records:
+        assert list(record) == list(operator.LIST_FIELDS)
+
+
+def test_list_json_from_an_ini_file_in_a_subprocess(tmp_path, built):
+    ini = tmp_path / "app.ini"
+    ini.write_text(f"[app:main]\nuse = egg:nothing\nmq.queue_dir = {built.queue.path}\n")
+    done = run_mq_queue(ini, "list", "--json", "--state", FAILED)
+    assert done.returncode == 0, done.stderr
+    (record,) = json.loads(done.stdout)
+    assert schema_problems([record], documented_schema("list")) == []
+    assert record["id"] == built.ids[FAILED] and record["last_error"] == REFUSED
+    assert [r["status"] for r in record["recipients"]] == ["delivered", "failed"]
+
+
+def test_list_is_one_plain_line_per_message_without_a_terminal(capsys, built):
+    status, out, _err = run(capsys, built, "list")
+    assert status == 0
+    lines = out.splitlines()
+    assert [line.split()[:2] for line in lines] == [[built.ids[state], state] for state in STATES]
+
+
+def test_list_is_a_table_at_a_terminal(capsys, built, monkeypatch):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setenv("COLUMNS", "200")
+    status, out, _err = run(capsys, built, "list", "--state", DEFERRED)
+    assert status == 0
+    header, row = out.splitlines()
+    assert header.split()[:2] == ["ID", "STATE"] and "LAST ERROR" in header
+    assert row.split()[:2] == [built.ids[DEFERRED], DEFERRED] and "in " in row
+
+
+def test_list_of_an_empty_state_prints_nothing(capsys, built):
+    run(capsys, built, "discard", "--yes", built.ids[CORRUPT])
+    assert run(capsys, built, "list", "--state", CORRUPT) == (0, "", "")
+    assert run(capsys, built, "list", "--state", CORRUPT, "--json")[1] == "[]\n"
+
+
+# -- status -----------------------------------------------------------------------------
+
+
+def test_status_json_matches_the_documented_schema(capsys, built):
+    status, out, err = run(capsys, built, "status", "--json")
+    assert status == 0, err
+    report = json.loads(out)
+    assert schema_problems(report, documented_schema("status")) == []
+    assert report["counts"] == dict.fromkeys(STATES, 1)
+    assert report["last_failure"]["id"] == built.ids[FAILED]
+
+
+def test_status_exits_1_when_a_waiting_message_is_older_than_warn_age(capsys, built):
+    status, out, _err = run(capsys, built, "status", "--warn-age", "0")
+    assert status == 1
+    assert "over_warn_age 4" in out.splitlines()
+    status, out, _err = run(capsys, built, "status", "--warn-age", "1h")
+    assert status == 0 and "over_warn_age 0" in out.splitlines()
+    assert run(capsys, built, "status", "--warn-age", "1h", "--json")[0] == 0
+
+
+def test_status_as_a_monitoring_check_in_a_subprocess(built):
+    done = run_mq_queue("--queue-dir", built.queue.path, "status", "--warn-age", "0")
+    assert done.returncode == 1
+    assert "failed 1" in done.stdout.splitlines() and done.stderr == ""
+
+
+def test_status_without_a_delivery_log_says_unknown_when_the_queue_records_no_delivery(capsys, tmp_path):
+    queue_dir = tmp_path / "queue"
+    commit(MessageQueue(queue_dir), ("ann@example.org",), "Waiting")
+    status = cli_queue.main(["--queue-dir", str(queue_dir), "status"])
+    out = capsys.readouterr().out.splitlines()
+    assert status == 0
+    assert "last_delivery unknown" in out and "last_failure none" in out and "queued 1" in out
+
+
+def test_bad_warn_age_is_a_usage_error(capsys, built):
+    with pytest.raises(SystemExit) as caught:
+        run(capsys, built, "status", "--warn-age", "soon")
+    assert caught.value.code == 2
+    assert "'soon' is not a duration" in capsys.readouterr().err
+
+
+# -- show -------------------------------------------------------------------------------
+
+
+def test_show_prints_the_envelope_the_attempts_and_the_headers(capsys, built):
+    status, out, _err = run(capsys, built, "show", built.ids[FAILED])
+    assert status == 0
+    for expected in ("state:        failed", "failure:      rejected", "attempts:", "headers:"):
+        assert expected in out
+    assert "  Subject: Partly delivered" in out.splitlines()
+    assert "bad@example.org: 550 5.1.1 no such user" in out
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_show_works_in_every_state(capsys, built, state):
+    status, out, _err = run(capsys, built, "show", built.ids[state])
+    assert status == 0
+    assert f"state:        {state}" in out
+
+
+def test_show_raw_prints_the_stored_message_byte_for_byte(capsysbinary, built):
+    _envelope, message = built.queue.read(built.queue.find(built.ids[QUEUED]))
+    assert cli_queue.main(["--queue-dir", built.queue.path, "show", built.ids[QUEUED], "--raw"]) == 0
+    assert capsysbinary.readouterr().out == message
+
+
+def test_show_raw_in_a_subprocess_with_a_config_uri_fragment(tmp_path, built):
+    ini = tmp_path / "app.ini"
+    mail_section = f"[app:mail]\nuse = egg:x\nmq.queue_dir = {built.queue.path}\n"
+    ini.write_text(f"[app:main]\nuse = egg:x\nmq.queue_dir = /nowhere\n\n{mail_section}")
+    done = subprocess.run(
+        [*MQ_QUEUE, f"{ini}#mail", "show", built.ids[HELD], "--raw"], capture_output=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == built.queue.read(built.queue.find(built.ids[HELD]))[1]
+
+
+def test_show_of_an_id_not_in_the_queue_exits_1(capsys, built):
+    status, out, err = run(capsys, built, "show", ABSENT)
+    assert (status, out) == (1, "")
+    assert err == f"mq-queue: error: queue id {ABSENT} is not in the queue at {built.queue.path}\n"
+
+
+# -- every command in every state -------------------------------------------------------
+
+# (command, state) -> (exit status, the message's state afterwards; None: removed)
+EXPECTED = {
+    ("retry", QUEUED): (0, QUEUED),
+    ("retry", SENDING): (1, SENDING),
+    ("retry", DEFERRED): (0, QUEUED),
+    ("retry", HELD): (1, HELD),
+    ("retry", FAILED): (0, QUEUED),
+    ("retry", CORRUPT): (1, CORRUPT),
+    ("hold", QUEUED): (0, HELD),
+    ("hold", SENDING): (1, SENDING),
+    ("hold", DEFERRED): (0, HELD),
+    ("hold", HELD): (0, HELD),
+    ("hold", FAILED): (0, HELD),
+    ("hold", CORRUPT): (1, CORRUPT),
+    ("release", QUEUED): (1, QUEUED),
+    ("release", SENDING): (1, SENDING),
+    ("release", DEFERRED): (1, DEFERRED),
+    ("release", HELD): (0, QUEUED),
+    ("release", FAILED): (1, FAILED),
+    ("release", CORRUPT): (1, CORRUPT),
+    **{("discard", state): (0, None) for state in STATES if state != SENDING},
+    ("discard", SENDING): (1, SENDING),
+}
+
+
+@pytest.mark.parametrize(("command", "state"), sorted(EXPECTED))
+def test_every_command_in_every_state(capsys, built, command, state):
+    expected_status, expected_state = EXPECTED[command, state]
+    queue_id = built.ids[state]
+    others = {s: i for s, i in built.ids.items() if s != state}
+    extra = ["--yes"] if command == "discard" else []
+    status, out, err = run(capsys, built, command, queue_id, *extra)
+    assert status == expected_status, (out, err)
+    assert state_of(built, queue_id) == expected_state
+    if status == 0:
+        assert out.startswith(f"{queue_id}: ") and err == ""
+    else:
+        assert out == "" and err.startswith(f"mq-queue: queue id {queue_id} ") and err.count("\n") == 1
+    assert {s: state_of(built, i) for s, i in others.items()} == {s: s for s in others}  # nothing else moved
+
+
+def test_a_missing_id_among_others_exits_1_and_the_others_are_done(capsys, built):
+    status, out, err = run(capsys, built, "hold", ABSENT, built.ids[QUEUED])
+    assert status == 1
+    assert out == f"{built.ids[QUEUED]}: queued -> held\n"
+    assert err == f"mq-queue: queue id {ABSENT} is not in the queue at {built.queue.path}\n"
+
+
+def test_retry_all_failed_and_all_deferred(capsys, built):
+    status, out, _err = run(capsys, built, "retry", "--all-failed", "--all-deferred")
+    assert status == 0 and len(out.splitlines()) == 2
+    assert state_of(built, built.ids[FAILED]) == state_of(built, built.ids[DEFERRED]) == QUEUED
+    assert run(capsys, built, "retry", "--all-failed") == (0, "no failed message to retry\n", "")
+
+
+def test_retry_needs_ids_or_a_state(capsys, built):
+    with pytest.raises(SystemExit) as caught:
+        run(capsys, built, "retry")
+    assert caught.value.code == 2
+
+
+def test_retry_of_a_partly_delivered_failed_message_reaches_only_the_undelivered_recipient(capsys, built, smtp_sink):
+    queue_id = built.ids[FAILED]
+    status, out, _err = run(capsys, built, "retry", queue_id)
+    assert status == 0
+    assert (
+        out == f"{queue_id}: failed -> queued; to be sent to bad@example.org (already delivered to ann@example.org)\n"
+    )
+    Sender(built.settings, queue=built.queue).run()  # what cron's next mq-send run does
+    arrived = [m.rcpt_tos for m in smtp_sink.received if b"Subject: Partly delivered" in m.content]
+    assert arrived == [["ann@example.org"], ["bad@example.org"]]  # the first run, then the retry
+    assert state_of(built, queue_id) is None
+
+
+# -- ids that are not queue ids ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", NOT_IDS)
+@pytest.mark.parametrize("command", ["show", "retry", "hold", "release", "discard"])
+def test_a_value_that_is_not_a_queue_id_is_refused_and_nothing_is_done(capsys, built, command, value):
+    before = {s: state_of(built, i) for s, i in built.ids.items()}
+    ids = [value] if command == "show" else [built.ids[QUEUED], value]
+    extra = ["--yes"] if command == "discard" else []
+    status, out, err = run(capsys, built, command, *ids, *extra)
+    assert (status, out) == (2, "")
+    assert err.startswith(f"mq-queue: error: {value!r} is not a queue id") and err.count("\n") == 1
+    assert {s: state_of(built, i) for s, i in built.ids.items()} == before
+
+
+@pytest.mark.parametrize("value", ["../x", "/etc/passwd", ".hidden", "new/ID"])
+def test_path_traversal_ids_are_refused_by_the_real_command(tmp_path, built, value):
+    victim = tmp_path / "x"
+    victim.write_text("not mail")
+    value = value.replace("ID", built.ids[QUEUED])
+    for command in (["show", value], ["discard", "--yes", value], ["hold", value]):
+        done = run_mq_queue("--queue-dir", built.queue.path, *command)
+        assert done.returncode == 2 and done.stdout == ""
+        assert done.stderr.startswith("mq-queue: error: ") and done.stderr.count("\n") == 1
+        assert "Traceback" not in done.stderr
+    assert victim.read_text() == "not mail" and state_of(built, built.ids[QUEUED]) == QUEUED
+
+
+# -- discard ----------------------------------------------------------------------------
+
+
+def test_discard_without_yes_and_without_a_terminal_removes_nothing_and_exits_2(built):
+    done = run_mq_queue("--queue-dir", built.queue.path, "discard", built.ids[QUEUED], built.ids[FAILED])
+    assert done.returncode == 2 and done.stdout == ""
+    assert "--yes" in done.stderr and "Nothing was removed" in done.stderr
+    assert state_of(built, built.ids[QUEUED]) == QUEUED and state_of(built, built.ids[FAILED]) == FAILED
+
+
+def test_discard_in_process_without_a_terminal_needs_yes(capsys, built, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))  # input there, but no terminal
+    status, _out, err = run(capsys, built, "discard", built.ids[QUEUED])
+    assert status == 2 and "--yes" in err
+    assert state_of(built, built.ids[QUEUED]) == QUEUED
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize(("answer", "removed"), [("y\n", True), ("yes\n", True), ("n\n", False), ("", False)])
+def test_discard_at_a_terminal_asks_first(capsys, built, monkeypatch, answer, removed):
+    monkeypatch.setattr(sys, "stdin", Terminal(answer))
+    status, out, _err = run(capsys, built, "discard", built.ids[DEFERRED])
+    assert "Discard 1 message(s) for good? [y/N]" in out
+    assert out.startswith(f"{built.ids[DEFERRED]} deferred ")  # what would go, listed first
+    assert status == (0 if removed else 1)
+    assert state_of(built, built.ids[DEFERRED]) == (None if removed else DEFERRED)
+    if not removed:
+        assert out.endswith("Nothing was removed.\n")
+
+
+def test_discard_prints_and_logs_what_it_removed(capsys, built, caplog):
+    caplog.set_level(logging.INFO, logger="mq_transaction.operator")
+    message_id = operator.list_given(built.queue, [built.ids[FAILED]])[0]["message_id"]
+    status, out, _err = run(capsys, built, "discard", "--yes", built.ids[FAILED])
+    assert status == 0
+    for text in (out, *(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)):
+        assert built.ids[FAILED] in text and message_id in text
+        assert "ann@example.org (delivered), bad@example.org (failed)" in text
+
+
+# -- settings and usage -----------------------------------------------------------------
+
+
+def test_the_config_uri_is_optional_before_the_command(tmp_path, built):
+    ini = tmp_path / "app.ini"
+    ini.write_text(f"[app:main]\nuse = egg:x\nmq.queue_dir = {built.queue.path}\n")
+    for args in ([ini, "show", built.ids[QUEUED]], ["--queue-dir", built.queue.path, "show", built.ids[QUEUED]]):
+        done = run_mq_queue(*args)
+        assert done.returncode == 0, done.stderr
+        assert built.ids[QUEUED] in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("settings", "names"),
+    [
+        ("mq.queue_dir = {queue}\nmq.smtp_prot = 25", "mq.smtp_prot"),
+        ("mq.queue_dir = /does/not/exist", "/does/not/exist"),
+    ],
+)
+def test_a_configuration_error_is_one_line_with_status_2(tmp_path, settings, names):
+    ini = tmp_path / "app.ini"
+    ini.write_text(f"[app:main]\nuse = egg:x\n{settings.format(queue=tmp_path)}\n")
+    done = run_mq_queue(ini, "status")
+    assert done.returncode == 2
+    assert done.stderr.startswith("mq-queue: error: ") and done.stderr.count("\n") == 1 and names in done.stderr
+
+
+def test_no_queue_dir_at_all_is_a_configuration_error(capsys):
+    assert cli_queue.main(["list"]) == 2
+    assert "mq.queue_dir" in capsys.readouterr().err
+
+
+# -- the reference page -----------------------------------------------------------------
+
+
+def test_mq_queue_help_in_the_reference_is_the_real_one(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    real = cli_queue.build_parser().format_help()
+    match = re.search(r"```text\n(usage: mq-queue.*?)```", DOCS.read_text(encoding="utf-8"), re.DOTALL)
+    assert match, "docs/mq-queue.md has no ```text block starting with 'usage: mq-queue'"
+    assert match.group(1).split() == real.split(), f"paste `COLUMNS=80 mq-queue --help`:\n{real}"
+
+
+def test_every_option_of_every_command_is_in_the_reference():
+    text = DOCS.read_text(encoding="utf-8")
+    parser = cli_queue.build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, subparser in [("", parser), *commands.choices.items()]:
+        assert name == "" or re.search(rf"^### .*`{name}`", text, re.MULTILINE), f"no section for {name}"
+        for action in subparser._actions:
+            for option in action.option_strings:
+                if option.startswith("--") and option != "--help":
+                    assert f"`{option}" in text or f"[{option}" in text, f"docs/mq-queue.md lacks {name} {option}"
+
+
+def test_every_exit_status_is_in_the_reference():
+    text = DOCS.read_text(encoding="utf-8")
+    rows = set()
+    for line in text.split("| status | when |", 1)[1].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        rows.add(line.split("|")[1].strip())
+    assert rows == {f"`{s}`" for s in (cli_queue.EX_OK, cli_queue.EX_PROBLEM, cli_queue.EX_USAGE)}

@@ -1,0 +1,492 @@
+"""The operator's library (mq_transaction.operator) on a queue holding every state, built for real."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import pytest
+import transaction
+
+from mq_transaction import MessageQueue, QueuedMailer, UnknownQueueIdError, operator
+from mq_transaction.delivery_log import event_record, format_logfmt
+from mq_transaction.durations import iso_utc, parse_iso_utc
+from mq_transaction.hooks import DeliveryEvent, RecipientResult
+from mq_transaction.queue import CORRUPT, DEFERRED, FAILED, HELD, QUEUED, SENDING, STATES, Claim
+from mq_transaction.queuefile import Envelope, encode
+from mq_transaction.sender import Sender
+from mq_transaction.settings import parse_settings
+
+SENDER = "app@example.com"
+REFUSED = "550 5.1.1 no such user"
+LATER = "451 4.3.0 try again later"
+
+
+def make_settings(queue_dir, port, **extra):
+    raw = {"mq.queue_dir": str(queue_dir), "mq.smtp_host": "127.0.0.1", "mq.smtp_port": str(port)}
+    raw.update({f"mq.{key}": str(value) for key, value in extra.items()})
+    return parse_settings(raw)
+
+
+def commit(queue: MessageQueue, to: tuple[str, ...], subject: str, body: bytes = b"Hello\n") -> str:
+    """Queue one message in a committed transaction; return its queue id."""
+    mailer = QueuedMailer(queue, transaction_manager=transaction.TransactionManager(explicit=True))
+    with mailer.transaction_manager:
+        return mailer.send(f"From: {SENDER}\nTo: {', '.join(to)}\nSubject: {subject}\n\n".encode() + body)
+
+
+@dataclass
+class Built:
+    """A queue holding one message in each state; ``ids[state]`` names it."""
+
+    queue: MessageQueue
+    ids: dict[str, str]
+    claim: Claim  # the sending message's claim, held by this process as a running sender would
+    settings: object
+
+
+def build_queue(path, sink, **settings) -> Built:
+    """Make every state the way it happens: mq-send against a real SMTP server, a damaged
+    file, a claim, a hold.
+
+    - failed: ann@example.org delivered, bad@example.org refused with a 550 (partly delivered)
+    - deferred: later@example.org answered 451
+    - corrupt: its file lost its last bytes before mq-send reached it
+    - queued, held (by operator.hold), sending (claimed here and kept claimed)
+    """
+    queue = MessageQueue(path)
+    ids = {
+        FAILED: commit(queue, ("ann@example.org", "bad@example.org"), "Partly delivered"),
+        DEFERRED: commit(queue, ("later@example.org",), "Deferred"),
+        CORRUPT: commit(queue, ("cid@example.org",), "Corrupt"),
+    }
+    damaged = os.path.join(queue.path, "new", ids[CORRUPT])
+    with open(damaged, "r+b") as handle:
+        handle.truncate(os.path.getsize(damaged) - 5)
+    sink.behaviour.rcpt_replies.update({"bad@example.org": REFUSED, "later@example.org": LATER})
+    run_settings = make_settings(queue.path, sink.port, **settings)
+    result = Sender(run_settings, queue=queue).run()
+    assert (result.failed, result.deferred, result.corrupt) == (1, 1, 1)
+    sink.behaviour.rcpt_replies.clear()
+    ids[QUEUED] = commit(queue, ("dan@example.org",), "Queued")
+    ids[HELD] = commit(queue, ("eve@example.org",), "Held")
+    assert operator.hold(queue, [ids[HELD]])[0].done
+    ids[SENDING] = commit(queue, ("fay@example.org",), "Sending")
+    claim = queue.claim(ids[SENDING])
+    assert claim is not None
+    for state, queue_id in ids.items():
+        assert queue.find(queue_id).state == state
+    return Built(queue, ids, claim, run_settings)
+
+
+@pytest.fixture
+def built(tmp_path, smtp_sink):
+    made = build_queue(tmp_path / "queue", smtp_sink)
+    yield made
+    made.claim.release()
+
+
+def by_id(records):
+    return {record["id"]: record for record in records}
+
+
+# -- list -------------------------------------------------------------------------------
+
+
+def test_list_gives_every_message_of_every_state_with_the_documented_keys(built):
+    records = operator.list_messages(built.queue)
+    assert [r["state"] for r in records] == list(STATES)  # by state, in the states' order
+    for record in records:
+        assert tuple(record) == operator.LIST_FIELDS
+        assert record["id"] == built.ids[record["state"]]
+
+
+def test_list_of_a_partly_delivered_failed_message_shows_each_recipients_fate(built):
+    record = by_id(operator.list_messages(built.queue, FAILED))[built.ids[FAILED]]
+    assert record["recipients"] == [
+        {"address": "ann@example.org", "status": "delivered", "reply": "250 2.0.0 Message accepted"},
+        {"address": "bad@example.org", "status": "failed", "reply": REFUSED},
+    ]
+    assert record["attempts"] == 1
+    assert record["last_error"] == REFUSED
+    assert record["next_attempt"] is None
+    assert record["subject"] == "Partly delivered"
+    assert record["sender"] == SENDER
+    assert record["message_id"].startswith("<") and record["message_id"].endswith(">")
+    envelope, message = built.queue.read(built.queue.find(built.ids[FAILED]))
+    assert record["size"] == len(message)
+    assert record["queued_at"] == iso_utc(envelope.queued_at)
+
+
+def test_list_of_a_deferred_message_gives_its_file_time_as_next_attempt(built):
+    entry = built.queue.find(built.ids[DEFERRED])
+    (record,) = operator.list_messages(built.queue, DEFERRED)
+    assert record["next_attempt"] == iso_utc(entry.mtime)
+    assert parse_iso_utc(record["next_attempt"]) > time.time()
+    assert record["last_error"] == LATER
+    assert record["recipients"][0]["status"] == "deferred"
+
+
+def test_list_of_a_corrupt_message_gives_what_can_be_known_and_why(built):
+    (record,) = operator.list_messages(built.queue, CORRUPT)
+    assert record["state"] == CORRUPT
+    assert record["last_error"].startswith("corrupt: ") and "truncated" in record["last_error"]
+    assert record["subject"] is None and record["size"] is None  # the message itself is not trusted
+    assert record["sender"] == SENDER  # the envelope part of the file is intact
+    assert record["recipients"][0]["address"] == "cid@example.org"
+
+
+def test_a_file_that_is_garbage_lists_with_nulls_and_its_queued_time_from_the_id(built):
+    queue_id = commit(built.queue, ("gus@example.org",), "Garbage")
+    with open(os.path.join(built.queue.path, "new", queue_id), "wb") as handle:
+        handle.write(b"\x00garbage, not a queue file\n")
+    record = by_id(operator.list_messages(built.queue, QUEUED))[queue_id]
+    assert record["state"] == QUEUED  # a state is a directory; mq-send moves it aside when it gets there
+    for key in ("attempts", "sender", "recipients", "message_id", "subject", "size"):
+        assert record[key] is None, key
+    assert record["queued_at"].startswith(f"{queue_id[:4]}-{queue_id[4:6]}-{queue_id[6:8]}T")
+    assert record["last_error"] == "corrupt: not a queue file (no MQUEUE header line)"
+
+
+def test_list_of_held_queued_and_sending_messages(built):
+    records = by_id(operator.list_messages(built.queue))
+    for state in (HELD, QUEUED, SENDING):
+        record = records[built.ids[state]]
+        assert record["attempts"] == 0 and record["last_error"] is None and record["next_attempt"] is None
+        assert record["recipients"][0]["status"] == "pending"
+
+
+def test_subject_is_decoded_and_unfolded():
+    message = b"From: a@example.com\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n and more\r\n\r\nSubject: body\r\n"
+    assert operator.subject(message) == "Grüße and more"
+    assert operator.subject(b"From: a@example.com\n\nSubject: not a header\n") is None
+
+
+def test_last_error_of_an_expired_message_carries_the_expiry_note(tmp_path, smtp_sink):
+    queue = MessageQueue(tmp_path / "queue")
+    queue_id = commit(queue, ("ann@example.org",), "Old")
+    smtp_sink.behaviour.rcpt_default = LATER
+    later = time.time() + 6 * 86400
+    Sender(make_settings(queue.path, smtp_sink.port), clock=lambda: later).run()
+    (record,) = operator.list_messages(queue, FAILED)
+    assert record["id"] == queue_id
+    assert record["last_error"].startswith(LATER) and "(expired: undelivered after" in record["last_error"]
+
+
+# -- show -------------------------------------------------------------------------------
+
+
+def test_details_hold_the_attempt_history_and_the_headers(built):
+    record = operator.details(built.queue, built.ids[FAILED])
+    assert record["failure_reason"] == "rejected"
+    (attempt,) = record["attempt_history"]
+    assert attempt["result"] == FAILED
+    assert attempt["recipients"] == {"ann@example.org": "250 2.0.0 Message accepted", "bad@example.org": REFUSED}
+    assert "Subject: Partly delivered" in record["headers"]
+    assert any(line.startswith("Message-ID: ") for line in record["headers"])
+    lines = operator.format_details(record).splitlines()
+    assert ["bad@example.org", "failed", *REFUSED.split()] in [line.split() for line in lines]
+    assert lines.index("attempts:") < lines.index("headers:") < lines.index("  Subject: Partly delivered")
+
+
+def test_raw_message_is_the_stored_message_and_a_corrupt_file_comes_whole(built):
+    _envelope, message = built.queue.read(built.queue.find(built.ids[QUEUED]))
+    assert operator.raw_message(built.queue, built.ids[QUEUED]) == message
+    entry = built.queue.find(built.ids[CORRUPT])
+    assert operator.raw_message(built.queue, built.ids[CORRUPT]) == built.queue.read_raw(entry)
+
+
+def test_details_of_an_absent_id_is_message_not_found(built):
+    with pytest.raises(operator.MessageNotFoundError, match="is not in the queue"):
+        operator.details(built.queue, "20261128T151136123456Z-9f3a2b1c0d")
+
+
+# -- ids --------------------------------------------------------------------------------
+
+NOT_IDS = [
+    "../x",
+    "/etc/passwd",
+    ".hidden",
+    "..",
+    "",
+    "new/20261128T151136123456Z-9f3a2b1c0d",
+    "20261128T151136123456Z-9f3a2b1c0d/../../x",
+    "20261128T151136123456Z-9f3a2b1c0d\n",
+    " 20261128T151136123456Z-9f3a2b1c0d",
+    "20261128T151136123456Z-9F3A2B1C0D",
+]
+
+
+@pytest.mark.parametrize("value", NOT_IDS)
+def test_anything_but_a_queue_id_is_refused_before_anything_is_read(built, value):
+    with pytest.raises(UnknownQueueIdError, match="is not a queue id") as caught:
+        operator.check_ids(["20261128T151136123456Z-9f3a2b1c0d", value])
+    assert not isinstance(caught.value, operator.MessageNotFoundError)
+    for act in (operator.retry, operator.hold, operator.release, operator.discard):
+        with pytest.raises(UnknownQueueIdError):
+            act(built.queue, [built.ids[QUEUED], value])
+    with pytest.raises(UnknownQueueIdError):
+        operator.details(built.queue, value)
+    assert built.queue.find(built.ids[QUEUED]).state == QUEUED  # the valid id before it was not acted on
+
+
+def test_nothing_outside_the_queue_is_touched_through_a_symlink_or_a_dot_file(built, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(encode(Envelope.new(SENDER, ["x@example.org"], time.time(), "<v@x>"), b"Subject: v\n\nv\n"))
+    fake_id = "20261128T151136123456Z-0123456789"
+    os.symlink(victim, os.path.join(built.queue.path, "new", fake_id))
+    with open(os.path.join(built.queue.path, "failed", "." + built.ids[QUEUED]), "wb") as handle:
+        handle.write(victim.read_bytes())
+    assert fake_id not in by_id(operator.list_messages(built.queue))
+    (outcome,) = operator.discard(built.queue, [fake_id])
+    assert not outcome.done and "is not in the queue" in outcome.text
+    with pytest.raises(operator.MessageNotFoundError):
+        operator.raw_message(built.queue, fake_id)
+    assert victim.exists() and os.path.islink(os.path.join(built.queue.path, "new", fake_id))
+    assert len(operator.list_messages(built.queue, FAILED)) == 1  # the dot-file is no message
+
+
+def test_repeated_ids_are_acted_on_once(built):
+    outcomes = operator.hold(built.queue, [built.ids[QUEUED], built.ids[QUEUED]])
+    assert len(outcomes) == 1 and outcomes[0].done
+
+
+# -- retry ------------------------------------------------------------------------------
+
+
+def test_retry_of_a_partly_delivered_failed_message_reaches_only_the_undelivered_recipient(built, smtp_sink):
+    queue_id = built.ids[FAILED]
+    (outcome,) = operator.retry(built.queue, [queue_id])
+    assert outcome.done and "to be sent to bad@example.org" in outcome.text
+    entry = built.queue.find(queue_id)
+    assert entry.state == QUEUED
+    envelope, _ = built.queue.read(entry)
+    assert [(r.address, r.status) for r in envelope.recipients] == [
+        ("ann@example.org", "delivered"),
+        ("bad@example.org", "pending"),
+    ]
+    assert envelope.failure_reason is None and len(envelope.attempts) == 1  # the history stays
+    Sender(built.settings, queue=built.queue).run()
+    arrived = [m for m in smtp_sink.received if b"Subject: Partly delivered" in m.content]
+    assert [m.rcpt_tos for m in arrived] == [["ann@example.org"], ["bad@example.org"]]
+    with pytest.raises(UnknownQueueIdError):
+        built.queue.find(queue_id)  # delivered to everyone: gone
+
+
+def test_retry_of_a_deferred_message_makes_it_due_at_the_next_run(built, smtp_sink):
+    (outcome,) = operator.retry(built.queue, [built.ids[DEFERRED]])
+    assert outcome.done and outcome.text.endswith("deferred -> queued")
+    assert built.queue.find(built.ids[DEFERRED]).state == QUEUED
+    Sender(built.settings, queue=built.queue).run()  # no --flush: it is due because it is queued
+    assert any(m.rcpt_tos == ["later@example.org"] for m in smtp_sink.received)
+
+
+def test_retry_all_failed_and_all_deferred(built):
+    outcomes = operator.retry(built.queue, states=[FAILED, DEFERRED])
+    assert [(o.queue_id, o.done) for o in outcomes] == [(built.ids[FAILED], True), (built.ids[DEFERRED], True)]
+    assert operator.list_messages(built.queue, FAILED) == operator.list_messages(built.queue, DEFERRED) == []
+
+
+@pytest.mark.parametrize(
+    ("state", "done", "says"),
+    [
+        (QUEUED, True, "already queued"),
+        (HELD, False, "release it instead"),
+        (SENDING, False, "busy: a running mq-send is delivering it"),
+        (CORRUPT, False, "only discard removes it"),
+    ],
+)
+def test_retry_in_other_states(built, state, done, says):
+    (outcome,) = operator.retry(built.queue, [built.ids[state]])
+    assert (outcome.done, says in outcome.text) == (done, True), outcome.text
+    assert built.queue.find(built.ids[state]).state == state
+
+
+# -- hold and release ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", [QUEUED, DEFERRED, FAILED])
+def test_hold_keeps_a_message_aside_and_release_gives_it_back(built, state):
+    queue_id = built.ids[state]
+    (outcome,) = operator.hold(built.queue, [queue_id])
+    assert outcome.done and outcome.text.endswith(f"{state} -> held")
+    assert built.queue.find(queue_id).state == HELD
+    assert queue_id not in built.queue.due(flush=True)
+    (outcome,) = operator.release(built.queue, [queue_id])
+    # A failed message has nobody left to try: it goes back to failed, for retry to decide.
+    expected = FAILED if state == FAILED else QUEUED
+    assert outcome.done and outcome.text.endswith(f"held -> {expected}")
+    assert built.queue.find(queue_id).state == expected
+
+
+@pytest.mark.parametrize(
+    ("act", "state", "done", "says"),
+    [
+        (operator.hold, HELD, True, "already held"),
+        (operator.hold, SENDING, False, "busy"),
+        (operator.hold, CORRUPT, False, "only discard removes it"),
+        (operator.release, QUEUED, False, "it is not held"),
+        (operator.release, DEFERRED, False, "it is not held"),
+        (operator.release, FAILED, False, "retry sends it again"),
+        (operator.release, SENDING, False, "busy"),
+        (operator.release, CORRUPT, False, "only discard removes it"),
+    ],
+)
+def test_hold_and_release_in_other_states_change_nothing(built, act, state, done, says):
+    (outcome,) = act(built.queue, [built.ids[state]])
+    assert (outcome.done, says in outcome.text) == (done, True), outcome.text
+    assert built.queue.find(built.ids[state]).state == state
+
+
+def test_an_orphan_in_sending_is_left_to_mq_send(built):
+    built.claim.release()  # its "sender" died: the file stays in sending/, unlocked
+    (outcome,) = operator.retry(built.queue, [built.ids[SENDING]])
+    assert not outcome.done and "its sender died" in outcome.text
+
+
+def test_hold_and_release_are_logged(built, caplog):
+    caplog.set_level(logging.INFO, logger="mq_transaction.operator")
+    operator.hold(built.queue, [built.ids[QUEUED]])
+    operator.release(built.queue, [built.ids[QUEUED]])
+    assert [r.getMessage() for r in caplog.records if r.name == "mq_transaction.operator"] == [
+        f"queue id {built.ids[QUEUED]}: queued -> held (mq-queue hold)",
+        f"queue id {built.ids[QUEUED]}: held -> queued (mq-queue release)",
+    ]
+
+
+# -- discard ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", [QUEUED, DEFERRED, HELD, FAILED, CORRUPT])
+def test_discard_removes_the_message_and_logs_what_it_removed(built, state, caplog):
+    caplog.set_level(logging.INFO, logger="mq_transaction.operator")
+    queue_id = built.ids[state]
+    message_id = operator.list_given(built.queue, [queue_id])[0]["message_id"]
+    (outcome,) = operator.discard(built.queue, [queue_id])
+    assert outcome.done
+    with pytest.raises(operator.MessageNotFoundError):
+        operator.find(built.queue, queue_id)
+    (record,) = [r for r in caplog.records if r.name == "mq_transaction.operator"]
+    assert record.levelno == logging.WARNING
+    text = record.getMessage()
+    assert queue_id in text and f"was {state}" in text and message_id in text
+    recipient = {QUEUED: "dan", DEFERRED: "later", HELD: "eve", FAILED: "bad", CORRUPT: "cid"}[state]
+    assert f"{recipient}@example.org" in text
+
+
+def test_discard_leaves_a_message_a_sender_is_delivering(built):
+    (outcome,) = operator.discard(built.queue, [built.ids[SENDING]])
+    assert not outcome.done and "busy" in outcome.text
+    assert built.queue.find(built.ids[SENDING]).state == SENDING
+
+
+def test_one_missing_id_does_not_stop_the_others(built):
+    missing = "20261128T151136123456Z-9f3a2b1c0d"
+    outcomes = operator.hold(built.queue, [missing, built.ids[QUEUED]])
+    assert [o.done for o in outcomes] == [False, True]
+    assert "is not in the queue" in outcomes[0].text
+
+
+# -- status -----------------------------------------------------------------------------
+
+
+def test_status_counts_every_state_and_finds_the_oldest_and_the_last_events(built):
+    report = operator.queue_status(built.queue)
+    assert report["counts"] == dict.fromkeys(STATES, 1)
+    assert report["total"] == 6
+    assert report["oldest"]["id"] == built.ids[DEFERRED]  # the oldest still to be delivered
+    assert report["oldest"]["age_seconds"] >= 0
+    assert report["last_delivery"]["id"] == built.ids[FAILED]  # ann@example.org got it
+    assert report["last_delivery"]["source"] == "queue"
+    assert report["last_failure"] == {
+        "at": operator.details(built.queue, built.ids[FAILED])["attempt_history"][-1]["at"],
+        "id": built.ids[FAILED],
+        "source": "queue",
+    }
+    assert report["over_warn_age"] == 0 and report["warn_age_seconds"] is None
+
+
+def test_status_counts_waiting_messages_older_than_the_warning_age(built):
+    later = time.time() + 3600
+    report = operator.queue_status(built.queue, warn_age=1800, now=later)
+    assert report["over_warn_age"] == 4  # queued, deferred, sending, held; not failed or corrupt
+    assert operator.queue_status(built.queue, warn_age=1800)["over_warn_age"] == 0
+
+
+def test_status_of_an_empty_queue(tmp_path):
+    report = operator.queue_status(MessageQueue(tmp_path / "queue"))
+    assert report["total"] == 0
+    assert report["oldest"] is report["last_delivery"] is report["last_failure"] is None
+
+
+@pytest.mark.parametrize("fmt", ["logfmt", "json"])
+def test_status_reads_the_last_delivery_from_the_delivery_log(tmp_path, smtp_sink, fmt):
+    log_file = tmp_path / "delivery.log"
+    made = build_queue(tmp_path / "queue", smtp_sink, delivery_log=log_file, delivery_log_format=fmt)
+    try:
+        gone = commit(made.queue, ("zed@example.org",), "Delivered and gone")
+        Sender(made.settings, queue=made.queue).run()
+        report = operator.queue_status(made.queue, delivery_log=str(log_file), log_format=fmt)
+        assert report["last_delivery"]["id"] == gone
+        assert report["last_delivery"]["source"] == "delivery_log"
+        assert report["last_failure"]["id"] == made.ids[FAILED]
+        assert operator.queue_status(made.queue)["last_delivery"]["id"] == made.ids[FAILED]  # the queue alone
+    finally:
+        made.claim.release()
+
+
+def test_delivery_log_lines_parse_back_in_both_formats():
+    event = DeliveryEvent(
+        state="deferred",
+        queue_id="20261128T151136123456Z-9f3a2b1c0d",
+        message_id="<a@b>",
+        sender=SENDER,
+        recipients=(
+            RecipientResult("ann@example.org", "delivered", "250 ok", True),
+            RecipientResult("bob@example.org", "deferred", '451 4.3.0 "busy" status=delivered', True),
+        ),
+        attempt=2,
+        queued_at=1795878696.0,
+        next_attempt=1795879000.0,
+        reason=None,
+    )
+    record = event_record(event, 1795878700.0)
+    for fmt, line in (("logfmt", format_logfmt(record)), ("json", json.dumps(record))):
+        parsed = operator.parse_delivery_log_line(line, fmt)
+        assert parsed["time"] == record["time"] and parsed["queue_id"] == record["queue_id"]
+        assert parsed["state"] == "deferred"
+        assert [(r["address"], r["status"], r["reply"]) for r in parsed["recipients"]] == [
+            ("ann@example.org", "delivered", "250 ok"),
+            ("bob@example.org", "deferred", '451 4.3.0 "busy" status=delivered'),
+        ]
+    assert operator.parse_delivery_log_line("not a record", "logfmt") is None
+    assert operator.parse_delivery_log_line("{not json", "json") is None
+
+
+# -- text output ------------------------------------------------------------------------
+
+
+def test_plain_list_is_one_line_per_message_and_the_table_fits_the_terminal(built):
+    records = operator.list_messages(built.queue)
+    lines = operator.format_list_lines(records).splitlines()
+    assert len(lines) == len(records)
+    assert lines[0].startswith(f"{records[0]['id']} {records[0]['state']} queued_at=")
+    failed_line = next(line for line in lines if line.split()[1] == FAILED)
+    assert 'last_error="550 5.1.1 no such user"' in failed_line
+    assert "recipients=ann@example.org:delivered,bad@example.org:failed" in failed_line
+    table = operator.format_list_table(records, width=100).splitlines()
+    assert table[0].split()[:3] == ["ID", "STATE", "AGE"]
+    assert len(table) == len(records) + 1 and all(len(line) <= 100 for line in table)
+
+
+def test_status_text_for_pipes_and_for_terminals(built):
+    report = operator.queue_status(built.queue, warn_age=60)
+    plain = dict(line.split(" ", 1) for line in operator.format_status(report).splitlines())
+    assert plain["failed"] == "1" and plain["total"] == "6" and plain["over_warn_age"] == "0"
+    assert plain["oldest_id"] == built.ids[DEFERRED]
+    table = operator.format_status(report, tty=True)
+    assert table.splitlines()[0].split() == ["STATE", "MESSAGES"]
+    assert "last failure" in table and built.ids[FAILED] in table
