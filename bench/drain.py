@@ -316,6 +316,7 @@ def report(
     print(f"sink: {sink.name} on 127.0.0.1:{sink.port}")
     print(f"sink offers: {' '.join(extensions)} (PIPELINING {'yes' if 'PIPELINING' in extensions else 'NO'})")
     print(f"scratch directory under {args.dir}; Python {sys.version.split()[0]}; {os.cpu_count()} CPUs")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work skews the figures)")
     print()
     print(
         f"{'':19} {'msg/s':>6}  {'each run (msg/s)':<18} {'empty-run ms':>12} {'CPU us/msg':>10}"
