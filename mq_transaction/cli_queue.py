@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import operator
 from .config import load_settings, setup_logging
 from .durations import parse_duration
 from .errors import ConfigurationError, MailQueueError
-from .queue import DEFERRED, FAILED, STATES
+from .queue import DEFERRED, FAILED, STATES, MessageQueue
 from .sender import open_queue
+from .settings import Settings
 
 EX_OK, EX_PROBLEM, EX_USAGE = 0, 1, 2
+#: The subcommands, as build_parser() declares them.
+COMMANDS = ("status", "list", "show", "retry", "hold", "release", "discard")
 
 DESCRIPTION = """See and steer the mail queue of mq_transaction.
 
@@ -50,38 +54,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--warn-age", metavar="DURATION", type=_duration, help="exit 1 when a waiting message is older (e.g. 30m)"
     )
     status.add_argument("--json", action="store_true", help="one JSON object")
-    status.set_defaults(run=run_status)
+    status.set_defaults(run=_status)
 
     listing = commands.add_parser("list", help="one line per message (a table at a terminal)")
     listing.add_argument(
         "--state", choices=STATES, metavar="STATE", help=f"only the messages in STATE: {', '.join(STATES)}"
     )
     listing.add_argument("--json", action="store_true", help="a JSON array, one object per message")
-    listing.set_defaults(run=run_list)
+    listing.set_defaults(run=_list)
 
     show = commands.add_parser("show", help="the envelope, the attempt history and the headers of a message")
     show.add_argument("id", metavar="ID", help=ID_HELP)
     show.add_argument("--raw", action="store_true", help="print the whole message, byte for byte, instead")
-    show.set_defaults(run=run_show)
+    show.set_defaults(run=_show)
 
     retry = commands.add_parser("retry", help="make messages due now (failed ones: to the undelivered recipients)")
     retry.add_argument("ids", nargs="*", metavar="ID", help=IDS_HELP)
     retry.add_argument("--all-failed", action="store_true", help="every failed message")
     retry.add_argument("--all-deferred", action="store_true", help="every deferred message")
-    retry.set_defaults(run=run_retry)
+    retry.set_defaults(run=_retry)
 
     hold = commands.add_parser("hold", help="keep messages aside: never sent until released")
     hold.add_argument("ids", nargs="+", metavar="ID", help=IDS_HELP)
-    hold.set_defaults(run=run_hold)
+    hold.set_defaults(run=_hold)
 
     release = commands.add_parser("release", help="held messages back to the queue, due now (or to failed)")
     release.add_argument("ids", nargs="+", metavar="ID", help=IDS_HELP)
-    release.set_defaults(run=run_release)
+    release.set_defaults(run=_release)
 
     discard = commands.add_parser("discard", help="remove messages for good (asks first at a terminal)")
     discard.add_argument("ids", nargs="+", metavar="ID", help=IDS_HELP)
     discard.add_argument("--yes", action="store_true", help="do not ask (needed when not at a terminal)")
-    discard.set_defaults(run=run_discard)
+    discard.set_defaults(run=_discard)
     return parser
 
 
@@ -103,9 +107,6 @@ def _config_uri_slot(argv: list[str]) -> list[str]:
     return argv
 
 
-COMMANDS = ("status", "list", "show", "retry", "hold", "release", "discard")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run ``mq-queue``; return its exit status."""
     parser = build_parser()
@@ -118,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(args.config_uri, 0)
         queue = open_queue(settings)
         return args.run(queue, settings, args)
+    except BrokenPipeError:
+        # The reader stopped early (mq-queue list | head): no traceback, no error line.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EX_PROBLEM
     except operator.MessageNotFoundError as exc:
         print(f"mq-queue: error: {exc}", file=sys.stderr)
         return EX_PROBLEM
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         return EX_USAGE
 
 
-def run_status(queue, settings, args) -> int:
+def _status(queue: MessageQueue, settings: Settings, args: argparse.Namespace) -> int:
     report = operator.queue_status(queue, args.warn_age, settings.delivery_log, settings.delivery_log_format)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
@@ -135,7 +140,7 @@ def run_status(queue, settings, args) -> int:
     return EX_PROBLEM if report["over_warn_age"] else EX_OK
 
 
-def run_list(queue, settings, args) -> int:
+def _list(queue: MessageQueue, settings: Settings, args: argparse.Namespace) -> int:
     records = operator.list_messages(queue, args.state)
     if args.json:
         print(json.dumps(records, indent=2, ensure_ascii=False))
@@ -146,7 +151,7 @@ def run_list(queue, settings, args) -> int:
     return EX_OK
 
 
-def run_show(queue, settings, args) -> int:
+def _show(queue: MessageQueue, settings: Settings, args: argparse.Namespace) -> int:
     if args.raw:
         content = operator.raw_message(queue, args.id)
         sys.stdout.flush()
@@ -157,7 +162,7 @@ def run_show(queue, settings, args) -> int:
     return EX_OK
 
 
-def report(outcomes: list[operator.Outcome], nothing: str) -> int:
+def _report(outcomes: list[operator.Outcome], nothing: str = "") -> int:
     """Print what was done (stdout) and what was not (stderr); 1 when anything was not."""
     if not outcomes:
         print(nothing)
@@ -169,21 +174,21 @@ def report(outcomes: list[operator.Outcome], nothing: str) -> int:
     return EX_OK if all(outcome.done for outcome in outcomes) else EX_PROBLEM
 
 
-def run_retry(queue, settings, args) -> int:
+def _retry(queue: MessageQueue, settings: Settings, args: argparse.Namespace) -> int:
     states = [state for state, wanted in ((FAILED, args.all_failed), (DEFERRED, args.all_deferred)) if wanted]
     ids = operator.check_ids(args.ids)
-    return report(operator.retry(queue, ids, states), f"no {' or '.join(states)} message to retry")
+    return _report(operator.retry(queue, ids, states), f"no {' or '.join(states)} message to retry")
 
 
-def run_hold(queue, settings, args) -> int:
-    return report(operator.hold(queue, operator.check_ids(args.ids)), "")
+def _hold(queue: MessageQueue, settings: Settings, args: argparse.Namespace) -> int:
+    return _report(operator.hold(queue, operator.check_ids(args.ids)))
 
 
-def run_release(queue, settings, args) -> int:
-    return report(operator.release(queue, operator.check_ids(args.ids)), "")
+def _release(queue: MessageQueue, settings: Settings, args: argparse.Namespace) -> int:
+    return _report(operator.release(queue, operator.check_ids(args.ids)))
 
 
-def run_discard(queue, settings, args) -> int:
+def _discard(queue: MessageQueue, settings: Settings, args: argparse.Namespace) -> int:
     ids = operator.check_ids(args.ids)
     if not args.yes:
         if not sys.stdin.isatty():
@@ -193,15 +198,17 @@ def run_discard(queue, settings, args) -> int:
                 file=sys.stderr,
             )
             return EX_USAGE
-        print(operator.format_list_lines(operator.list_given(queue, ids)))
-        try:
-            answer = input(f"Discard {len(ids)} message(s) for good? [y/N] ")
-        except EOFError:
-            answer = ""
-        if answer.strip().lower() not in ("y", "yes"):
-            print("Nothing was removed.")
-            return EX_PROBLEM
-    return report(operator.discard(queue, ids), "")
+        found = operator.list_given(queue, ids)
+        if found:  # ids of no message are reported below, with nothing to confirm
+            print(operator.format_list_lines(found))
+            try:
+                answer = input(f"Discard {len(found)} message(s) for good? [y/N] ")
+            except EOFError:
+                answer = ""
+            if answer.strip().lower() not in ("y", "yes"):
+                print("Nothing was removed.")
+                return EX_PROBLEM
+    return _report(operator.discard(queue, ids))
 
 
 if __name__ == "__main__":

@@ -490,3 +490,23 @@ def test_every_exit_status_is_in_the_reference():
             break
         rows.add(line.split("|")[1].strip())
     assert rows == {f"`{s}`" for s in (cli_queue.EX_OK, cli_queue.EX_PROBLEM, cli_queue.EX_USAGE)}
+
+
+def test_the_config_uri_slot_knows_every_command():
+    parser = cli_queue.build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert tuple(commands.choices) == cli_queue.COMMANDS
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    queue = MessageQueue(tmp_path / "queue", fsync=False)
+    for number in range(400):  # more output than a pipe holds
+        commit(queue, (f"u{number}@example.org",), f"message {number}")
+    process = subprocess.Popen(
+        [*MQ_QUEUE, "--queue-dir", queue.path, "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout.readline().split()[1] == b"queued"
+    process.stdout.close()  # as `mq-queue list | head -1` does
+    assert process.wait(timeout=60) == 1
+    assert process.stderr.read() == b""
+    process.stderr.close()
