@@ -159,7 +159,7 @@ def last_error(envelope: Envelope) -> str | None:
     stored = {r.address: r.reply for r in envelope.recipients}
     for attempt in reversed(envelope.attempts):
         replies = attempt.get("recipients") if isinstance(attempt, dict) else None
-        for address, reply in (replies or {}).items():
+        for address, reply in replies.items() if isinstance(replies, dict) else ():
             reply = str(reply)
             if not reply.startswith("2"):
                 current = stored.get(address)
@@ -225,7 +225,7 @@ def details(queue: MessageQueue, queue_id: str) -> dict:
     record.update(
         file_size=entry.size,
         failure_reason=envelope.failure_reason if envelope else None,
-        attempt_history=list(envelope.attempts) if envelope else [],
+        attempt_history=[a for a in envelope.attempts if isinstance(a, dict)] if envelope else [],
         headers=(
             header_block(found.message).decode("utf-8", "replace").splitlines() if found.message is not None else None
         ),
@@ -282,8 +282,8 @@ def queue_status(
         for attempt in found.envelope.attempts if found.envelope else ():
             if not isinstance(attempt, dict) or not isinstance(attempt.get("at"), str):
                 continue
-            replies = attempt.get("recipients") or {}
-            if any(str(reply).startswith("2") for reply in replies.values()):
+            replies = attempt.get("recipients")
+            if isinstance(replies, dict) and any(str(reply).startswith("2") for reply in replies.values()):
                 last_delivery = _newer(last_delivery, attempt["at"], entry.queue_id, "queue")
             if attempt.get("result") == FAILED:
                 last_failure = _newer(last_failure, attempt["at"], entry.queue_id, "queue")
@@ -696,7 +696,8 @@ def format_details(record: dict) -> str:
             f"  {attempt.get('number', '?')}. {attempt.get('at', '?')} {attempt.get('server', '?')}: "
             f"{attempt.get('result', '?')}{nxt}"
         )
-        for address, reply in (attempt.get("recipients") or {}).items():
+        replies = attempt.get("recipients")
+        for address, reply in replies.items() if isinstance(replies, dict) else ():
             lines.append(f"       {address}: {reply}")
     if not record["attempt_history"]:
         lines.append("  none yet")
