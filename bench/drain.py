@@ -29,7 +29,7 @@ warning, as it caps near 600-850 msg/s and would measure itself rather than the 
 ``--profile`` instead drains one queue in-process with ``Sender(settings).run()`` under
 cProfile and prints where the time goes.
 
-    .venv/bin/python bench/drain.py [--count 2000] [--runs 3] [--dir /tmp] [--sink auto]
+    .venv/bin/python bench/drain.py [--count 2000] [--runs 5] [--dir /tmp] [--sink auto]
     .venv/bin/python bench/drain.py --profile [--count 2000]
 """
 
@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=2000, help="messages per drain (default 2000)")
     parser.add_argument("--recipients", type=int, default=1, help="recipients per message (default 1)")
-    parser.add_argument("--runs", type=int, default=3, help="drains of each sender (default 3)")
+    parser.add_argument("--runs", type=int, default=5, help="drains of each sender (default 5)")
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where to make the scratch directory")
     parser.add_argument("--settle", type=float, default=0.5, help="seconds to wait after sync before each drain")
     parser.add_argument(
