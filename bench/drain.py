@@ -263,6 +263,7 @@ def run_child(argv: list[str], scratch: str) -> Drain:
         if timed:
             lines = peak.read().decode().split()
             max_rss_kb = int(lines[-1]) if lines and lines[-1].isdigit() else 0
+        errors.seek(0)  # the child moved the shared file offset
         text = errors.read().decode(errors="replace")
     return Drain(seconds, process.returncode, max_rss_kb, usage.ru_utime + usage.ru_stime, text)
 
