@@ -9,7 +9,6 @@ TESTS_REQUIRE = [
     "ruff",
     "pyramid_tm",
     "pyramid_retry",
-    "SQLAlchemy",
     "zope.sqlalchemy",
     "pyramid_mailer",
     "prometheus_client",
@@ -17,6 +16,8 @@ TESTS_REQUIRE = [
     "sphinx",
     "myst-parser",
 ]
+#: The database queue (mq_transaction.DatabaseQueue): SQLAlchemy Core and psycopg 3.
+POSTGRESQL_REQUIRE = ["SQLAlchemy>=2", "psycopg[binary]>=3"]
 BENCH_REQUIRE = ["zope.sendmail", "aiosmtpd"]
 
 setup(
@@ -34,7 +35,9 @@ setup(
     ],
     extras_require={
         "pyramid": ["pyramid>=2", "waitress"],
-        "test": ["pyramid>=2", "waitress", *TESTS_REQUIRE],
+        "postgresql": POSTGRESQL_REQUIRE,
+        # psycopg2 too: the same-transaction mode runs on the app's connection, whatever its driver.
+        "test": ["pyramid>=2", "waitress", *POSTGRESQL_REQUIRE, "psycopg2-binary", *TESTS_REQUIRE],
         "bench": BENCH_REQUIRE,
     },
     entry_points={

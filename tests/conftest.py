@@ -41,4 +41,4 @@ def queue_files(mail_queue):
 
 
 # -- SMTP servers (tests/smtp_sinks.py) ----------------------------------------------
-pytest_plugins = ["smtp_sinks"]
+pytest_plugins = ["smtp_sinks", "postgres_server"]
