@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
-import json
 import logging
-import os
 import re
 import shutil
 import time
@@ -20,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from . import queuefile
+from .delivery_log import logfmt_value, read_backwards
 from .durations import format_duration, iso_utc, parse_iso_utc
 from .errors import CorruptMessageError, UnknownQueueIdError
 from .queue import (
@@ -290,7 +289,7 @@ def queue_status(
     if delivery_log:
         # The log is in time order: its newest delivery and newest failure end the search.
         seen_delivery = seen_failure = False
-        for record in _delivery_log_records(delivery_log, log_format):
+        for record in read_backwards(delivery_log, log_format):
             recipients = record.get("recipients")
             if not seen_delivery and any(
                 isinstance(r, dict) and r.get("status") == DELIVERED for r in recipients or ()
@@ -336,51 +335,6 @@ def _newer(current: dict | None, at: object, queue_id: object, source: str) -> d
     if current is not None and parse_iso_utc(current["at"]) >= when:
         return current
     return {"at": iso_utc(when), "id": queue_id if isinstance(queue_id, str) else None, "source": source}
-
-
-_LOGFMT_PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
-
-
-def parse_delivery_log_line(line: str, log_format: str) -> dict | None:
-    """One delivery log line as a record like :func:`delivery_log.event_record`'s; None if unreadable."""
-    if log_format == "json":
-        try:
-            record = json.loads(line)
-        except ValueError:
-            return None
-        return record if isinstance(record, dict) else None
-    record: dict = {"recipients": []}
-    for key, value in _LOGFMT_PAIR.findall(line):
-        if value.startswith('"'):
-            value = re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), value[1:-1])
-        if key == "to":
-            record["recipients"].append({"address": value})
-        elif key in ("status", "reply") and record["recipients"]:
-            record["recipients"][-1][key] = value
-        else:
-            record[key] = value
-    return record if "time" in record else None
-
-
-def _delivery_log_records(path: str, log_format: str, block: int = 65536) -> Iterator[dict]:
-    """The records of a delivery log, newest first (read backwards: logs grow long)."""
-    try:
-        handle = open(path, "rb")
-    except OSError:
-        return
-    with handle:
-        position = handle.seek(0, os.SEEK_END)
-        rest = b""
-        while position > 0:
-            step = min(block, position)
-            position -= step
-            handle.seek(position)
-            lines = (handle.read(step) + rest).split(b"\n")
-            rest = lines.pop(0) if position > 0 else b""
-            for raw in reversed(lines):
-                record = parse_delivery_log_line(raw.decode("utf-8", "replace"), log_format) if raw.strip() else None
-                if record is not None:
-                    yield record
 
 
 # -- changes ----------------------------------------------------------------------------
@@ -549,13 +503,6 @@ def discard(queue: MessageQueue, queue_ids: Iterable[str]) -> list[Outcome]:
 # -- text output ------------------------------------------------------------------------
 
 
-def _logfmt(value: object) -> str:
-    text = "-" if value is None else str(value)
-    if text and not any(c in text for c in ' "=\\') and text.isprintable():
-        return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r") + '"'
-
-
 def format_list_lines(records: list[dict]) -> str:
     """One plain line per message (for pipes and scripts): id, state, then ``key=value`` pairs."""
     lines = []
@@ -574,7 +521,8 @@ def format_list_lines(records: list[dict]) -> str:
             "subject": r["subject"],
             "last_error": r["last_error"],
         }
-        lines.append(" ".join([r["id"], r["state"], *(f"{k}={_logfmt(v)}" for k, v in pairs.items())]))
+        values = (logfmt_value("-" if v is None else str(v)) for v in pairs.values())
+        lines.append(" ".join([r["id"], r["state"], *(f"{k}={v}" for k, v in zip(pairs, values, strict=True))]))
     return "\n".join(lines)
 
 

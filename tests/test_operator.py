@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -12,9 +11,7 @@ import pytest
 import transaction
 
 from mq_transaction import MessageQueue, QueuedMailer, UnknownQueueIdError, operator
-from mq_transaction.delivery_log import event_record, format_logfmt
 from mq_transaction.durations import iso_utc, parse_iso_utc
-from mq_transaction.hooks import DeliveryEvent, RecipientResult
 from mq_transaction.queue import CORRUPT, DEFERRED, FAILED, HELD, QUEUED, SENDING, STATES, Claim
 from mq_transaction.queuefile import Envelope, encode
 from mq_transaction.sender import Sender
@@ -436,34 +433,6 @@ def test_status_reads_the_last_delivery_from_the_delivery_log(tmp_path, smtp_sin
         assert operator.queue_status(made.queue)["last_delivery"]["id"] == made.ids[FAILED]  # the queue alone
     finally:
         made.claim.release()
-
-
-def test_delivery_log_lines_parse_back_in_both_formats():
-    event = DeliveryEvent(
-        state="deferred",
-        queue_id="20261128T151136123456Z-9f3a2b1c0d",
-        message_id="<a@b>",
-        sender=SENDER,
-        recipients=(
-            RecipientResult("ann@example.org", "delivered", "250 ok", True),
-            RecipientResult("bob@example.org", "deferred", '451 4.3.0 "busy" status=delivered', True),
-        ),
-        attempt=2,
-        queued_at=1795878696.0,
-        next_attempt=1795879000.0,
-        reason=None,
-    )
-    record = event_record(event, 1795878700.0)
-    for fmt, line in (("logfmt", format_logfmt(record)), ("json", json.dumps(record))):
-        parsed = operator.parse_delivery_log_line(line, fmt)
-        assert parsed["time"] == record["time"] and parsed["queue_id"] == record["queue_id"]
-        assert parsed["state"] == "deferred"
-        assert [(r["address"], r["status"], r["reply"]) for r in parsed["recipients"]] == [
-            ("ann@example.org", "delivered", "250 ok"),
-            ("bob@example.org", "deferred", '451 4.3.0 "busy" status=delivered'),
-        ]
-    assert operator.parse_delivery_log_line("not a record", "logfmt") is None
-    assert operator.parse_delivery_log_line("{not json", "json") is None
 
 
 # -- text output ------------------------------------------------------------------------
