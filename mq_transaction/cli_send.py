@@ -11,6 +11,7 @@ from .daemon import Daemon
 from .errors import ConfigurationError, MailQueueError
 from .metrics import Metrics
 from .sender import EX_USAGE, Sender, open_queue
+from .smtp import TLS_MODES
 
 DESCRIPTION = """Deliver the mail queued by mq_transaction.
 
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--smtp-port", metavar="PORT", help="SMTP port (mq.smtp_port, default 25, 465 for ssl)")
     parser.add_argument(
         "--smtp-tls",
-        choices=("none", "starttls", "ssl"),
+        choices=TLS_MODES,
         help="TLS mode (mq.smtp_tls; default none for loopback hosts, starttls otherwise)",
     )
     parser.add_argument("--smtp-username", metavar="USER", help="AUTH user name (mq.smtp_username)")

@@ -25,7 +25,7 @@ from .queue import Claim, MessageQueue
 from .queuefile import DEFERRED, DELIVERED, FAILED
 from .replies import reply_class
 from .settings import Settings
-from .smtp import ConnectionLost, DialogMixin, Outcome, ServerConfig, ServerError, close_session, open_session
+from .smtp import ConnectionLost, DialogSMTP, Outcome, ServerConfig, ServerError, close_session, open_session
 
 log = logging.getLogger("mq_transaction.sender")
 
@@ -121,7 +121,7 @@ class Sender:
         if delivery_log is None and settings.delivery_log:
             self.delivery_log = DeliveryLog(settings.delivery_log, settings.delivery_log_format)
         self.clock = clock
-        self.session: DialogMixin | None = None
+        self.session: DialogSMTP | None = None
         self._session_messages = 0
         self.progress: Callable[[int, int], None] | None = None
         #: The daemon lowers this and logs outages once per state change instead.
@@ -217,7 +217,7 @@ class Sender:
 
     # -- one message ---------------------------------------------------------------------
 
-    def _session(self, result: RunResult) -> DialogMixin:
+    def _session(self, result: RunResult) -> DialogSMTP:
         if self.session is not None and self._session_messages >= self.settings.max_per_connection:
             self.close()
         if self.session is None:

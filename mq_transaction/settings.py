@@ -15,9 +15,9 @@ from typing import Any
 from .addresses import envelope_address
 from .durations import parse_duration
 from .errors import ConfigurationError, InvalidAddressError
+from .smtp import TLS_MODES  # the one definition, beside the client that implements them
 
 PREFIX = "mq."
-TLS_MODES = ("none", "starttls", "ssl")
 LOG_FORMATS = ("logfmt", "json")
 
 

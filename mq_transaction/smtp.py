@@ -1,10 +1,14 @@
 """Our SMTP client: the standard library's ``smtplib`` extended, not copied.
 
-``DialogSMTP``/``DialogSMTP_SSL`` override the few methods that carry the dialog
-(``send``, ``getreply``) to log every command and reply line to the logger
-``mq_transaction.smtp`` (AUTH payloads always redacted, message bodies logged by size
-unless asked), and add :meth:`DialogMixin.send_message`, which reports every recipient's
-own outcome, pipelines when the server allows, and waits long after the final dot.
+``DialogSMTP`` and ``DialogSMTP_SSL`` are plain subclasses of ``smtplib.SMTP`` and
+``smtplib.SMTP_SSL`` that override the few methods carrying the dialog (``send``,
+``getreply``) to log every command and reply line to the logger ``mq_transaction.smtp``
+(AUTH payloads always redacted, message bodies logged by size unless asked), and add
+:meth:`DialogSMTP.send_message_bytes`, which reports every recipient's own outcome,
+pipelines when the server allows, and waits long after the final dot.
+
+The sender needs four names: :func:`open_session`, ``session.send_message_bytes()``,
+:func:`close_session`, and the exceptions :class:`ServerError`/:class:`ConnectionLost`.
 """
 
 from __future__ import annotations
@@ -17,11 +21,20 @@ import smtplib
 import socket
 import ssl
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 from .queuefile import DELIVERED
 from .replies import Reply, mail_from_concerns_message, recipient_status
 
 log = logging.getLogger("mq_transaction.smtp")
+
+#: The TLS modes (``mq.smtp_tls``, ``--smtp-tls``): the one definition, which the settings,
+#: the command-line parsers and the docs checks import.
+TLS_NONE, TLS_STARTTLS, TLS_SSL = "none", "starttls", "ssl"
+TLS_MODES: tuple[str, ...] = (TLS_NONE, TLS_STARTTLS, TLS_SSL)
 
 _EOL = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
@@ -64,7 +77,6 @@ class Outcome:
     """What one SMTP transaction did: each recipient's reply, and message-level facts."""
 
     replies: dict[str, Reply] = field(default_factory=dict)
-    message_reply: Reply | None = None  # the reply that settled the message as a whole
 
     def status(self, address: str) -> str:
         """``delivered``, ``deferred`` or ``failed`` for one recipient."""
@@ -97,41 +109,59 @@ def needs_smtputf8(sender: str, recipients: list[str]) -> bool:
     return not sender.isascii() or not all(r.isascii() for r in recipients)
 
 
-class DialogMixin:
-    """Dialog logging and per-recipient delivery on top of ``smtplib.SMTP``."""
+class DialogSMTP(smtplib.SMTP):
+    """``smtplib.SMTP`` with the dialog log and per-recipient delivery.
 
-    data_timeout: float = 600.0
-    log_bodies: bool = False
+    ``host`` and ``port`` are connected at once, as smtplib does (its certificate checks use
+    ``host``); a greeting other than ``220`` raises ``smtplib.SMTPConnectError``.
+    """
 
-    def _setup_dialog(self, data_timeout: float, log_bodies: bool, peer: str) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        local_hostname: str,
+        timeout: float,
+        data_timeout: float = 600.0,
+        log_bodies: bool = False,
+        **smtplib_options: Any,
+    ) -> None:
+        # Set before smtplib connects: the greeting is the first line of the dialog log.
         self.data_timeout = data_timeout
         self.log_bodies = log_bodies
         self.number = next(_connection_numbers)
-        self.peer = peer
+        self.peer = f"{host}:{port}"
         self._in_auth = False
-        self._in_data = False
+        super().__init__(host, port, local_hostname=local_hostname, timeout=timeout, **smtplib_options)
 
     # -- the dialog log ----------------------------------------------------------------
 
     def _log_line(self, direction: str, text: str) -> None:
-        log.debug("[%s #%d] %s %s", getattr(self, "peer", "?"), getattr(self, "number", 0), direction, text)
+        log.debug("[%s #%d] %s %s", self.peer, self.number, direction, text)
 
-    def send(self, s: str | bytes) -> None:  # noqa: D102 - smtplib's override point
+    def send(self, s: ReadableBuffer | str) -> None:
+        """Send commands smtplib built (``ehlo``, ``AUTH``, ``rset``...), logging each line."""
+        text = s if isinstance(s, str) else bytes(s).decode("utf-8", "replace")
+        for line in text.split("\r\n")[:-1]:
+            redacted = self._redact(line)  # keeps the AUTH state right even when not logging
+            if log.isEnabledFor(logging.DEBUG):
+                self._log_line("C:", redacted)
+        super().send(s)
+
+    def _send_group(self, commands: list[str], body: bytes = b"") -> None:
+        """Send ``commands`` and then ``body`` in one write, logging the commands and the body's size."""
         if log.isEnabledFor(logging.DEBUG):
-            if self._in_data:
+            for command in commands:
+                self._log_line("C:", command)
+            if body:
                 if self.log_bodies:
-                    raw = s if isinstance(s, bytes) else s.encode("utf-8", "replace")
-                    for line in raw.decode("utf-8", "replace").split("\r\n")[:-1]:
+                    for line in body.decode("utf-8", "replace").split("\r\n")[:-1]:
                         self._log_line("C:", line)
                 else:
-                    self._log_line("C:", f"[message body, {len(s)} bytes]")
-            else:
-                for line in (s if isinstance(s, str) else s.decode("utf-8", "replace")).split("\r\n")[:-1]:
-                    self._log_line("C:", self._redact(line))
-        elif isinstance(s, str) and not self._in_data:
-            for line in s.split("\r\n")[:-1]:
-                self._redact(line)  # keep the AUTH state right even when not logging
-        super().send(s)  # type: ignore[misc]
+                    self._log_line("C:", f"[message body, {len(body)} bytes]")
+        data = "".join(f"{command}\r\n" for command in commands).encode(self.command_encoding) + body
+        super().send(data)  # smtplib's send: the lines are logged above, once
 
     def _redact(self, line: str) -> str:
         if line[:5].upper() == "AUTH ":
@@ -142,8 +172,9 @@ class DialogMixin:
             return "[redacted]"
         return line
 
-    def getreply(self) -> tuple[int, bytes]:  # noqa: D102 - smtplib's override point
-        code, text = super().getreply()  # type: ignore[misc]
+    def getreply(self) -> tuple[int, bytes]:
+        """Read one reply as smtplib does, and log each of its lines."""
+        code, text = super().getreply()
         if code != 334:
             self._in_auth = False
         if log.isEnabledFor(logging.DEBUG):
@@ -169,26 +200,26 @@ class DialogMixin:
         outcome = Outcome()
         wire = wire_format(message)
         options = []
-        if self.has_extn("size"):  # type: ignore[attr-defined]
+        if self.has_extn("size"):
             options.append(f"SIZE={len(wire)}")
         if needs_smtputf8(sender, recipients):
-            if not self.has_extn("smtputf8"):  # type: ignore[attr-defined]
+            if not self.has_extn("smtputf8"):
                 reply = Reply(553, "5.6.7 SMTPUTF8 is required for this address but the server does not offer it")
                 return self._fail_all(outcome, recipients, reply)
             options.append("SMTPUTF8")
             self.command_encoding = "utf-8"
-        if not message.isascii() and self.has_extn("8bitmime"):  # type: ignore[attr-defined]
+        if not message.isascii() and self.has_extn("8bitmime"):
             options.append("BODY=8BITMIME")
         commands = [f"MAIL FROM:<{sender}>{''.join(' ' + o for o in options)}"]
         commands += [f"RCPT TO:<{address}>" for address in recipients]
         try:
-            if self.has_extn("pipelining"):  # type: ignore[attr-defined]
-                self.send("".join(f"{c}\r\n" for c in commands))
+            if self.has_extn("pipelining"):
+                self._send_group(commands)
                 replies = [self._reply() for _ in commands]
             else:
                 replies = []
                 for command in commands:
-                    self.send(f"{command}\r\n")
+                    self._send_group([command])
                     replies.append(self._reply())
                     if replies[0].code >= 300:
                         break  # MAIL FROM refused: no RCPT
@@ -208,7 +239,7 @@ class DialogMixin:
             if not accepted:
                 self._reset()
                 return outcome
-            self.send("DATA\r\n")
+            self._send_group(["DATA"])
             reply = self._reply()
             if reply.code == 421:
                 raise ConnectionLost("server closed the session", reply)
@@ -216,33 +247,28 @@ class DialogMixin:
                 self._reset()
                 for address in accepted:
                     outcome.replies[address] = reply
-                outcome.message_reply = reply
                 return outcome
         except smtplib.SMTPServerDisconnected as exc:
             raise ConnectionLost(f"connection lost: {exc}") from exc
         except OSError as exc:
-            self.close()  # type: ignore[attr-defined]
+            self.close()
             raise ConnectionLost(f"connection lost: {exc}") from exc
         return self._send_data(outcome, accepted, wire)
 
     def _send_data(self, outcome: Outcome, accepted: list[str], wire: bytes) -> Outcome:
         try:
-            self._in_data = True
-            try:
-                self.send(wire + b".\r\n")
-            finally:
-                self._in_data = False
+            self._send_group([], wire + b".\r\n")
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             raise ConnectionLost(f"connection lost while sending the message: {exc}") from exc
         # The message is out: only now a lost connection may mean it was delivered.
-        sock = self.sock  # type: ignore[attr-defined]
+        sock = self.sock
         previous = sock.gettimeout() if sock else None
         try:
             if sock:
                 sock.settimeout(self.data_timeout)
             reply = self._reply()
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            self.close()  # type: ignore[attr-defined]
+            self.close()
             lost = Reply(451, "4.4.2 connection lost after the end of data; the message may have been delivered")
             raise ConnectionLost(
                 f"no reply after the end of data: {exc}",
@@ -250,10 +276,10 @@ class DialogMixin:
                 outcome=self._fail_all(outcome, accepted, lost),
             ) from exc
         finally:
-            if self.sock:  # type: ignore[attr-defined]
-                self.sock.settimeout(previous)  # type: ignore[attr-defined]
+            if self.sock:
+                self.sock.settimeout(previous)
         if reply.code == 421:
-            self.close()  # type: ignore[attr-defined]
+            self.close()
             raise ConnectionLost(
                 "server closed the session after the end of data",
                 reply,
@@ -262,7 +288,6 @@ class DialogMixin:
             )
         for address in accepted:
             outcome.replies[address] = reply
-        outcome.message_reply = reply
         if reply.code >= 300:
             self._reset()
         return outcome
@@ -270,22 +295,20 @@ class DialogMixin:
     def _fail_all(self, outcome: Outcome, recipients: list[str], reply: Reply) -> Outcome:
         for address in recipients:
             outcome.replies[address] = reply
-        outcome.message_reply = reply
         return outcome
 
     def _reset(self) -> None:
         """RSET after a failed transaction, so the next message starts clean."""
-        code, _text = self.rset()  # type: ignore[attr-defined]
+        code, _text = self.rset()
         if code == 421:
             raise ConnectionLost("server closed the session", Reply(code))
 
 
-class DialogSMTP(DialogMixin, smtplib.SMTP):
-    """``smtplib.SMTP`` with the dialog log and per-recipient delivery."""
+class DialogSMTP_SSL(DialogSMTP, smtplib.SMTP_SSL):  # noqa: N801 - mirrors smtplib's name
+    """``smtplib.SMTP_SSL`` (implicit TLS, port 465) with the dialog log and per-recipient delivery.
 
-
-class DialogSMTP_SSL(DialogMixin, smtplib.SMTP_SSL):  # noqa: N801 - mirrors smtplib's name
-    """``smtplib.SMTP_SSL`` (implicit TLS, port 465) with the dialog log and per-recipient delivery."""
+    Takes ``context=`` (an ``ssl.SSLContext``) beside :class:`DialogSMTP`'s arguments.
+    """
 
 
 @dataclass(frozen=True)
@@ -294,7 +317,7 @@ class ServerConfig:
 
     host: str
     port: int
-    tls: str  # none, starttls or ssl
+    tls: str  # one of TLS_MODES
     timeout: float = 30.0
     data_timeout: float = 600.0
     tls_verify: bool = True
@@ -328,7 +351,7 @@ def default_helo_name() -> str:
         return "[127.0.0.1]"
 
 
-def open_session(config: ServerConfig) -> DialogMixin:
+def open_session(config: ServerConfig) -> DialogSMTP:
     """Connect, greet, secure and authenticate; return the ready session.
 
     Raises :class:`ServerError` for anything that makes the server unusable now
@@ -336,21 +359,23 @@ def open_session(config: ServerConfig) -> DialogMixin:
     authentication failure).
     """
     peer = f"{config.host}:{config.port}"
-    session: DialogMixin | None = None
+    session: DialogSMTP | None = None
+    options: dict[str, Any] = {
+        "local_hostname": config.helo or default_helo_name(),
+        "timeout": config.timeout,
+        "data_timeout": config.data_timeout,
+        "log_bodies": config.log_bodies,
+    }
     try:
-        if config.tls == "ssl":
-            session = DialogSMTP_SSL(
-                local_hostname=config.helo or default_helo_name(), timeout=config.timeout, context=config.tls_context()
-            )
-        else:
-            session = DialogSMTP(local_hostname=config.helo or default_helo_name(), timeout=config.timeout)
-        session._setup_dialog(config.data_timeout, config.log_bodies, peer)
-        session._host = config.host  # smtplib checks the certificate against this name
-        code, text = session.connect(config.host, config.port)
-        if code != 220:
-            raise ServerError("server refused the connection", Reply(code, text.decode("utf-8", "replace")))
+        try:
+            if config.tls == TLS_SSL:
+                session = DialogSMTP_SSL(config.host, config.port, context=config.tls_context(), **options)
+            else:
+                session = DialogSMTP(config.host, config.port, **options)
+        except smtplib.SMTPConnectError as exc:
+            raise ServerError("server refused the connection", _reply_of(exc)) from None
         _ehlo(session)
-        if config.tls == "starttls":
+        if config.tls == TLS_STARTTLS:
             if not session.has_extn("starttls"):
                 raise ServerError("STARTTLS is required (mq.smtp_tls = starttls) but the server does not offer it")
             code, text = session.starttls(context=config.tls_context())
@@ -363,15 +388,12 @@ def open_session(config: ServerConfig) -> DialogMixin:
             try:
                 session.login(config.username, config.password or "")
             except smtplib.SMTPAuthenticationError as exc:
-                raise ServerError(
-                    "authentication failed", Reply(exc.smtp_code, exc.smtp_error.decode("utf-8", "replace"))
-                ) from None
+                raise ServerError("authentication failed", _reply_of(exc)) from None
             except smtplib.SMTPException as exc:
                 raise ServerError(f"authentication failed: {exc}") from None
         return session
     except ServerError:
-        if session is not None:
-            session.close()
+        close_session(session)  # QUIT first where the connection still works
         raise
     except ssl.SSLError as exc:
         if session is not None:
@@ -383,7 +405,12 @@ def open_session(config: ServerConfig) -> DialogMixin:
         raise ServerError(f"cannot talk to {peer}: {exc}") from None
 
 
-def _ehlo(session: DialogMixin) -> None:
+def _reply_of(exc: smtplib.SMTPResponseException) -> Reply:
+    error = exc.smtp_error
+    return Reply(exc.smtp_code, error.decode("utf-8", "replace") if isinstance(error, bytes) else str(error))
+
+
+def _ehlo(session: DialogSMTP) -> None:
     code, text = session.ehlo()
     if code == 250:
         return
@@ -394,7 +421,7 @@ def _ehlo(session: DialogMixin) -> None:
         raise ServerError("server refused EHLO and HELO", Reply(code, text.decode("utf-8", "replace")))
 
 
-def close_session(session: DialogMixin | None) -> None:
+def close_session(session: smtplib.SMTP | None) -> None:
     """QUIT politely; close the socket whatever happens."""
     if session is None:
         return

@@ -444,14 +444,14 @@ def test_parallel_connections_share_the_queue_without_duplicates(queue, smtp_sin
 
 
 def test_an_unexpected_error_keeps_the_message_queued_and_stops_the_run(queue, smtp_sink, monkeypatch):
-    from mq_transaction.smtp import DialogMixin
+    from mq_transaction.smtp import DialogSMTP
 
     queue_messages(queue, 3)
 
     def broken(self, sender, recipients, message):
         raise RuntimeError("a bug nobody planned for")
 
-    monkeypatch.setattr(DialogMixin, "send_message_bytes", broken)
+    monkeypatch.setattr(DialogSMTP, "send_message_bytes", broken)
     result = Sender(make_settings(queue.path, smtp_sink.port)).run()
     assert result.exit_status == 75
     assert "a bug nobody planned for" in result.server_error
