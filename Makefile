@@ -20,6 +20,7 @@ $(VENV)/.installed-bench: setup.py pyproject.toml | $(BIN)/python
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: lint docs
 	$(BIN)/python -m pytest

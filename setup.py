@@ -7,6 +7,7 @@ TESTS_REQUIRE = [
     "aiosmtpd",
     "WebTest",
     "ruff",
+    "mypy",
     "pyramid_tm",
     "pyramid_retry",
     "zope.sqlalchemy",

@@ -35,6 +35,8 @@ def read_settings(raw: Mapping[str, Any] | None, require_queue_dir: bool = True)
 
 def open_queue(settings: Settings) -> MessageQueue:
     """Create (when missing) the queue at ``mq.queue_dir`` and check this process can write it."""
+    if not settings.queue_dir:
+        raise ConfigurationError("mq.queue_dir", "missing: set it to the queue directory")
     try:
         queue = MessageQueue(settings.queue_dir, group_access=settings.group_access, fsync=settings.fsync)
         queue.check_writable()

@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from mq_transaction.interfaces import IMailer
 from mq_transaction.mailer import join_transaction
-from mq_transaction.prepare import PreparedMessage, prepare_message
+from mq_transaction.prepare import PreparedMessage, Recipients, prepare_message
 from mq_transaction.queue import new_queue_id
 
 from . import install
@@ -54,17 +54,17 @@ class MemoryMailer:
         self.default_sender = default_sender
         self.outbox: list[OutboxMessage] = []
 
-    def prepare(self, message: object, sender: str | None = None, recipients: object = None) -> PreparedMessage:
+    def prepare(self, message: object, sender: str | None = None, recipients: Recipients = None) -> PreparedMessage:
         """Validate and return what would be queued, exactly as ``QueuedMailer.prepare``."""
         return prepare_message(message, sender, recipients, self.default_sender)
 
-    def send(self, message: object, sender: str | None = None, recipients: object = None) -> str:
+    def send(self, message: object, sender: str | None = None, recipients: Recipients = None) -> str:
         """Add ``message`` to the outbox when the current transaction commits; return its id."""
         record = self._record(self.prepare(message, sender, recipients))
         self._join().pending.append(record)
         return record.queue_id
 
-    def enqueue(self, message: object, sender: str | None = None, recipients: object = None) -> str:
+    def enqueue(self, message: object, sender: str | None = None, recipients: Recipients = None) -> str:
         """Add ``message`` to the outbox at once, whatever the transaction does."""
         record = self._record(self.prepare(message, sender, recipients))
         self.outbox.append(record)

@@ -117,7 +117,7 @@ def _must_abort(request: Any, response: Any, manager: transaction.TransactionMan
 def _commit(request: Any, manager: transaction.TransactionManager, response: Any) -> Any:
     try:
         manager.commit()
-    except Exception:
+    except Exception as commit_error:
         # The commit failed (another resource's vote, a database error): the transaction
         # is aborted already. This tween sits above EXCVIEW, so render the error with the
         # app's exception views ourselves, as pyramid_tm does.
@@ -125,7 +125,7 @@ def _commit(request: Any, manager: transaction.TransactionManager, response: Any
         try:
             return request.invoke_exception_view(exc_info)
         except HTTPNotFound:
-            raise exc_info[1] from None
+            raise commit_error from None
         finally:
             del exc_info
     return response

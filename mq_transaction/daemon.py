@@ -249,6 +249,8 @@ class Daemon:
         return 0
 
     def _write_metrics(self) -> None:
+        if self.metrics is None:
+            return
         try:
             self.metrics.write(self.queue)
         except OSError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
 from .errors import QueueWriteError
 from .queue import MessageQueue
@@ -71,9 +72,9 @@ class MailDataManager:
         """Publish: rename every message into ``new/`` and fsync it. Never raises."""
         self._finished = True
         try:
-            failures = self.queue.publish(self.queue_ids)
-        except Exception as exc:  # noqa: BLE001 - tpc_finish must not raise
-            failures = [(queue_id, exc) for queue_id in self.queue_ids]
+            failures: Sequence[tuple[str, Exception]] = self.queue.publish(self.queue_ids)
+        except Exception as publish_error:  # noqa: BLE001 - tpc_finish must not raise
+            failures = [(queue_id, publish_error) for queue_id in self.queue_ids]
         for queue_id, exc in failures:
             new_dir = self.queue.state_dir_for_watching()
             tmp_path = self.queue.tmp_path(queue_id)

@@ -14,7 +14,7 @@ from zope.interface import implementer
 from .datamanager import MailDataManager
 from .errors import NoTransactionError, QueueWriteError
 from .interfaces import IMailer
-from .prepare import PreparedMessage, prepare_message
+from .prepare import PreparedMessage, Recipients, prepare_message
 from .queue import MessageQueue
 from .queuefile import Envelope
 
@@ -39,11 +39,11 @@ class QueuedMailer:
         self.transaction_manager = transaction_manager or transaction.manager
         self.default_sender = default_sender
 
-    def prepare(self, message: object, sender: str | None = None, recipients: object = None) -> PreparedMessage:
+    def prepare(self, message: object, sender: str | None = None, recipients: Recipients = None) -> PreparedMessage:
         """Validate and return what would be queued, without queueing it."""
         return prepare_message(message, sender, recipients, self.default_sender)
 
-    def send(self, message: object, sender: str | None = None, recipients: object = None) -> str:
+    def send(self, message: object, sender: str | None = None, recipients: Recipients = None) -> str:
         """Queue ``message`` in the current transaction; return its queue id.
 
         The message is written durably to ``tmp/`` now (a full disk raises here) and
@@ -59,7 +59,7 @@ class QueuedMailer:
         manager.add(queue_id)
         return queue_id
 
-    def enqueue(self, message: object, sender: str | None = None, recipients: object = None) -> str:
+    def enqueue(self, message: object, sender: str | None = None, recipients: Recipients = None) -> str:
         """Queue ``message`` durably at once, whatever the transaction does; return its id."""
         prepared = self.prepare(message, sender, recipients)
         return self.queue.enqueue(_envelope(prepared), prepared.message)

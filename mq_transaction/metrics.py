@@ -65,7 +65,7 @@ class Metrics:
                         continue
                     name, labels, value = match.group(1), match.group(2) or "", float(match.group(3))
                     if name in COUNTERS:
-                        counters[(name, labels)] += value
+                        counters[(name, labels)] += int(value)
                     elif name == "mq_last_success_timestamp_seconds":
                         last_success = value
         except (OSError, ValueError):

@@ -15,9 +15,13 @@ import socket
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
+from typing import TypeAlias
 
 from .addresses import addresses_from_headers, envelope_address
 from .errors import InvalidMessageError, NoRecipientsError, NoSenderError
+
+#: What ``send(recipients=...)`` accepts: one address, several, or None to read the headers.
+Recipients: TypeAlias = "list[str] | tuple[str, ...] | str | None"
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ def prepare_message(
     object_sender, object_recipients = _object_envelope(message)
     if object_recipients is not None and not object_sender and default_sender:
         # As pyramid_mailer's own Mailer does: its Message refuses to_message() without one.
-        message.sender = object_sender = default_sender
+        message.sender = object_sender = default_sender  # type: ignore[attr-defined]  # has to_message, checked above
     data = message_bytes(message)
     fields, header_end = _header_fields(data)
     values = _field_values(data, fields)

@@ -242,7 +242,7 @@ class Sender:
                 worked = self._session_messages > 0
                 self.close()
                 if exc.after_data:
-                    outcome = exc.outcome
+                    outcome = exc.outcome or Outcome()  # always set after the data
                     log.warning(
                         "queue id %s (Message-ID %s): %s; the server may have accepted it, "
                         "so the message may be delivered twice",
@@ -341,6 +341,7 @@ class Sender:
             self.queue.finish_delivered(claim)
             result.delivered += 1
         elif state == DEFERRED:
+            assert next_attempt is not None  # set with DEFERRED above
             self.queue.finish_deferred(claim, next_attempt)
             result.deferred += 1
         else:
