@@ -5,21 +5,22 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 
 from .config import attach_smtp_log, load_settings, setup_logging
 from .daemon import Daemon
 from .errors import ConfigurationError, MailQueueError
+from .exit_status import SendExit, help_text
 from .metrics import Metrics
-from .sender import EX_USAGE, Sender, open_queue
+from .sender import Sender, open_queue
 from .smtp import TLS_MODES
 
-DESCRIPTION = """Deliver the mail queued by mq_transaction.
+DESCRIPTION = f"""Deliver the mail queued by mq_transaction.
 
 Reads the mq.* settings from CONFIG_URI (an ini file; its [app:main] section, or
-[app:NAME] for file.ini#NAME); flags override the file. Exit status: 0 every due
-message delivered (or none due), 1 a message failed permanently or was corrupt,
-75 a message was deferred or the SMTP server could not be used, 2 usage or
-configuration error."""
+[app:NAME] for file.ini#NAME); flags override the file.
+
+{textwrap.fill(help_text(), 80)}"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             daemon.acquire_lock()
     except (ConfigurationError, MailQueueError, OSError) as exc:
         print(f"mq-send: error: {exc}", file=sys.stderr)
-        return EX_USAGE
+        return SendExit.USAGE
     if args.daemon:
         daemon.install_signal_handlers()
         return daemon.run()
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics.write(sender.queue)
         except OSError as exc:
             logging.getLogger("mq_transaction.sender").error("cannot write metrics file %s: %s", metrics.path, exc)
-    return result.exit_status
+    return int(result.exit_status)
 
 
 def progress_bar(done: int, total: int) -> None:

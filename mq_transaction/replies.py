@@ -47,11 +47,6 @@ def is_too_many_recipients(reply: Reply) -> bool:
     return reply.enhanced == "5.5.3" or "too many recipients" in reply.text.lower()
 
 
-def is_server_closing(reply: Reply) -> bool:
-    """True for 421: the server is closing the session (try the server again later)."""
-    return reply.code == 421
-
-
 def mail_from_concerns_message(reply: Reply) -> bool:
     """True when a 5xx to MAIL FROM is about this message, not about the server.
 

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from .delivery_log import DeliveryLog
 from .durations import iso_utc
 from .errors import ConfigurationError, CorruptMessageError
+from .exit_status import SendExit
 from .hooks import DeliveryEvent, Hooks, RecipientResult
+from .policy import RetryPolicy, expiry_note, settle
 from .queue import Claim, MessageQueue
 from .queuefile import DEFERRED, DELIVERED, FAILED
 from .replies import reply_class
@@ -28,8 +30,6 @@ from .settings import Settings
 from .smtp import ConnectionLost, DialogSMTP, Outcome, ServerConfig, ServerError, close_session, open_session
 
 log = logging.getLogger("mq_transaction.sender")
-
-EX_OK, EX_FAILED, EX_USAGE, EX_TEMPFAIL = 0, 1, 2, 75
 
 
 @dataclass
@@ -57,14 +57,14 @@ class RunResult:
         self.server_error = self.server_error or other.server_error
 
     @property
-    def exit_status(self) -> int:
+    def exit_status(self) -> SendExit:
         """1 if any message failed or was corrupt, else 75 if any was deferred or the
         server could not be used, else 0."""
         if self.failed or self.corrupt:
-            return EX_FAILED
+            return SendExit.FAILED
         if self.deferred or self.server_error:
-            return EX_TEMPFAIL
-        return EX_OK
+            return SendExit.TEMPFAIL
+        return SendExit.OK
 
 
 def server_config(settings: Settings) -> ServerConfig:
@@ -112,6 +112,7 @@ class Sender:
         self.settings = settings
         self.queue = queue or open_queue(settings)
         self.server = server_config(settings)
+        self.policy = RetryPolicy.from_settings(settings)
         self.hooks = Hooks.from_settings(settings)
         if hooks is not None:
             for kind, registered in hooks._hooks.items():
@@ -230,7 +231,6 @@ class Sender:
         """Try one claimed message; return False when the server cannot be used any more."""
         envelope = claim.envelope
         targets = [r.address for r in envelope.undelivered()]
-        result.attempts += 1
         retried = False
         while targets:  # a message with no one left to try is only settled, never sent
             try:
@@ -280,7 +280,6 @@ class Sender:
             claim.release()  # left in sending/: the next run recovers it
 
     def _server_failed(self, claim: Claim, result: RunResult, exc: ServerError) -> bool:
-        result.attempts -= 1  # the message was not tried
         self.queue.unclaim(claim)
         result.server_error = str(exc)
         result.connection_errors += 1
@@ -297,6 +296,7 @@ class Sender:
         """Store each recipient's fate durably (first), then log and call the hooks."""
         envelope = claim.envelope
         now = self.clock()
+        result.attempts += 1
         for recipient in envelope.recipients:
             if recipient.address in outcome.replies:
                 reply = outcome.replies[recipient.address]
@@ -304,25 +304,13 @@ class Sender:
                 recipient.reply = str(reply)
                 result.outcomes[recipient.status, reply_class(reply.code)] += 1
         attempt = len(envelope.attempts) + 1
-        reason = next_attempt = None
-        if envelope.undelivered():
+        settlement = settle((r.status for r in envelope.recipients), envelope.queued_at, now, self.policy)
+        if settlement.expired:
             age = now - envelope.queued_at
-            if age >= self.settings.max_lifetime:
-                reason = "expired"
-                for recipient in envelope.undelivered():
-                    recipient.status = FAILED
-                    recipient.reply = (
-                        f"{recipient.reply or ''} (expired: undelivered after {age / 86400:.1f} days)".strip()
-                    )
-                state = FAILED
-            else:
-                state = DEFERRED
-                backoff = min(max(age, self.settings.min_backoff), self.settings.max_backoff)
-                next_attempt = now + backoff
-        elif any(r.status == FAILED for r in envelope.recipients):
-            state, reason = FAILED, "rejected"
-        else:
-            state = DELIVERED
+            for recipient in envelope.undelivered():
+                recipient.status = FAILED
+                recipient.reply = expiry_note(recipient.reply, age)
+        state, reason, next_attempt = settlement.state, settlement.reason, settlement.next_attempt
         envelope.failure_reason = reason
         envelope.attempts.append(
             {

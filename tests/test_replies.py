@@ -6,7 +6,6 @@ import pytest
 
 from mq_transaction.replies import (
     Reply,
-    is_server_closing,
     is_too_many_recipients,
     mail_from_concerns_message,
     recipient_status,
@@ -36,11 +35,6 @@ def test_recipient_status_by_reply(code, text, status):
 def test_too_many_recipients_needs_552():
     assert is_too_many_recipients(Reply(552, "5.5.3 too many"))
     assert not is_too_many_recipients(Reply(550, "5.5.3 too many recipients"))
-
-
-def test_421_means_the_server_is_closing():
-    assert is_server_closing(Reply(421, "4.3.2 shutting down"))
-    assert not is_server_closing(Reply(451, "4.3.0 later"))
 
 
 @pytest.mark.parametrize(
