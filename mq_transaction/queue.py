@@ -8,6 +8,7 @@ directory. See ``docs/queue.md`` for the table this module mirrors name for name
 from __future__ import annotations
 
 import calendar
+import datetime
 import errno
 import fcntl
 import logging
@@ -65,8 +66,17 @@ def queued_time(queue_id: str) -> float:
 
 
 def is_queue_id(value: str) -> bool:
-    """True when ``value`` has the form of a queue id (so it cannot name a path)."""
-    return bool(QUEUE_ID.match(value))
+    """True when ``value`` has the form of a queue id (so it cannot name a path) and its
+    time is a real one (``20261399T...`` is a stray file's name, not a message's)."""
+    if not QUEUE_ID.fullmatch(value):
+        return False
+    try:
+        datetime.datetime(
+            int(value[0:4]), int(value[4:6]), int(value[6:8]), int(value[9:11]), int(value[11:13]), int(value[13:15])
+        )
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
@@ -393,16 +403,45 @@ class MessageQueue:
     # -- the operator's side -----------------------------------------------------------
 
     def entries(self, state: str | None = None) -> Iterator[Entry]:
-        """Every message in ``state`` (or in all states), oldest first within a state."""
+        """Every message in ``state`` (or in all states), oldest first within a state.
+
+        A file whose name is not a queue id is no message: see :meth:`not_messages`.
+        """
         for name in [state] if state else STATES:
             found = []
             for entry in _scan(self._state_dir(name)):
+                if not is_queue_id(entry.name):
+                    continue
                 try:
                     info = entry.stat()
                 except FileNotFoundError:
                     continue
                 found.append(Entry(entry.name, name, info.st_mtime, info.st_size))
             yield from sorted(found, key=lambda e: e.queue_id)
+
+    def not_messages(self, state: str | None = None) -> list[str]:
+        """Paths of what lies in the state directories (of ``state``) and is no message: a
+        file whose name is not a queue id (``hold/README``), a directory, a symbolic link.
+
+        Dot-files are the queue's own scratch files and are not listed.
+        """
+        found = []
+        for name in [state] if state else STATES:
+            directory = self._state_dir(name)
+            try:
+                with os.scandir(directory) as entries:
+                    for entry in entries:
+                        if entry.name.startswith("."):
+                            continue
+                        try:
+                            regular = entry.is_file(follow_symlinks=False)
+                        except OSError:
+                            regular = False
+                        if not (regular and is_queue_id(entry.name)):
+                            found.append(entry.path)
+            except FileNotFoundError:
+                continue
+        return sorted(found)
 
     def find(self, queue_id: str) -> Entry:
         """Return the entry for ``queue_id``, or raise :class:`UnknownQueueIdError`."""

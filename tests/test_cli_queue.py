@@ -230,6 +230,28 @@ def test_status_without_a_delivery_log_says_unknown_when_the_queue_records_no_de
     assert "last_delivery unknown" in out and "last_failure none" in out and "queued 1" in out
 
 
+def write_stray_files(built) -> list[str]:
+    """A README in hold/ and an id-shaped name with an impossible date in new/."""
+    strays = [
+        str(Path(built.queue.path) / "hold" / "README"),
+        str(Path(built.queue.path) / "new" / "20261399T151136123456Z-9f3a2b1c0d"),
+    ]
+    for path in strays:
+        Path(path).write_text("not a message\n")
+    return strays
+
+
+def test_files_that_are_not_messages_do_not_stop_list_or_status(capsys, built):
+    write_stray_files(built)
+    status, out, err = run(capsys, built, "list")
+    assert status == 0, err
+    assert [line.split()[:2] for line in out.splitlines()] == [[built.ids[state], state] for state in STATES]
+    status, out, err = run(capsys, built, "list", "--json")
+    assert status == 0 and [r["id"] for r in json.loads(out)] == [built.ids[state] for state in STATES]
+    status, out, err = run(capsys, built, "status")
+    assert status == 0 and "held 1" in out.splitlines() and "queued 1" in out.splitlines()
+
+
 def test_bad_warn_age_is_a_usage_error(capsys, built):
     with pytest.raises(SystemExit) as caught:
         run(capsys, built, "status", "--warn-age", "soon")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from mq_transaction import CorruptMessageError, MessageQueue, QueueWriteError
+from mq_transaction import CorruptMessageError, MessageQueue, QueueWriteError, UnknownQueueIdError
 from mq_transaction.queue import is_queue_id, new_queue_id
 from mq_transaction.queuefile import Envelope, decode, decode_envelope_only, encode
 
@@ -178,6 +178,19 @@ def test_queue_ids_are_unique_time_ordered_and_cannot_name_a_path():
         assert not is_queue_id(bad)
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "20261399T151136123456Z-9f3a2b1c0d",  # month 13
+        "20260230T151136123456Z-9f3a2b1c0d",  # 30 February
+        "20261128T251136123456Z-9f3a2b1c0d",  # hour 25
+        "20261128T151136123456Z-9f3a2b1c0d\n",  # a trailing line break
+    ],
+)
+def test_an_id_shaped_name_with_an_impossible_time_is_no_queue_id(name):
+    assert not is_queue_id(name)
+
+
 def test_enqueue_returns_the_name_of_the_file_in_new(mail_queue):
     queue_id = mail_queue.enqueue(envelope(), MESSAGE)
     assert os.listdir(os.path.join(mail_queue.path, "new")) == [queue_id]
@@ -201,6 +214,23 @@ def test_due_and_entries_ignore_dot_files_directories_symlinks_and_fifos(mail_qu
     assert mail_queue.due() == [queue_id]
     assert [e.queue_id for e in mail_queue.entries()] == [queue_id]
     assert [e.queue_id for e in mail_queue.entries("queued")] == [queue_id]
+
+
+def test_files_that_are_not_messages_are_not_entries_and_are_named_by_not_messages(mail_queue):
+    queue_id = mail_queue.enqueue(envelope(), MESSAGE)
+    hold, new = os.path.join(mail_queue.path, "hold"), os.path.join(mail_queue.path, "new")
+    strays = [os.path.join(hold, "README"), os.path.join(new, "20261399T151136123456Z-9f3a2b1c0d")]
+    for path in strays:
+        with open(path, "wb") as handle:
+            handle.write(small_file())
+    os.mkdir(os.path.join(new, "20261128T151136123456Z-0000000000"))
+    with open(os.path.join(new, ".scratch"), "wb") as handle:
+        handle.write(small_file())
+    assert [e.queue_id for e in mail_queue.entries()] == [queue_id]
+    assert mail_queue.not_messages() == sorted([*strays, os.path.join(new, "20261128T151136123456Z-0000000000")])
+    assert mail_queue.not_messages("held") == [strays[0]]
+    with pytest.raises(UnknownQueueIdError):
+        mail_queue.find("20261399T151136123456Z-9f3a2b1c0d")
 
 
 def test_due_lists_deferred_messages_only_once_their_retry_time_has_come(mail_queue):
