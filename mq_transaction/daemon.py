@@ -21,17 +21,13 @@ import socket
 import time
 from collections.abc import Callable
 
-from .errors import MailQueueError
+from .errors import DaemonAlreadyRunning
 from .metrics import Metrics
 from .sender import RunResult, Sender
 
 log = logging.getLogger("mq_transaction.daemon")
 
 _IN_CREATE, _IN_MOVED_TO = 0x100, 0x80
-
-
-class DaemonAlreadyRunning(MailQueueError):
-    """Another ``mq-send --daemon`` holds this queue's daemon lock."""
 
 
 class Watcher:

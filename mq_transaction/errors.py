@@ -46,3 +46,7 @@ class ConfigurationError(MailQueueError, ValueError):
 
 class UnknownQueueIdError(MailQueueError, LookupError):
     """An id given to the operator tool is not a message of this queue."""
+
+
+class DaemonAlreadyRunning(MailQueueError):
+    """Another ``mq-send --daemon`` holds this queue's daemon lock (``IMailQueue.daemon_lock``)."""
