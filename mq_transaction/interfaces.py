@@ -60,7 +60,7 @@ class IMailQueue(Interface):
 
     # -- the application's side: stage, then publish or discard --------------------------
 
-    def check_writable():
+    def check_writable():  # type: ignore[misc] # zope.interface: methods are declared without self
         """Raise ``QueueWriteError`` (saying what is wrong) unless this process can queue mail.
 
         Called at start-up, so a queue the application cannot write fails the
@@ -109,7 +109,7 @@ class IMailQueue(Interface):
 
     # -- the sender's side: due, claim, finish ---------------------------------------------
 
-    def recover_stale_claims():
+    def recover_stale_claims():  # type: ignore[misc] # zope.interface: methods are declared without self
         """Give the messages claimed by senders that died back to ``queued``; return their ids."""
 
     def due(now=None, flush=False):
@@ -121,7 +121,7 @@ class IMailQueue(Interface):
         gone.
         """
 
-    def next_retry_time():
+    def next_retry_time():  # type: ignore[misc] # zope.interface: methods are declared without self
         """The earliest next attempt time among ``deferred`` messages (Unix time), or None."""
 
     def claim(queue_id):
@@ -158,7 +158,7 @@ class IMailQueue(Interface):
         ``poll_interval`` seconds.
         """
 
-    def daemon_lock():
+    def daemon_lock():  # type: ignore[misc] # zope.interface: methods are declared without self
         """Take this queue's one-daemon lock for the life of the process, or raise
         ``DaemonAlreadyRunning`` naming the queue and who holds it.
 
@@ -216,5 +216,5 @@ class IMailWatcher(Interface):
         ``timeout`` seconds passed (whichever is first). Spurious wake-ups are allowed;
         missed ones are not (beyond the poll interval)."""
 
-    def close():
+    def close():  # type: ignore[misc] # zope.interface: methods are declared without self
         """Stop watching and free what the watcher holds. Idempotent."""
