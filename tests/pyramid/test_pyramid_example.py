@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,34 @@ def test_demo_ini_settings_are_valid_for_the_app_and_the_sender():
     assert Path(settings.queue_dir).resolve() == EXAMPLES.parent / "demo-run" / "queue"
     assert settings.default_sender == "noreply@signup.example"
     assert settings.effective_tls == "none"
+
+
+@pytest.fixture(scope="module")
+def demo():
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import demo
+
+        yield demo
+    finally:
+        sys.path.remove(str(EXAMPLES))
+
+
+def test_the_demo_stops_its_web_server_cleanly_every_time(demo, monkeypatch):
+    """``make demo`` once printed waitress's ``Bad file descriptor`` traceback at shut-down."""
+    thread_errors: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: thread_errors.append(args.exc_value))
+
+    def hello(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"hello"]
+
+    for _ in range(30):
+        server, thread = demo.start_web_server(hello)
+        connection = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=10)
+        connection.request("GET", "/")  # a keep-alive connection still open at shut-down
+        assert connection.getresponse().read() == b"hello"
+        demo.stop_web_server(server, thread)
+        connection.close()
+        assert not thread.is_alive()
+    assert thread_errors == []
