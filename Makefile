@@ -3,13 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint demo bench docs clean
+.PHONY: test lint demo bench docs dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed-test: setup.py pyproject.toml | $(BIN)/python
+$(VENV)/.installed-test: setup.py pyproject.toml mq_transaction/_version.py | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
@@ -35,8 +35,14 @@ demo: $(VENV)/.installed-test
 bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/enqueue.py
 
+# An sdist and a wheel in dist/, checked with twine (the steps tests/test_release.py runs too).
+dist: $(VENV)/.installed-test
+	rm -rf dist build
+	$(BIN)/python -m build --sdist --wheel --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) build *.egg-info demo-run
+	rm -rf $(VENV) build dist *.egg-info demo-run
 
 # Drain 2,000 queued messages with mq-send, zope-sendmail and a bare smtplib client into
 # Postfix's smtp-sink (fetched into /tmp/mq-bench-cache from Debian's postfix package).

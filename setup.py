@@ -1,6 +1,14 @@
 """Packaging for mq_transaction and mq_pyramid."""
 
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+#: The version is stated once, in mq_transaction/_version.py (read here without importing
+#: the package, whose dependencies may not be installed yet).
+VERSION = re.search(r'^__version__ = "([^"]+)"$', (HERE / "mq_transaction/_version.py").read_text(), re.M).group(1)
 
 TESTS_REQUIRE = [
     "pytest",
@@ -16,6 +24,8 @@ TESTS_REQUIRE = [
     "cryptography",
     "sphinx",
     "myst-parser",
+    "build",
+    "twine",
 ]
 #: The database queue (mq_transaction.DatabaseQueue): SQLAlchemy Core and psycopg 3.
 POSTGRESQL_REQUIRE = ["SQLAlchemy>=2", "psycopg[binary]>=3"]
@@ -23,11 +33,13 @@ BENCH_REQUIRE = ["zope.sendmail", "aiosmtpd"]
 
 setup(
     name="mq_transaction",
-    version="0.1.0",
+    version=VERSION,
     description="A transactional, persistent outgoing mail queue for Python web applications",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["mq_transaction", "mq_transaction.*", "mq_pyramid", "mq_pyramid.*"]),
+    license="MIT",
+    license_files=["LICENSE"],
     python_requires=">=3.10",
     install_requires=[
         "transaction>=3",

@@ -5,7 +5,10 @@ page missing from the toctree or an unknown code-block language fails the build,
 Nothing is suppressed here: a warning is a real problem to fix in the page.
 """
 
+from mq_transaction import __version__
+
 project = "mq_transaction"
+release = __version__
 author = "the mq_transaction developers"
 copyright = "the mq_transaction developers"
 

@@ -4,6 +4,7 @@
 only when the transaction commits; ``mq-send`` delivers it.
 """
 
+from ._version import __version__
 from .errors import (
     ConfigurationError,
     CorruptMessageError,
@@ -32,4 +33,5 @@ __all__ = [
     "QueueWriteError",
     "QueuedMailer",
     "UnknownQueueIdError",
+    "__version__",
 ]
