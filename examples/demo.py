@@ -1,7 +1,7 @@
 """``make demo``: the whole story, on this machine, over real sockets.
 
 1. start an SMTP sink (aiosmtpd) on 127.0.0.1;
-2. serve the example sign-up app (examples/demo.ini) with waitress on 127.0.0.1;
+2. serve the example sign-up app (examples/demo.ini) with waitress on 127.0.0.1, in its own process;
 3. drive requests through it over HTTP: a sign-up that commits, one that crashes after
    sending its mail, one with an address that cannot receive mail;
 4. run ``mq-send examples/demo.ini`` as a separate process;
@@ -20,7 +20,7 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
+import time
 import urllib.parse
 from email import message_from_bytes
 from email.policy import default as default_policy
@@ -38,8 +38,7 @@ for path in (str(EXAMPLES), str(ROOT)):
         sys.path.insert(0, path)
 
 from aiosmtpd.controller import Controller  # noqa: E402
-from pyramid.paster import get_app, setup_logging  # noqa: E402
-from waitress.server import BaseWSGIServer, create_server  # noqa: E402
+from pyramid.paster import get_appsettings, setup_logging  # noqa: E402
 
 from mq_transaction import MessageQueue  # noqa: E402
 
@@ -159,47 +158,58 @@ def run(story: Story) -> None:
     controller.start()
     story.say(f"aiosmtpd listening on 127.0.0.1:{smtp_port}")
     try:
-        story.step(f"2. the example app ({INI.relative_to(ROOT)}), served by waitress")
-        app = get_app(str(INI))
-        queue_dir = app.registry.settings["mq.queue_dir"]
-        server, thread = start_web_server(app)
-        http_port = server.effective_port
+        story.step(f"2. the example app ({INI.relative_to(ROOT)}), served by waitress in its own process")
+        queue_dir = get_appsettings(str(INI))["mq.queue_dir"]
+        http_port = free_port()
+        server = start_web_server(http_port)
         story.say(f"http://127.0.0.1:{http_port}/   queue: {os.path.relpath(queue_dir, ROOT)}")
         try:
             story.step("3. requests over HTTP")
             drive(story, http_port)
         finally:
-            stop_web_server(server, thread)
+            stop_web_server(server)
         deliver(story, MessageQueue(queue_dir), smtp_port, sink)
     finally:
         controller.stop()
         story.step("stopped the web server and the SMTP sink")
 
 
-def start_web_server(app) -> tuple[BaseWSGIServer, threading.Thread]:
-    """Serve ``app`` with waitress on a free 127.0.0.1 port, in a thread."""
-    server = create_server(app, host="127.0.0.1", port=0, threads=2)
-    thread = threading.Thread(target=server.run, name="waitress", daemon=True)
-    thread.start()
-    return server, thread
+#: The web server process: the example app from the ini file, served by waitress, as pserve would.
+SERVE = (
+    "import sys; from pyramid.paster import get_app, setup_logging; from waitress import serve; "
+    "setup_logging(sys.argv[1]); serve(get_app(sys.argv[1]), listen=sys.argv[2])"
+)
 
 
-def stop_web_server(server: BaseWSGIServer, thread: threading.Thread) -> None:
-    """Stop waitress cleanly: close its sockets from its own loop thread, then wait for it.
+def start_web_server(port: int) -> subprocess.Popen:
+    """Serve the example app on 127.0.0.1:``port`` in its own process; return once it answers.
 
-    ``server.close()`` from this thread would close file descriptors that the loop thread
-    may be polling at that moment (``OSError: [Errno 9] Bad file descriptor`` in about one
-    run in six). A thunk pulled through waitress's trigger runs inside the loop; once every
-    channel (the listener, open connections, the trigger itself) is closed, the loop ends.
+    A separate process, like a real deployment, and one that stops cleanly: waitress has no
+    way to stop a server running in a thread of this process without racing its own loop.
     """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLES), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, "-c", SERVE, str(INI), f"127.0.0.1:{port}"], env=env)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the web server exited with status {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"the web server did not answer on 127.0.0.1:{port} within 30 s")
 
-    def close_every_channel() -> None:
-        for channel in list(server._map.values()):
-            channel.close()
 
-    server.trigger.pull_trigger(close_every_channel)
-    thread.join(10)
-    server.task_dispatcher.shutdown()
+def stop_web_server(process: subprocess.Popen) -> None:
+    """SIGTERM the web server process and wait for it to end."""
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def deliver(story: Story, queue: MessageQueue, smtp_port: int, sink: Sink) -> None:
