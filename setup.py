@@ -45,6 +45,7 @@ setup(
         "transaction>=3",
         "zope.interface",
         "plaster_pastedeploy",
+        "PasteDeploy",  # paste.deploy.converters.asbool: booleans read as Pyramid users expect
     ],
     extras_require={
         "pyramid": ["pyramid>=2", "waitress"],

@@ -42,7 +42,7 @@ def install(config: Any, mailer: Any, settings: Settings) -> None:
     Called by both includes; the second call replaces the mailer (so
     ``mq_pyramid.testing`` after ``mq_pyramid`` wins) and wires nothing twice.
     """
-    veto = resolve_commit_veto(settings, config.package)
+    veto = resolve_commit_veto(settings)
     # Registered at once, not as deferred actions: a later include replaces them
     # instead of conflicting with them.
     config.registry.registerUtility(mailer, IMailer)

@@ -6,12 +6,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyramid.exceptions
-from pyramid.path import DottedNameResolver
 
 from mq_transaction import errors
 from mq_transaction.errors import QueueWriteError
 from mq_transaction.queue import MessageQueue
-from mq_transaction.settings import Settings, parse_settings
+from mq_transaction.settings import Settings, key, parse_settings, resolve_callable
 
 
 class ConfigurationError(pyramid.exceptions.ConfigurationError, errors.ConfigurationError):
@@ -45,14 +44,11 @@ def open_queue(settings: Settings) -> MessageQueue:
     return queue
 
 
-def resolve_commit_veto(settings: Settings, package: object = None) -> Callable[[Any, Any], bool] | None:
+def resolve_commit_veto(settings: Settings) -> Callable[[Any, Any], bool] | None:
     """The callable named by ``mq.commit_veto``, or None when it is not set."""
     if not settings.commit_veto:
         return None
     try:
-        veto = DottedNameResolver(package).maybe_resolve(settings.commit_veto)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigurationError("mq.commit_veto", f"cannot import {settings.commit_veto!r}: {exc}") from None
-    if not callable(veto):
-        raise ConfigurationError("mq.commit_veto", f"{settings.commit_veto!r} is not callable")
-    return veto
+        return resolve_callable(key("commit_veto"), settings.commit_veto)
+    except errors.ConfigurationError as exc:
+        raise ConfigurationError(exc.key, exc.problem) from None

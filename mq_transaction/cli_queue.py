@@ -13,7 +13,7 @@ from .durations import parse_duration
 from .errors import ConfigurationError, MailQueueError
 from .queue import DEFERRED, FAILED, STATES, MessageQueue
 from .sender import open_queue
-from .settings import Settings
+from .settings import Settings, key
 
 EX_OK, EX_PROBLEM, EX_USAGE = 0, 1, 2
 #: The subcommands, as build_parser() declares them.
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mq-queue", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("config_uri", nargs="?", metavar="CONFIG_URI", help="ini file (file.ini or file.ini#name)")
-    parser.add_argument("--queue-dir", metavar="DIR", help="queue directory (mq.queue_dir)")
+    parser.add_argument("--queue-dir", metavar="DIR", help=f"queue directory ({key('queue_dir')})")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     status = commands.add_parser("status", help="counts per state, oldest message, last delivery and failure")
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "retry" and not (args.ids or args.all_failed or args.all_deferred):
         parser.error("retry needs IDs, --all-failed or --all-deferred")
     try:
-        settings = load_settings(args.config_uri, {"mq.queue_dir": args.queue_dir})
+        settings = load_settings(args.config_uri, {key("queue_dir"): args.queue_dir})
         setup_logging(args.config_uri, 0)
         queue = open_queue(settings)
         return args.run(queue, settings, args)

@@ -13,7 +13,24 @@ from .errors import ConfigurationError, MailQueueError
 from .exit_status import SendExit, help_text
 from .metrics import Metrics
 from .sender import Sender, open_queue
+from .settings import LOG_FORMATS, key
 from .smtp import TLS_MODES
+
+#: The settings a flag overrides: ``--queue-dir`` sets ``mq.queue_dir``, and so on (each
+#: flag's ``dest`` is the setting's name).
+SETTING_FLAGS = (
+    "queue_dir",
+    "smtp_host",
+    "smtp_port",
+    "smtp_tls",
+    "smtp_username",
+    "smtp_password_file",
+    "smtp_timeout",
+    "delivery_log",
+    "delivery_log_format",
+    "smtp_log",
+    "metrics_file",
+)
 
 DESCRIPTION = f"""Deliver the mail queued by mq_transaction.
 
@@ -29,28 +46,30 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mq-send", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("config_uri", nargs="?", metavar="CONFIG_URI", help="ini file (file.ini or file.ini#name)")
-    parser.add_argument("--queue-dir", metavar="DIR", help="queue directory (mq.queue_dir)")
-    parser.add_argument("--smtp-host", metavar="HOST", help="SMTP server (mq.smtp_host, default localhost)")
-    parser.add_argument("--smtp-port", metavar="PORT", help="SMTP port (mq.smtp_port, default 25, 465 for ssl)")
+    parser.add_argument("--queue-dir", metavar="DIR", help=f"queue directory ({key('queue_dir')})")
+    parser.add_argument("--smtp-host", metavar="HOST", help=f"SMTP server ({key('smtp_host')}, default localhost)")
+    parser.add_argument("--smtp-port", metavar="PORT", help=f"SMTP port ({key('smtp_port')}, default 25, 465 for ssl)")
     parser.add_argument(
         "--smtp-tls",
         choices=TLS_MODES,
-        help="TLS mode (mq.smtp_tls; default none for loopback hosts, starttls otherwise)",
+        help=f"TLS mode ({key('smtp_tls')}; default none for loopback hosts, starttls otherwise)",
     )
-    parser.add_argument("--smtp-username", metavar="USER", help="AUTH user name (mq.smtp_username)")
+    parser.add_argument("--smtp-username", metavar="USER", help=f"AUTH user name ({key('smtp_username')})")
     parser.add_argument(
-        "--smtp-password-file", metavar="FILE", help="file holding the AUTH password (mq.smtp_password_file)"
+        "--smtp-password-file",
+        metavar="FILE",
+        help=f"file holding the AUTH password ({key('smtp_password_file')})",
     )
-    parser.add_argument("--smtp-timeout", metavar="S", help="connect and command timeout (mq.smtp_timeout, 30s)")
+    parser.add_argument("--smtp-timeout", metavar="S", help=f"connect and command timeout ({key('smtp_timeout')}, 30s)")
     parser.add_argument("--flush", action="store_true", help="ignore the retry schedule: try every message now")
     parser.add_argument("--max-messages", metavar="N", type=int, help="stop after N delivery attempts")
-    parser.add_argument("--delivery-log", metavar="FILE", help="append one line per attempt (mq.delivery_log)")
+    parser.add_argument("--delivery-log", metavar="FILE", help=f"append one line per attempt ({key('delivery_log')})")
+    parser.add_argument("--delivery-log-format", choices=LOG_FORMATS, help="delivery log format (default logfmt)")
+    parser.add_argument("--smtp-log", metavar="FILE", help=f"write the SMTP dialog to FILE ({key('smtp_log')})")
     parser.add_argument(
-        "--delivery-log-format", choices=("logfmt", "json"), help="delivery log format (default logfmt)"
-    )
-    parser.add_argument("--smtp-log", metavar="FILE", help="write the SMTP dialog to FILE (mq.smtp_log)")
-    parser.add_argument(
-        "--metrics-file", metavar="FILE", help="write Prometheus text metrics to FILE, atomically (mq.metrics_file)"
+        "--metrics-file",
+        metavar="FILE",
+        help=f"write Prometheus text metrics to FILE, atomically ({key('metrics_file')})",
     )
     parser.add_argument(
         "--daemon",
@@ -65,19 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def overrides_from(args: argparse.Namespace) -> dict[str, object]:
     """The ``mq.*`` settings given as flags."""
-    return {
-        "mq.queue_dir": args.queue_dir,
-        "mq.smtp_host": args.smtp_host,
-        "mq.smtp_port": args.smtp_port,
-        "mq.smtp_tls": args.smtp_tls,
-        "mq.smtp_username": args.smtp_username,
-        "mq.smtp_password_file": args.smtp_password_file,
-        "mq.smtp_timeout": args.smtp_timeout,
-        "mq.delivery_log": args.delivery_log,
-        "mq.delivery_log_format": args.delivery_log_format,
-        "mq.smtp_log": args.smtp_log,
-        "mq.metrics_file": args.metrics_file,
-    }
+    return {key(name): getattr(args, name) for name in SETTING_FLAGS}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config_uri, overrides_from(args))
         setup_logging(args.config_uri, verbosity)
         if settings.smtp_log:
-            attach_smtp_log(settings.smtp_log, propagate=verbosity > 0)
+            attach_smtp_log(settings.smtp_log, propagate=verbosity > 0, mode=0o640 if settings.group_access else 0o600)
         sender = Sender(settings, queue=open_queue(settings))
         metrics = Metrics(settings.metrics_file) if settings.metrics_file else None
         if args.daemon:

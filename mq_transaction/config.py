@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from .durations import iso_utc
 from .errors import ConfigurationError
+from .logfiles import LogFileHandler
 from .settings import Settings, parse_settings
 
 
@@ -64,9 +65,13 @@ def _has_logging_sections(config_uri: str) -> bool:
     return parser.has_section("loggers")
 
 
-def attach_smtp_log(path: str, propagate: bool) -> logging.Handler:
-    """Write the SMTP dialog (logger ``mq_transaction.smtp``) to ``path``, timestamped."""
-    handler = logging.FileHandler(path, encoding="utf-8")
+def attach_smtp_log(path: str, propagate: bool, mode: int = 0o600) -> logging.Handler:
+    """Write the SMTP dialog (logger ``mq_transaction.smtp``) to ``path``, timestamped.
+
+    The file is created with ``mode`` and reopened by itself after log rotation
+    (:class:`~mq_transaction.logfiles.LogFileHandler`).
+    """
+    handler = LogFileHandler(path, mode=mode)
     handler.setFormatter(UTCFormatter("%(asctime)s %(message)s"))
     handler.setLevel(logging.DEBUG)
     logger = logging.getLogger("mq_transaction.smtp")

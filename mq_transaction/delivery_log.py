@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 from collections.abc import Iterator
 
 from .durations import iso_utc
 from .hooks import DeliveryEvent
+from .logfiles import LogFileHandler
 
 #: The escapes inside a quoted logfmt value besides ``\\xHH``, ``\\uHHHH`` and ``\\UHHHHHHHH``.
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -100,35 +100,26 @@ def format_logfmt(record: dict) -> str:
 
 
 class DeliveryLog:
-    """Appends delivery log lines to a file; :meth:`reopen` after log rotation (SIGHUP)."""
+    """Appends delivery log lines to a file (``0640`` when created), reopened after log rotation."""
 
     def __init__(self, path: str, fmt: str = "logfmt") -> None:
         self.path = path
         self.fmt = fmt
-        self._lock = threading.Lock()
-        self._handle = self._open()
-
-    def _open(self):
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+        self._file = LogFileHandler(path, mode=0o640)
 
     def write(self, event: DeliveryEvent, now: float) -> None:
-        """Write one line for ``event``."""
+        """Write one line for ``event`` (raises ``OSError`` when it cannot)."""
         record = event_record(event, now)
         line = json.dumps(record, ensure_ascii=False) if self.fmt == "json" else format_logfmt(record)
-        with self._lock:
-            self._handle.write(line + "\n")
+        self._file.write_line(line)
 
     def reopen(self) -> None:
-        """Close and reopen the file (for logrotate)."""
-        with self._lock:
-            self._handle.close()
-            self._handle = self._open()
+        """Close and reopen the file (the daemon's SIGHUP; rotation alone is noticed anyway)."""
+        self._file.reopen()
 
     def close(self) -> None:
         """Close the file."""
-        with self._lock:
-            self._handle.close()
+        self._file.close()
 
 
 def parse_line(line: str, log_format: str) -> dict | None:

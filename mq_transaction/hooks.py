@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import ConfigurationError
+from .settings import key, resolve_callable
 
 log = logging.getLogger("mq_transaction.sender")
 
@@ -66,7 +65,7 @@ class Hooks:
         for kind in KINDS:
             name = getattr(settings, f"on_{kind}", None)
             if name:
-                hooks.add(kind, resolve_callable(name, f"mq.on_{kind}"))
+                hooks.add(kind, resolve_callable(key(f"on_{kind}"), name))
         return hooks
 
     def call(self, event: DeliveryEvent) -> None:
@@ -82,14 +81,3 @@ class Hooks:
                     event.queue_id,
                     event.message_id,
                 )
-
-
-def resolve_callable(name: str, key: str) -> Callable:
-    """Import ``package.module:attr`` (or ``package.module.attr``); ConfigurationError if not callable."""
-    try:
-        target = pkgutil.resolve_name(name)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigurationError(key, f"cannot import {name!r}: {exc}") from None
-    if not callable(target):
-        raise ConfigurationError(key, f"{name!r} is not callable")
-    return target

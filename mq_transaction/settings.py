@@ -6,11 +6,15 @@ its type and its default is listed in :data:`KEYS` (and in ``docs/configuration.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
+import pkgutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from paste.deploy.converters import asbool
 
 from .addresses import envelope_address
 from .durations import parse_duration
@@ -40,14 +44,12 @@ def _optional_text(value: str) -> str | None:
 
 
 def _boolean(value: str | bool) -> bool:
-    if isinstance(value, bool):
-        return value
-    lowered = str(value).strip().lower()
-    if lowered in ("true", "yes", "on", "1"):
-        return True
-    if lowered in ("false", "no", "off", "0"):
-        return False
-    raise ValueError(f"{value!r} is not a boolean (true/false)")
+    # PasteDeploy's own converter, so a boolean means here what it means to Pyramid users
+    # (pyramid.settings.asbool takes the same true words, but reads any other word as false).
+    try:
+        return asbool(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a boolean (true/false, yes/no, on/off, 1/0)") from None
 
 
 def _positive_int(value: str | int) -> int:
@@ -91,41 +93,47 @@ def _sender(value: str) -> str | None:
         raise ValueError(str(exc)) from None
 
 
+def _setting(parse: Callable[[Any], Any], default: Any, *, secret: bool = False) -> Any:
+    # One field of Settings and the parser of its ini value, declared together; a secret
+    # stays out of repr() (hence out of tracebacks and logs).
+    return field(default=default, repr=not secret, metadata={"parse": parse, "secret": secret})
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every ``mq.*`` setting, typed and validated. Durations are seconds."""
 
-    queue_dir: str | None = None
-    default_sender: str | None = None
-    fsync: bool = True
-    group_access: bool = False
-    tmp_max_age: float = 36 * 3600.0
-    smtp_host: str = "localhost"
-    smtp_port: int | None = None  # None: 465 for ssl, else 25
-    smtp_tls: str | None = None  # None: none for loopback hosts, starttls otherwise
-    smtp_tls_verify: bool = True
-    smtp_ca_file: str | None = None
-    smtp_username: str | None = None
-    smtp_password: str | None = field(default=None, repr=False)
-    smtp_password_file: str | None = None
-    smtp_timeout: float = 30.0
-    smtp_data_timeout: float = 600.0
-    smtp_helo: str | None = None
-    smtp_idle_timeout: float = 30.0
-    smtp_connections: int = 1
-    max_per_connection: int = 100
-    smtp_log: str | None = None
-    smtp_log_bodies: bool = False
-    min_backoff: float = 300.0
-    max_backoff: float = 3600.0
-    max_lifetime: float = 5 * 86400.0
-    delivery_log: str | None = None
-    delivery_log_format: str = "logfmt"
-    on_delivered: str | None = None
-    on_deferred: str | None = None
-    on_failed: str | None = None
-    commit_veto: str | None = None
-    metrics_file: str | None = None
+    queue_dir: str | None = _setting(_text, None)
+    default_sender: str | None = _setting(_sender, None)
+    fsync: bool = _setting(_boolean, True)
+    group_access: bool = _setting(_boolean, False)
+    tmp_max_age: float = _setting(_duration, 36 * 3600.0)
+    smtp_host: str = _setting(_text, "localhost")
+    smtp_port: int | None = _setting(_port, None)  # None: 465 for ssl, else 25
+    smtp_tls: str | None = _setting(_choice(TLS_MODES), None)  # None: none for loopback hosts, starttls otherwise
+    smtp_tls_verify: bool = _setting(_boolean, True)
+    smtp_ca_file: str | None = _setting(_optional_text, None)
+    smtp_username: str | None = _setting(_optional_text, None)
+    smtp_password: str | None = _setting(str, None, secret=True)
+    smtp_password_file: str | None = _setting(_optional_text, None)
+    smtp_timeout: float = _setting(_duration, 30.0)
+    smtp_data_timeout: float = _setting(_duration, 600.0)
+    smtp_helo: str | None = _setting(_optional_text, None)
+    smtp_idle_timeout: float = _setting(_duration, 30.0)
+    smtp_connections: int = _setting(_positive_int, 1)
+    max_per_connection: int = _setting(_positive_int, 100)
+    smtp_log: str | None = _setting(_optional_text, None)
+    smtp_log_bodies: bool = _setting(_boolean, False)
+    min_backoff: float = _setting(_duration, 300.0)
+    max_backoff: float = _setting(_duration, 3600.0)
+    max_lifetime: float = _setting(_duration, 5 * 86400.0)
+    delivery_log: str | None = _setting(_optional_text, None)
+    delivery_log_format: str = _setting(_choice(LOG_FORMATS), "logfmt")
+    on_delivered: str | None = _setting(_optional_text, None)
+    on_deferred: str | None = _setting(_optional_text, None)
+    on_failed: str | None = _setting(_optional_text, None)
+    commit_veto: str | None = _setting(_optional_text, None)
+    metrics_file: str | None = _setting(_optional_text, None)
 
     @property
     def effective_tls(self) -> str:
@@ -155,45 +163,20 @@ class Settings:
                 ) from None
         return None
 
-    def with_overrides(self, **overrides: Any) -> Settings:
-        """Return a copy with the given (already parsed) values replaced; None means keep."""
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+#: Every setting's name (without the ``mq.`` prefix) and the function that parses its value.
+KEYS: dict[str, Callable[[Any], Any]] = {f.name: f.metadata["parse"] for f in fields(Settings)}
 
 
-KEYS: dict[str, Callable[[Any], Any]] = {
-    "queue_dir": _text,
-    "default_sender": _sender,
-    "fsync": _boolean,
-    "group_access": _boolean,
-    "tmp_max_age": _duration,
-    "smtp_host": _text,
-    "smtp_port": _port,
-    "smtp_tls": _choice(TLS_MODES),
-    "smtp_tls_verify": _boolean,
-    "smtp_ca_file": _optional_text,
-    "smtp_username": _optional_text,
-    "smtp_password": str,
-    "smtp_password_file": _optional_text,
-    "smtp_timeout": _duration,
-    "smtp_data_timeout": _duration,
-    "smtp_helo": _optional_text,
-    "smtp_idle_timeout": _duration,
-    "smtp_connections": _positive_int,
-    "max_per_connection": _positive_int,
-    "smtp_log": _optional_text,
-    "smtp_log_bodies": _boolean,
-    "min_backoff": _duration,
-    "max_backoff": _duration,
-    "max_lifetime": _duration,
-    "delivery_log": _optional_text,
-    "delivery_log_format": _choice(LOG_FORMATS),
-    "on_delivered": _optional_text,
-    "on_deferred": _optional_text,
-    "on_failed": _optional_text,
-    "commit_veto": _optional_text,
-    "metrics_file": _optional_text,
-}
-assert set(KEYS) == {f.name for f in fields(Settings)}
+def key(name: str) -> str:
+    """The ini key of the setting ``name``: ``key("smtp_host") == "mq.smtp_host"``.
+
+    Raises ``KeyError`` for a name that is not a setting, so a misspelt name in code fails
+    where it is written rather than in the message of an error.
+    """
+    if name not in KEYS:
+        raise KeyError(f"{name!r} is not a setting of mq_transaction")
+    return PREFIX + name
 
 
 def parse_settings(raw: Mapping[str, Any], require_queue_dir: bool = True) -> Settings:
@@ -203,21 +186,28 @@ def parse_settings(raw: Mapping[str, Any], require_queue_dir: bool = True) -> Se
     value, or a missing ``mq.queue_dir`` when ``require_queue_dir``.
     """
     values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if not key.startswith(PREFIX):
+    for ini_key, value in raw.items():
+        if not ini_key.startswith(PREFIX):
             continue
-        name = key[len(PREFIX) :]
+        name = ini_key[len(PREFIX) :]
         if name not in KEYS:
-            raise ConfigurationError(key, "unknown setting (see the configuration reference for every mq.* key)")
+            raise ConfigurationError(ini_key, unknown_key_problem(name))
         if value is None:
             continue
         try:
             values[name] = KEYS[name](value)
         except (ValueError, TypeError) as exc:
-            raise ConfigurationError(key, str(exc)) from None
+            raise ConfigurationError(ini_key, str(exc)) from None
     settings = Settings(**values)
     check_settings(settings, require_queue_dir)
     return settings
+
+
+def unknown_key_problem(name: str) -> str:
+    """What to say about ``mq.NAME`` that is not a setting: the closest real key, if one is close."""
+    close = difflib.get_close_matches(name, KEYS, n=1)
+    hint = f"did you mean {PREFIX}{close[0]}?" if close else "see the configuration reference for every mq.* key"
+    return f"unknown setting; {hint}"
 
 
 def check_settings(settings: Settings, require_queue_dir: bool = True) -> None:
@@ -246,3 +236,18 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def resolve_callable(key: str, name: str) -> Callable[..., Any]:
+    """Import the callable a dotted-name setting names (``package.module:attr`` or ``package.module.attr``).
+
+    The one resolver of the project (delivery hooks, ``mq.commit_veto``): raises
+    :class:`ConfigurationError` naming ``key`` when the name cannot be imported or is not callable.
+    """
+    try:
+        target = pkgutil.resolve_name(name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigurationError(key, f"cannot import {name!r}: {exc}") from None
+    if not callable(target):
+        raise ConfigurationError(key, f"{name!r} is not callable")
+    return target

@@ -210,6 +210,25 @@ def test_sighup_reopens_the_delivery_log(queue_dir, smtp_sink, tmp_path):
         assert daemon.wait(timeout=10) == 0
 
 
+def test_rotated_delivery_and_dialog_logs_are_reopened_without_a_signal(queue_dir, smtp_sink, tmp_path):
+    delivery_log, dialog_log = tmp_path / "delivery.log", tmp_path / "smtp.log"
+    daemon = start_daemon(queue_dir, smtp_sink.port, "--delivery-log", str(delivery_log), "--smtp-log", str(dialog_log))
+    try:
+        commit_messages(queue_dir, 1)
+        assert wait_for(lambda: delivery_log.exists() and delivery_log.read_text().count("\n") == 1)
+        os.rename(delivery_log, tmp_path / "delivery.log.1")  # what logrotate does, without SIGHUP
+        os.rename(dialog_log, tmp_path / "smtp.log.1")
+        commit_messages(queue_dir, 1)
+        assert wait_for(lambda: delivery_log.exists() and delivery_log.read_text().count("\n") == 1)
+        assert wait_for(lambda: dialog_log.exists() and "DATA" in dialog_log.read_text())
+        assert (tmp_path / "delivery.log.1").read_text().count("\n") == 1
+        assert oct(dialog_log.stat().st_mode & 0o777) == oct(0o600)  # it holds addresses
+        assert oct(delivery_log.stat().st_mode & 0o777) == oct(0o640)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=10) == 0
+
+
 def test_metrics_writer_is_atomic_and_keeps_counters(tmp_path, queue_dir):
     from mq_transaction.sender import RunResult
 

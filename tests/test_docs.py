@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mq_transaction import MessageQueue, cli_send, queue, settings
+from mq_transaction import MessageQueue, cli_send, queue, settings, smtp
 from mq_transaction.durations import parse_duration
 from mq_transaction.exit_status import SendExit
 from mq_transaction.metrics import Metrics
@@ -151,6 +151,22 @@ def test_every_setting_row_states_the_real_default():
             assert default == f"`{value}`", f"{key}: default is {value!r}, the docs say {default!r}"
         elif name not in COMPUTED_DEFAULTS:
             assert default.startswith("none"), f"{key}: it has no default, the docs say {default!r}"
+
+
+def test_value_types_state_the_words_the_parsers_accept():
+    from paste.deploy.converters import falsy, truthy
+
+    rows = {row[0]: row[1] for row in table_rows(page("configuration"), "| type | written as |")}
+    booleans = set(re.findall(r"`([^`]+)`", rows["boolean"]))
+    assert booleans == set(truthy) | set(falsy), f"the boolean words are {sorted(set(truthy) | set(falsy))}"
+    key_rows = configuration_rows()
+    for name, words in (("smtp_tls", smtp.TLS_MODES), ("delivery_log_format", settings.LOG_FORMATS)):
+        assert set(re.findall(r"`([^`]+)`", key_rows[settings.key(name)][1])) == set(words), (
+            f"the type of {settings.key(name)} in docs/configuration.md is not {', '.join(words)}"
+        )
+    choices = {action.dest: action.choices for action in cli_send.build_parser()._actions if action.choices}
+    assert tuple(choices["smtp_tls"]) == smtp.TLS_MODES
+    assert tuple(choices["delivery_log_format"]) == settings.LOG_FORMATS
 
 
 def test_core_pages_name_no_setting_that_does_not_exist():

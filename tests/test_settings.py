@@ -180,8 +180,6 @@ def test_settings_are_frozen():
     settings = parse_settings({"mq.queue_dir": "/q"})
     with pytest.raises(AttributeError):
         settings.fsync = False  # type: ignore[misc]
-    assert settings.with_overrides(fsync=False, smtp_host=None).fsync is False
-    assert settings.with_overrides(smtp_host=None).smtp_host == "localhost"
 
 
 @pytest.mark.parametrize(
@@ -214,3 +212,64 @@ def test_tmp_max_age_below_an_hour_is_refused_to_protect_running_transactions():
     with pytest.raises(ConfigurationError) as caught:
         parse_settings({"mq.queue_dir": "/q", "mq.tmp_max_age": "10m"})
     assert caught.value.key == "mq.tmp_max_age"
+
+
+# -- one vocabulary: booleans, names, dotted names ----------------------------------------
+
+
+@pytest.mark.parametrize("word", ["true", "Yes", "on", "1", "y", "T", " TRUE "])
+def test_booleans_read_true_as_paste_deploy_and_pyramid_do(word):
+    from paste.deploy.converters import asbool
+    from pyramid.settings import asbool as pyramid_asbool
+
+    settings = parse_settings({"mq.queue_dir": "/q", "mq.group_access": word, "mq.fsync": "n"})
+    assert settings.group_access is True and asbool(word) is True and pyramid_asbool(word) is True
+    assert settings.fsync is False
+
+
+def test_a_word_that_is_no_boolean_is_an_error_not_false():
+    with pytest.raises(ConfigurationError) as caught:
+        parse_settings({"mq.queue_dir": "/q", "mq.fsync": "sometimes"})
+    assert caught.value.key == "mq.fsync"
+    assert "'sometimes' is not a boolean" in caught.value.problem
+
+
+def test_every_setting_name_is_defined_once_with_its_parser():
+    from dataclasses import fields
+
+    from mq_transaction.settings import KEYS, key
+
+    assert list(KEYS) == [f.name for f in fields(Settings)]
+    assert key("smtp_host") == "mq.smtp_host"
+    with pytest.raises(KeyError):
+        key("smtp_hots")
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [("mq.smtp_hots", "mq.smtp_host"), ("mq.smtp_prot", "mq.smtp_port"), ("mq.queuedir", "mq.queue_dir")],
+)
+def test_an_unknown_key_names_the_closest_known_key(typo, meant):
+    with pytest.raises(ConfigurationError) as caught:
+        parse_settings({"mq.queue_dir": "/q", typo: "x"})
+    assert caught.value.key == typo
+    assert f"did you mean {meant}?" in str(caught.value)
+
+
+def test_an_unknown_key_like_no_known_key_points_at_the_reference():
+    with pytest.raises(ConfigurationError) as caught:
+        parse_settings({"mq.queue_dir": "/q", "mq.zzzzzz": "x"})
+    assert "did you mean" not in str(caught.value)
+    assert "configuration reference" in str(caught.value)
+
+
+def test_one_resolver_reads_both_dotted_name_forms_and_names_the_key():
+    from mq_transaction.settings import resolve_callable
+
+    assert resolve_callable("mq.on_failed", "os.path:join") is __import__("os").path.join
+    assert resolve_callable("mq.on_failed", "os.path.join") is __import__("os").path.join
+    with pytest.raises(ConfigurationError) as caught:
+        resolve_callable("mq.commit_veto", "os.path:sep")
+    assert caught.value.key == "mq.commit_veto" and "not callable" in caught.value.problem
+    with pytest.raises(ConfigurationError, match="mq.on_failed: cannot import 'no_such_module.x'"):
+        resolve_callable("mq.on_failed", "no_such_module.x")
