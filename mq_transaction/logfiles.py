@@ -9,9 +9,9 @@ every file handler of the ini's logging configuration).
 
 from __future__ import annotations
 
+import io
 import logging.handlers
 import os
-from typing import TextIO
 
 
 class LogFileHandler(logging.handlers.WatchedFileHandler):
@@ -25,9 +25,11 @@ class LogFileHandler(logging.handlers.WatchedFileHandler):
         self.create_mode = mode
         super().__init__(path, encoding="utf-8")
 
-    def _open(self) -> TextIO:
+    def _open(self) -> io.TextIOWrapper:
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, self.create_mode)
-        return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+        stream = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+        assert isinstance(stream, io.TextIOWrapper)
+        return stream
 
     def write_line(self, line: str) -> None:
         """Append ``line`` and a newline to the file now at the path; errors are raised, not logged.
@@ -38,10 +40,11 @@ class LogFileHandler(logging.handlers.WatchedFileHandler):
         self.acquire()
         try:
             self.reopenIfNeeded()
-            if self.stream is None:  # closed by the daemon's SIGHUP handling: reopen
-                self.stream = self._open()
+            stream = self.stream
+            if stream is None:  # closed by the daemon's SIGHUP handling: reopen
+                stream = self.stream = self._open()
                 self._statstream()
-            self.stream.write(line + "\n")
+            stream.write(line + "\n")
         finally:
             self.release()
 
