@@ -14,6 +14,7 @@ from .errors import (
     NoRecipientsError,
     NoSenderError,
     NoTransactionError,
+    QueueUnavailableError,
     QueueWriteError,
     UnknownQueueIdError,
 )
@@ -23,6 +24,7 @@ from .queue import MessageQueue
 __all__ = [
     "ConfigurationError",
     "CorruptMessageError",
+    "DatabaseQueue",
     "InvalidAddressError",
     "InvalidMessageError",
     "MailQueueError",
@@ -30,8 +32,18 @@ __all__ = [
     "NoRecipientsError",
     "NoSenderError",
     "NoTransactionError",
+    "QueueUnavailableError",
     "QueueWriteError",
     "QueuedMailer",
     "UnknownQueueIdError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The database queue imports SQLAlchemy: only when it is used (the directory queue needs none).
+    if name == "DatabaseQueue":
+        from .database_queue import DatabaseQueue
+
+        return DatabaseQueue
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

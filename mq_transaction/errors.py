@@ -50,3 +50,8 @@ class UnknownQueueIdError(MailQueueError, LookupError):
 
 class DaemonAlreadyRunning(MailQueueError):
     """Another ``mq-send --daemon`` holds this queue's daemon lock (``IMailQueue.daemon_lock``)."""
+
+
+class QueueUnavailableError(MailQueueError, OSError):
+    """The queue's database cannot be reached now (restart, fail-over, network); nothing is
+    lost, and the same operation works again once it is back."""

@@ -1,0 +1,825 @@
+"""The PostgreSQL queue: the mail outbox in the application's own database.
+
+``DatabaseQueue(url_or_engine)`` implements :class:`~mq_transaction.interfaces.IMailQueue`
+over the tables of :mod:`mq_transaction.database_schema`, through SQLAlchemy Core, so
+everything above the queue (the mailer, the sender, the daemon, ``mq-queue``) is the
+code the directory queue uses.
+
+Two ways to queue:
+
+- **Same transaction as the app** (recommended): ``QueuedMailer(queue, session=Session)``
+  inserts each message through the app's session connection with :meth:`DatabaseQueue.insert`,
+  so the mail row commits or rolls back with the app's rows in one database commit.
+- **Own connection**: ``stage`` inserts a ``staged`` row on the queue's own connection
+  (committed at once, invisible to senders), the data manager ``publish``-es it after
+  the app's database committed, exactly as the directory queue renames ``tmp/`` into
+  ``new/``.
+
+Senders on any number of hosts claim messages with ``SELECT ... FOR UPDATE SKIP LOCKED``
+in a short transaction that records a lease (``lease_owner``: host name, PID and a token;
+``lease_until``: the database's ``now()`` plus ``claim_timeout``). No row lock is held
+during the SMTP dialog; a thread renews the leases of the claims this process holds. A
+sender that dies stops renewing: once its lease has run out, ``recover_stale_claims``
+(run by every sender) puts the message back in ``queued``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import secrets
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from zope.interface import implementer
+
+from . import database_schema as schema
+from .database_schema import STAGED, messages
+from .errors import ConfigurationError, CorruptMessageError, QueueUnavailableError, QueueWriteError, UnknownQueueIdError
+from .interfaces import IMailQueue, IMailWatcher
+from .queue import is_queue_id, new_queue_id
+from .queuefile import Envelope
+from .records import Claim, Entry
+from .states import STATES, MessageState
+
+log = logging.getLogger("mq_transaction.database_queue")
+
+#: The ``LISTEN``/``NOTIFY`` channel; the payload is empty (a wake-up, never the message).
+NOTIFY_CHANNEL = "mq_transaction_queued"
+
+#: The default lease of a claim (``mq.claim_timeout``), in seconds.
+DEFAULT_CLAIM_TIMEOUT = 300.0
+
+_QUEUED, _DEFERRED, _SENDING = MessageState.QUEUED.value, MessageState.DEFERRED.value, MessageState.SENDING.value
+_T = TypeVar("_T")
+
+
+def normalise_url(url: str | sa.URL) -> sa.URL:
+    """An SQLAlchemy URL for PostgreSQL; plain ``postgresql://`` means the psycopg 3 driver.
+
+    Raises :class:`ConfigurationError` (the password masked) for anything but PostgreSQL.
+    """
+    try:
+        parsed = sa.make_url(url)
+    except (sa.exc.ArgumentError, ValueError) as exc:
+        raise ConfigurationError(schema.URL_KEY, f"{mask_url(url)} is not a database URL ({exc})") from None
+    if parsed.get_backend_name() != "postgresql":
+        raise ConfigurationError(
+            schema.URL_KEY, f"{parsed.render_as_string(hide_password=True)} is not a PostgreSQL URL (postgresql://...)"
+        )
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def mask_url(url: str | sa.URL) -> str:
+    """``url`` with its password replaced by ``***``, as SQLAlchemy renders it; never raises."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL may still hold a password
+        text = str(url)
+        scheme, sep, rest = text.partition("://")
+        userinfo, at, host = rest.rpartition("@")
+        if sep and at and ":" in userinfo:
+            return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+        return text if not at else f"{scheme}{sep}***@{host}"
+
+
+def _utc(timestamp: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
+
+
+def _unix(moment: datetime.datetime | None) -> float | None:
+    return None if moment is None else moment.timestamp()
+
+
+@dataclass
+class DatabaseClaim(Claim):
+    """A message this process holds by its lease in the database."""
+
+    queue: DatabaseQueue | None = field(default=None, repr=False, compare=False)
+
+    def release(self) -> None:
+        """Let go of the lease at once (the message stays in its state); idempotent."""
+        queue, self.queue = self.queue, None
+        if queue is not None:
+            queue._release(self)
+
+
+@implementer(IMailQueue)
+class DatabaseQueue:
+    """A mail queue in PostgreSQL tables (``mq-queue init-db`` creates them).
+
+    ``url_or_engine`` is an SQLAlchemy URL (``postgresql://``, ``postgresql+psycopg://``,
+    ``postgresql+psycopg2://``) or an :class:`sqlalchemy.Engine`. ``claim_timeout`` is
+    how long a sender's claim lasts without renewal (``mq.claim_timeout``): a sender that
+    dies holds its message that long at most. The schema version is checked on first use
+    (or by :meth:`check_schema`), never at construction, so making the object needs no
+    database.
+    """
+
+    def __init__(
+        self,
+        url_or_engine: str | sa.URL | sa.Engine,
+        *,
+        claim_timeout: float = DEFAULT_CLAIM_TIMEOUT,
+        host_name: str | None = None,
+    ) -> None:
+        if isinstance(url_or_engine, sa.Engine):
+            self.engine = url_or_engine
+            self.url = url_or_engine.url
+        else:
+            self.url = normalise_url(url_or_engine)
+            self.engine = sa.create_engine(self.url, pool_pre_ping=True, pool_size=2, max_overflow=8)
+        if claim_timeout <= 0:
+            raise ConfigurationError("mq.claim_timeout", f"{claim_timeout!r} must be a positive number of seconds")
+        self.claim_timeout = float(claim_timeout)
+        #: Who holds this process's claims, as ``mq-queue`` shows it: host, PID, token.
+        self.lease_owner = f"{host_name or socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._schema_checked = False
+        self._keeper: _LeaseKeeper | None = None
+        self._keeper_lock = threading.Lock()
+
+    @property
+    def location(self) -> str:
+        """The database URL with its password masked."""
+        return self.url.render_as_string(hide_password=True)
+
+    def __repr__(self) -> str:
+        return f"DatabaseQueue({self.location!r})"
+
+    # -- connections and errors ----------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self, doing: str) -> Iterator[sa.Connection]:
+        """A short transaction on the queue's own connection; connection trouble becomes
+        :class:`QueueUnavailableError` naming what was being done."""
+        try:
+            if not self._schema_checked:
+                self.check_schema()
+            with self.engine.begin() as connection:
+                yield connection
+        except sa.exc.DBAPIError as exc:
+            if not _is_connection_trouble(exc):
+                raise
+            raise QueueUnavailableError(
+                f"the queue database {self.location} cannot be used while {doing}: {_reason(exc)}"
+            ) from exc
+
+    def check_schema(self) -> None:
+        """Raise :class:`ConfigurationError` unless the tables exist in this code's version
+        (saying to run ``init-db``); :class:`QueueUnavailableError` when the database
+        cannot be reached."""
+        try:
+            with self.engine.connect() as connection:
+                schema.check_schema(connection, self.location)
+        except sa.exc.DBAPIError as exc:
+            raise QueueUnavailableError(
+                f"cannot connect to the queue database {self.location}: {_reason(exc)}"
+            ) from exc
+        self._schema_checked = True
+
+    def init_db(self) -> bool:
+        """Create the tables unless they exist (``mq-queue init-db``); True if created."""
+        with self.engine.begin() as connection:
+            created = schema.init_db(connection)
+        self._schema_checked = True
+        return created
+
+    def dispose(self) -> None:
+        """Stop renewing leases and close the pooled connections."""
+        if self._keeper is not None:
+            self._keeper.stop()
+            self._keeper = None
+        self.engine.dispose()
+
+    # -- the application's side ------------------------------------------------------------
+
+    def check_writable(self) -> None:
+        """Raise unless this process can insert into the queue table (checks the schema too)."""
+        try:
+            with self._transaction("checking it can be written") as connection:
+                allowed = connection.execute(
+                    sa.select(sa.func.has_table_privilege(messages.name, "INSERT, UPDATE, DELETE"))
+                ).scalar()
+        except QueueUnavailableError as exc:
+            raise QueueWriteError(str(exc)) from exc
+        if not allowed:
+            raise QueueWriteError(
+                f"the database user of {self.location} may not insert, update and delete rows of {messages.name}"
+            )
+
+    def insert(self, connection: sa.Connection, envelope: Envelope, message: bytes) -> str:
+        """Queue a message on ``connection`` (the app's, in its transaction); return its id.
+
+        The row is ``queued`` and a ``NOTIFY`` wakes the daemons, both only when that
+        transaction commits: this is the same-transaction mode.
+        """
+        queue_id = new_queue_id(envelope.queued_at)
+        connection.execute(_insert_statement(), _row(queue_id, MessageState.QUEUED.value, envelope, message))
+        connection.execute(_notify_statement())
+        return queue_id
+
+    def same_database(self, connection: sa.Connection) -> bool:
+        """True when ``connection`` talks to this queue's database (same server, same database)."""
+        with self.engine.connect() as own:
+            mine = own.execute(_IDENTITY).one()
+        return tuple(connection.execute(_IDENTITY).one()) == tuple(mine)
+
+    def stage(self, envelope: Envelope, message: bytes) -> str:
+        """Insert a ``staged`` row, committed at once on the queue's own connection; return its id."""
+        queue_id = new_queue_id(envelope.queued_at)
+        try:
+            with self._transaction(f"staging queue id {queue_id}") as connection:
+                connection.execute(_insert_statement(), _row(queue_id, STAGED, envelope, message))
+        except QueueUnavailableError as exc:
+            raise QueueWriteError(str(exc)) from exc
+        return queue_id
+
+    def publish(self, queue_ids: list[str]) -> list[tuple[str, str]]:
+        """Turn staged rows into ``queued`` and NOTIFY, in one commit; never raises.
+
+        Tried three times over about a second (a database restart), then each message
+        is reported with the SQL that sends it by hand.
+        """
+        if not queue_ids:
+            return []
+        problem = ""
+        for pause in (0.2, 0.8, None):
+            try:
+                with self._transaction("publishing committed mail") as connection:
+                    found = connection.execute(
+                        sa.update(messages)
+                        .where(messages.c.queue_id.in_(queue_ids), messages.c.state == STAGED)
+                        .values(state=_QUEUED, due_at=sa.func.now(), state_since=sa.func.now())
+                        .returning(messages.c.queue_id)
+                    ).scalars()
+                    published = set(found)
+                    connection.execute(_notify_statement())
+                missing = [queue_id for queue_id in queue_ids if queue_id not in published]
+                return [
+                    (queue_id, f"queue id {queue_id} was no longer staged in {self.location}") for queue_id in missing
+                ]
+            except Exception as exc:  # noqa: BLE001 - publish never raises (it runs in tpc_finish)
+                problem = str(exc)
+            if pause is not None:
+                time.sleep(pause)
+        return [
+            (
+                queue_id,
+                f"{problem}; the message is staged in table {messages.name} of {self.location}: to send it, run "
+                f"UPDATE {messages.name} SET state = 'queued', due_at = now() WHERE queue_id = '{queue_id}'",
+            )
+            for queue_id in queue_ids
+        ]
+
+    def discard(self, queue_ids: list[str]) -> None:
+        """Delete staged rows (the abort); published ones are never touched."""
+        if not queue_ids:
+            return
+        with self._transaction("discarding aborted mail") as connection:
+            connection.execute(
+                sa.delete(messages).where(messages.c.queue_id.in_(queue_ids), messages.c.state == STAGED)
+            )
+
+    def enqueue(self, envelope: Envelope, message: bytes) -> str:
+        """Queue a message at once, in a transaction of its own; return its id."""
+        try:
+            with self._transaction("queueing a message") as connection:
+                return self.insert(connection, envelope, message)
+        except QueueUnavailableError as exc:
+            raise QueueWriteError(str(exc)) from exc
+
+    def cleanup(self, max_age: float, now: float | None = None) -> list[str]:
+        """Delete staged rows older than ``max_age`` seconds (their process died mid-request)."""
+        now = time.time() if now is None else now
+        with self._transaction("removing abandoned staged mail") as connection:
+            removed = list(
+                connection.execute(
+                    sa.delete(messages)
+                    .where(messages.c.state == STAGED, messages.c.state_since < _utc(now - max_age))
+                    .returning(messages.c.queue_id)
+                ).scalars()
+            )
+        for queue_id in removed:
+            log.info("removed staged queue id %s (older than %.0fs; its transaction never ended)", queue_id, max_age)
+        return removed
+
+    # -- the sender's side -----------------------------------------------------------------
+
+    def recover_stale_claims(self) -> list[str]:
+        """Put messages whose sender's lease ran out back in ``queued``; return their ids."""
+        with self._transaction("recovering dead senders' claims") as connection:
+            rows = connection.execute(
+                sa.update(messages)
+                .where(messages.c.state == _SENDING, messages.c.lease_until < sa.func.now())
+                .values(
+                    state=_QUEUED, due_at=sa.func.now(), state_since=sa.func.now(), lease_owner=None, lease_until=None
+                )
+                .returning(messages.c.queue_id)
+            ).scalars()
+            recovered = list(rows)
+        for queue_id in recovered:
+            log.warning("queue id %s: its sender's lease ran out (the sender died?); back in the queue", queue_id)
+        return recovered
+
+    def due(self, now: float | None = None, flush: bool = False) -> list[str]:
+        """Ids of the queued messages and the deferred ones due at ``now`` (all with ``flush``), oldest first."""
+        now = time.time() if now is None else now
+        deferred_due = messages.c.state == _DEFERRED
+        if not flush:
+            deferred_due = sa.and_(deferred_due, messages.c.due_at <= _utc(now))
+        with self._transaction("listing due mail") as connection:
+            return list(
+                connection.execute(
+                    sa.select(messages.c.queue_id)
+                    .where(sa.or_(messages.c.state == _QUEUED, deferred_due), _unleased())
+                    .order_by(messages.c.queue_id)
+                ).scalars()
+            )
+
+    def next_retry_time(self) -> float | None:
+        """The earliest next attempt time of a deferred message, or None."""
+        with self._transaction("reading the retry schedule") as connection:
+            return _unix(
+                connection.execute(
+                    sa.select(sa.func.min(messages.c.due_at)).where(messages.c.state == _DEFERRED)
+                ).scalar()
+            )
+
+    def claim(self, queue_id: str) -> DatabaseClaim | None:
+        """Claim a queued or deferred message with a lease; None when gone or held elsewhere."""
+        with self._transaction(f"claiming queue id {queue_id}") as connection:
+            row = connection.execute(
+                sa.select(messages.c.state, sa.cast(messages.c.envelope, sa.Text).label("envelope"), messages.c.message)
+                .where(
+                    messages.c.queue_id == queue_id,
+                    messages.c.state.in_([_QUEUED, _DEFERRED]),
+                    _unleased(),
+                )
+                .with_for_update(skip_locked=True)
+            ).one_or_none()
+            if row is None:
+                return None
+            try:
+                envelope = Envelope.from_json(row.envelope.encode())
+                problem = None
+            except CorruptMessageError as exc:
+                problem = exc
+                connection.execute(
+                    sa.update(messages)
+                    .where(messages.c.queue_id == queue_id)
+                    .values(state=MessageState.CORRUPT.value, state_since=sa.func.now(), due_at=None)
+                )
+            else:
+                connection.execute(
+                    sa.update(messages)
+                    .where(messages.c.queue_id == queue_id)
+                    .values(state=_SENDING, state_since=sa.func.now(), **self._lease_values())
+                )
+        if problem is not None:  # raised once the move to corrupt has committed
+            raise CorruptMessageError(f"queue id {queue_id}: {problem}; moved to corrupt")
+        claim = DatabaseClaim(queue_id, envelope, bytes(row.message), queue=self)
+        self._keep(claim)
+        return claim
+
+    def finish_delivered(self, claim: Claim) -> None:
+        """Delete the delivered message's row (if this process still holds its lease)."""
+        self._finish(claim, "recording its delivery", lambda: sa.delete(messages))
+
+    def finish_deferred(self, claim: Claim, next_attempt: float) -> None:
+        """Store the envelope and defer the message until ``next_attempt``."""
+        claim.envelope.next_attempt = next_attempt
+        self._finish(claim, "deferring it", lambda: self._moved(claim, _DEFERRED, _utc(next_attempt)))
+
+    def finish_failed(self, claim: Claim) -> None:
+        """Store the envelope and move the message to ``failed``."""
+        claim.envelope.next_attempt = None
+        self._finish(claim, "recording its failure", lambda: self._moved(claim, MessageState.FAILED.value, None))
+
+    def unclaim(self, claim: Claim, envelope_changed: bool = False) -> None:
+        """Give the message back to ``queued``, due at once."""
+        self._finish(claim, "giving it back", lambda: self._moved(claim, _QUEUED, sa.func.now(), envelope_changed))
+
+    def _moved(self, claim: Claim, state: str, due_at: Any, envelope: bool = True) -> sa.Update:
+        values: dict[str, Any] = {
+            "state": state,
+            "state_since": sa.func.now(),
+            "due_at": due_at,
+            "lease_owner": None,
+            "lease_until": None,
+        }
+        if envelope:
+            values["envelope"] = _envelope_json(claim.envelope)
+        return sa.update(messages).values(**values)
+
+    def _finish(self, claim: Claim, doing: str, statement: Callable[[], sa.Update | sa.Delete]) -> None:
+        """Run the statement that ends a sender's claim, while this process still holds it.
+
+        Retried for a while if the database is away (a restart or fail-over takes
+        seconds; giving up means the message is sent again once the lease runs out).
+        """
+        self._forget(claim)
+        queue_id = claim.queue_id
+        deadline = time.monotonic() + min(60.0, self.claim_timeout / 2)
+        pause = 0.25
+        while True:
+            try:
+                with self._transaction(f"{doing} (queue id {queue_id})") as connection:
+                    done = connection.execute(
+                        statement().where(
+                            messages.c.queue_id == queue_id,
+                            messages.c.state == _SENDING,
+                            messages.c.lease_owner == self.lease_owner,
+                        )
+                    ).rowcount
+                break
+            except QueueUnavailableError as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning("%s; trying again in %.1fs", exc, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+        if not done:
+            log.error(
+                "queue id %s (Message-ID %s): this sender's claim ran out before %s; another sender may "
+                "deliver it again",
+                queue_id,
+                claim.envelope.message_id,
+                doing,
+            )
+
+    def _lease_values(self) -> dict[str, Any]:
+        return {
+            "lease_owner": self.lease_owner,
+            "lease_until": sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, self.claim_timeout),
+        }
+
+    # -- leases ------------------------------------------------------------------------------
+
+    def _keep(self, claim: DatabaseClaim) -> None:
+        with self._keeper_lock:
+            if self._keeper is None:
+                self._keeper = _LeaseKeeper(self)
+            self._keeper.add(claim.queue_id)
+
+    def _forget(self, claim: Claim) -> None:
+        if isinstance(claim, DatabaseClaim):
+            claim.queue = None
+        if self._keeper is not None:
+            self._keeper.discard(claim.queue_id)
+
+    def _release(self, claim: Claim) -> None:
+        """Let a lease run out now: a sender's message is then recovered by the next run."""
+        self._forget(claim)
+        try:
+            with self._transaction(f"releasing queue id {claim.queue_id}") as connection:
+                connection.execute(
+                    sa.update(messages)
+                    .where(messages.c.queue_id == claim.queue_id, messages.c.lease_owner == self.lease_owner)
+                    .values(lease_until=sa.func.now())
+                )
+        except QueueUnavailableError as exc:
+            log.warning("%s; the claim on queue id %s runs out by itself", exc, claim.queue_id)
+
+    def renew_leases(self, queue_ids: list[str]) -> list[str]:
+        """Extend this process's leases on ``queue_ids``; return the ids whose lease was lost."""
+        with self._transaction("renewing claims") as connection:
+            renewed = set(
+                connection.execute(
+                    sa.update(messages)
+                    .where(messages.c.queue_id.in_(queue_ids), messages.c.lease_owner == self.lease_owner)
+                    .values(lease_until=self._lease_values()["lease_until"])
+                    .returning(messages.c.queue_id)
+                ).scalars()
+            )
+        return [queue_id for queue_id in queue_ids if queue_id not in renewed]
+
+    # -- the daemon's side -------------------------------------------------------------------
+
+    def watch(self, wake_fd: int, poll_interval: float) -> NotificationWatcher:
+        """A watcher that wakes on ``NOTIFY`` (sent when mail commits), polling as a fallback."""
+        return NotificationWatcher(self, wake_fd, poll_interval)
+
+    def daemon_lock(self) -> None:
+        """Nothing to lock: any number of daemons on any number of hosts may share the queue."""
+
+    # -- the operator's side -----------------------------------------------------------------
+
+    def entries(self, state: MessageState | str | None = None) -> Iterator[Entry]:
+        """Every message (or those in ``state``): states in ``STATES`` order, oldest first."""
+        query = sa.select(
+            messages.c.queue_id,
+            messages.c.state,
+            messages.c.state_since,
+            messages.c.due_at,
+            (sa.func.octet_length(messages.c.message) + sa.func.octet_length(sa.cast(messages.c.envelope, sa.Text))),
+        ).where(messages.c.state != STAGED)
+        if state is not None:
+            query = query.where(messages.c.state == MessageState(state).value)
+        with self._transaction("listing the queue") as connection:
+            rows = connection.execute(query.order_by(messages.c.queue_id)).all()
+        found = [_entry(*row) for row in rows]
+        order = {name: index for index, name in enumerate(STATES)}
+        yield from sorted(found, key=lambda entry: (order[entry.state], entry.queue_id))
+
+    def find(self, queue_id: str) -> Entry:
+        """The entry of ``queue_id``, or :class:`UnknownQueueIdError`."""
+        if not isinstance(queue_id, str) or not is_queue_id(queue_id):
+            raise UnknownQueueIdError(
+                f"{queue_id!r} is not a queue id (expected e.g. 20261128T151136123456Z-9f3a2b1c0d)"
+            )
+        with self._transaction(f"looking up queue id {queue_id}") as connection:
+            row = connection.execute(
+                sa.select(
+                    messages.c.queue_id,
+                    messages.c.state,
+                    messages.c.state_since,
+                    messages.c.due_at,
+                    sa.func.octet_length(messages.c.message)
+                    + sa.func.octet_length(sa.cast(messages.c.envelope, sa.Text)),
+                ).where(messages.c.queue_id == queue_id, messages.c.state != STAGED)
+            ).one_or_none()
+        if row is None:
+            raise UnknownQueueIdError(f"queue id {queue_id} is not in the queue at {self.location}")
+        return _entry(*row)
+
+    def read(self, entry: Entry) -> tuple[Envelope, bytes]:
+        """The envelope and message of a listed message (``FileNotFoundError`` once it is gone)."""
+        envelope_json, message = self._read_row(entry)
+        return Envelope.from_json(envelope_json), message
+
+    def read_raw(self, entry: Entry) -> bytes:
+        """The stored record: the envelope's JSON as stored, a newline, the message."""
+        envelope_json, message = self._read_row(entry)
+        return envelope_json + b"\n" + message
+
+    def _read_row(self, entry: Entry) -> tuple[bytes, bytes]:
+        with self._transaction(f"reading queue id {entry.queue_id}") as connection:
+            row = connection.execute(
+                sa.select(sa.cast(messages.c.envelope, sa.Text), messages.c.message).where(
+                    messages.c.queue_id == entry.queue_id, messages.c.state != STAGED
+                )
+            ).one_or_none()
+        if row is None:
+            raise FileNotFoundError(f"queue id {entry.queue_id} is no longer in the queue at {self.location}")
+        return row[0].encode(), bytes(row[1])
+
+    def lock(self, entry: Entry) -> DatabaseClaim | None:
+        """Take a lease on a message where it lies; None when a sender or operator holds it."""
+        with self._transaction(f"locking queue id {entry.queue_id}") as connection:
+            row = connection.execute(
+                sa.select(sa.cast(messages.c.envelope, sa.Text), messages.c.message)
+                .where(messages.c.queue_id == entry.queue_id, messages.c.state != STAGED, _unleased())
+                .with_for_update(skip_locked=True)
+            ).one_or_none()
+            if row is None:
+                return None
+            connection.execute(
+                sa.update(messages).where(messages.c.queue_id == entry.queue_id).values(**self._lease_values())
+            )
+        try:
+            envelope: Any = Envelope.from_json(row[0].encode())
+        except CorruptMessageError:
+            envelope = None
+        claim = DatabaseClaim(entry.queue_id, envelope, bytes(row[1]), queue=self)
+        self._keep(claim)
+        return claim
+
+    def move(
+        self, claim: Claim, source: MessageState | str, target: MessageState | str, envelope_changed: bool = False
+    ) -> None:
+        """Move a locked message from ``source`` to ``target`` (queued: due at once)."""
+        target = MessageState(target)
+        due_at: Any = None
+        if target == MessageState.QUEUED:
+            due_at = sa.func.now()
+        elif target == MessageState.DEFERRED:
+            due_at = _utc(claim.envelope.next_attempt or time.time())
+        self._operator_change(
+            claim, source, self._moved(claim, target.value, due_at, envelope_changed), f"moving it to {target}"
+        )
+
+    def remove(self, claim: Claim, state: MessageState | str) -> None:
+        """Delete a locked message for good."""
+        self._operator_change(claim, state, sa.delete(messages), "removing it")
+
+    def _operator_change(
+        self, claim: Claim, state: MessageState | str, statement: sa.Update | sa.Delete, doing: str
+    ) -> None:
+        self._forget(claim)
+        with self._transaction(f"{doing} (queue id {claim.queue_id})") as connection:
+            done = connection.execute(
+                statement.where(
+                    messages.c.queue_id == claim.queue_id,
+                    messages.c.state == MessageState(state).value,
+                    messages.c.lease_owner == self.lease_owner,
+                )
+            ).rowcount
+        if not done:
+            raise QueueWriteError(f"queue id {claim.queue_id}: the lock ran out or the message moved before {doing}")
+
+
+class _LeaseKeeper:
+    """A thread that renews this process's leases every third of the claim timeout."""
+
+    def __init__(self, queue: DatabaseQueue) -> None:
+        self.queue = queue
+        self.ids: set[str] = set()
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="mq-lease-keeper", daemon=True)
+        self.thread.start()
+
+    def add(self, queue_id: str) -> None:
+        with self.lock:
+            self.ids.add(queue_id)
+
+    def discard(self, queue_id: str) -> None:
+        with self.lock:
+            self.ids.discard(queue_id)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.queue.claim_timeout / 3):
+            with self.lock:
+                held = sorted(self.ids)
+            if not held:
+                continue
+            try:
+                lost = self.queue.renew_leases(held)
+            except Exception as exc:  # noqa: BLE001 - keep renewing; the next round may work
+                log.warning("cannot renew the claims on %d message(s): %s", len(held), exc)
+                continue
+            for queue_id in lost:
+                with self.lock:
+                    if queue_id not in self.ids:
+                        continue  # finished meanwhile
+                log.error("queue id %s: this sender's claim was lost; another sender may deliver it again", queue_id)
+
+
+@implementer(IMailWatcher)
+class NotificationWatcher:
+    """Sleeps until a ``NOTIFY`` on :data:`NOTIFY_CHANNEL`, the wake descriptor, or a timeout.
+
+    The listening connection is the driver's own, in autocommit, outside the pool. When
+    it is lost the watcher polls every ``poll_interval`` and reconnects; after every
+    reconnect ``wait`` returns at once, so the daemon scans for what it missed.
+    """
+
+    def __init__(self, queue: DatabaseQueue, wake_fd: int, poll_interval: float) -> None:
+        self.queue = queue
+        self.wake_fd = wake_fd
+        self.poll_interval = poll_interval
+        self._connection: Any = None
+        self._down_since: float | None = None
+        self._connect()
+
+    @property
+    def mode(self) -> str:
+        """``listen`` while the listening connection is up, else ``polling``."""
+        return "listen" if self._connection is not None else "polling"
+
+    def _connect(self) -> bool:
+        try:
+            raw = self.queue.engine.raw_connection()
+            connection = raw.driver_connection
+            raw.detach()  # ours for good: never handed back to the pool in LISTEN state
+            connection.autocommit = True
+            cursor = connection.cursor()
+            cursor.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            cursor.close()
+        except Exception as exc:  # noqa: BLE001 - any failure means: poll, try again later
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                log.error("cannot listen for new mail on %s: %s; polling meanwhile", self.queue.location, exc)
+            return False
+        if self._down_since is not None:
+            log.warning("listening for new mail on %s again", self.queue.location)
+            self._down_since = None
+        self._connection = connection
+        return True
+
+    def wait(self, timeout: float) -> None:
+        """Return on a notification, the wake descriptor, or after ``timeout`` seconds."""
+        if self._connection is None:
+            if self._connect():
+                return  # back: scan at once for what was missed
+            timeout = min(timeout, self.poll_interval)
+        fds = [self.wake_fd] + ([self._connection.fileno()] if self._connection is not None else [])
+        try:
+            ready, _, _ = select.select(fds, [], [], max(0.0, timeout))
+        except (InterruptedError, ValueError, OSError):
+            ready = []
+        if self.wake_fd in ready:
+            _drain(self.wake_fd)
+        if self._connection is not None and self._connection.fileno() in ready:
+            self._consume()
+
+    def _consume(self) -> None:
+        try:
+            if hasattr(self._connection, "poll"):  # psycopg2
+                self._connection.poll()
+                self._connection.notifies.clear()
+            else:  # psycopg 3
+                for _notify in self._connection.notifies(timeout=0):
+                    pass
+        except Exception as exc:  # noqa: BLE001 - the connection died: poll until it is back
+            self._drop(exc)
+
+    def _drop(self, exc: Exception) -> None:
+        log.error("lost the listening connection to %s: %s; polling until it is back", self.queue.location, exc)
+        self._down_since = time.monotonic()
+        try:
+            self._connection.close()
+        except Exception:  # noqa: BLE001, S110 - it is gone either way
+            pass
+        self._connection = None
+
+    def close(self) -> None:
+        """Close the listening connection; idempotent."""
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            finally:
+                self._connection = None
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 65536):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
+
+
+# -- statements ------------------------------------------------------------------------------
+
+#: What identifies one database on one running server, whatever the route to it.
+_IDENTITY = sa.text(
+    "SELECT current_database(), (SELECT oid FROM pg_database WHERE datname = current_database()), "
+    "pg_postmaster_start_time()"
+)
+
+
+def _insert_statement() -> sa.Insert:
+    return sa.insert(messages).values(
+        queue_id=sa.bindparam("queue_id"),
+        state=sa.bindparam("state"),
+        state_since=sa.bindparam("state_since"),
+        due_at=sa.bindparam("due_at"),
+        envelope=sa.cast(sa.bindparam("envelope", type_=sa.Text), postgresql.JSONB),
+        message=sa.bindparam("message", type_=sa.LargeBinary),
+    )
+
+
+def _notify_statement() -> sa.Select:
+    return sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, ""))
+
+
+def _row(queue_id: str, state: str, envelope: Envelope, message: bytes) -> dict[str, Any]:
+    now = _utc(time.time())
+    return {
+        "queue_id": queue_id,
+        "state": state,
+        "state_since": now,
+        "due_at": now if state == _QUEUED else None,
+        "envelope": envelope.to_json().decode(),
+        "message": message,
+    }
+
+
+def _envelope_json(envelope: Envelope) -> Any:
+    return sa.cast(sa.literal(envelope.to_json().decode(), type_=sa.Text), postgresql.JSONB)
+
+
+def _unleased() -> sa.ColumnElement[bool]:
+    return sa.or_(messages.c.lease_until.is_(None), messages.c.lease_until < sa.func.now())
+
+
+def _entry(
+    queue_id: str, state: str, state_since: datetime.datetime, due_at: datetime.datetime | None, size: int
+) -> Entry:
+    message_state = MessageState(state)
+    moment = due_at if message_state == MessageState.DEFERRED and due_at is not None else state_since
+    return Entry(queue_id, message_state, moment.timestamp(), int(size or 0))
+
+
+def _is_connection_trouble(exc: sa.exc.DBAPIError) -> bool:
+    return bool(exc.connection_invalidated) or isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError))
+
+
+def _reason(exc: sa.exc.DBAPIError) -> str:
+    text = str(exc.orig or exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
