@@ -27,8 +27,9 @@ TESTS_REQUIRE = [
     "build",
     "twine",
 ]
-#: The database queue (mq_transaction.DatabaseQueue): SQLAlchemy Core and psycopg 3.
-POSTGRESQL_REQUIRE = ["SQLAlchemy>=2", "psycopg[binary]>=3"]
+#: The database queue (mq_transaction.DatabaseQueue): SQLAlchemy Core, psycopg 3, and
+#: zope.sqlalchemy for the same-transaction mode (QueuedMailer(queue, session=...)).
+POSTGRESQL_REQUIRE = ["SQLAlchemy>=2", "psycopg[binary]>=3", "zope.sqlalchemy"]
 BENCH_REQUIRE = ["zope.sendmail", "aiosmtpd"]
 
 setup(

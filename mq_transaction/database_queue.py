@@ -33,12 +33,14 @@ import select
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+import sqlalchemy.orm
 from sqlalchemy.dialects import postgresql
 from zope.interface import implementer
 
@@ -146,6 +148,7 @@ class DatabaseQueue:
         #: Who holds this process's claims, as ``mq-queue`` shows it: host, PID, token.
         self.lease_owner = f"{host_name or socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._schema_checked = False
+        self._checked_engines: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
         self._keeper: _LeaseKeeper | None = None
         self._keeper_lock = threading.Lock()
 
@@ -227,6 +230,33 @@ class DatabaseQueue:
         queue_id = new_queue_id(envelope.queued_at)
         connection.execute(_insert_statement(), _row(queue_id, MessageState.QUEUED.value, envelope, message))
         connection.execute(_notify_statement())
+        return queue_id
+
+    def insert_in_session(self, session: Any, envelope: Envelope, message: bytes, transaction_manager: Any) -> str:
+        """Queue a message through ``session``'s connection, in its database transaction.
+
+        ``session`` is the app's SQLAlchemy ``Session`` (or ``scoped_session``) joined to
+        ``transaction_manager`` by zope.sqlalchemy. The session is marked changed, so
+        zope.sqlalchemy commits it even when the app wrote nothing else. The first time a
+        database is seen, it must be this queue's database: a session bound elsewhere is
+        refused with :class:`ConfigurationError` (never two separate commits).
+        """
+        import zope.sqlalchemy
+
+        if isinstance(session, sa.orm.scoped_session):
+            session = session()
+        connection = session.connection()
+        if connection.engine not in self._checked_engines:
+            if not self.same_database(connection):
+                raise ConfigurationError(
+                    "mq.queue_session",
+                    f"the session's database {mask_url(connection.engine.url)} is not the queue's database "
+                    f"{self.location}: the mail would not commit with the app's rows; bind the session to the "
+                    "queue's database or drop session=",
+                )
+            self._checked_engines.add(connection.engine)
+        queue_id = self.insert(connection, envelope, message)
+        zope.sqlalchemy.mark_changed(session, transaction_manager=transaction_manager)
         return queue_id
 
     def same_database(self, connection: sa.Connection) -> bool:

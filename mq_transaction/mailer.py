@@ -27,6 +27,11 @@ class QueuedMailer:
     is the manager whose transactions ``send()`` joins (default: ``transaction.manager``,
     the thread-local one). ``default_sender`` is the envelope sender when ``send()`` is
     given none.
+
+    ``session`` (with a :class:`~mq_transaction.DatabaseQueue` in the same database) is
+    the app's SQLAlchemy session joined to the transaction by zope.sqlalchemy: ``send()``
+    then inserts the message through it, so it commits or rolls back with the app's rows
+    in one database commit, and no data manager of ours joins.
     """
 
     def __init__(
@@ -34,10 +39,16 @@ class QueuedMailer:
         queue: MessageQueue | str | os.PathLike,
         transaction_manager: transaction.interfaces.ITransactionManager | None = None,
         default_sender: str | None = None,
+        session: Any = None,
     ) -> None:
-        self.queue = queue if isinstance(queue, MessageQueue) else MessageQueue(queue)
+        self.queue = MessageQueue(queue) if isinstance(queue, (str, os.PathLike)) else queue
         self.transaction_manager = transaction_manager or transaction.manager
         self.default_sender = default_sender
+        #: The app's SQLAlchemy session (zope.sqlalchemy-joined), for a database queue: send()
+        #: then inserts through it, so the mail commits in the app's own database commit.
+        self.session = session
+        if session is not None and not hasattr(self.queue, "insert_in_session"):
+            raise TypeError(f"session= needs a DatabaseQueue, not {self.queue!r}")
 
     def prepare(self, message: object, sender: str | None = None, recipients: Recipients = None) -> PreparedMessage:
         """Validate and return what would be queued, without queueing it."""
@@ -50,6 +61,11 @@ class QueuedMailer:
         becomes deliverable only when the transaction commits; an abort removes it.
         """
         prepared = self.prepare(message, sender, recipients)
+        if self.session is not None:
+            _active_transaction(self.transaction_manager)
+            return self.queue.insert_in_session(  # type: ignore[union-attr]
+                self.session, _envelope(prepared), prepared.message, self.transaction_manager
+            )
         manager = self._join()
         try:
             queue_id = self.queue.write_tmp(_envelope(prepared), prepared.message)
@@ -78,16 +94,7 @@ def join_transaction(owner: object, transaction_manager: Any, make_manager: Call
     :class:`NoTransactionError` rather than losing the mail. A data manager unjoined by a
     rollback to a savepoint older than it (its ``joined`` turned False) joins again.
     """
-    try:
-        txn = transaction_manager.get()
-    except NoTransaction:
-        raise NoTransactionError(
-            "send() needs an active transaction: call transaction_manager.begin() first, "
-            "or use enqueue() to queue without one"
-        ) from None
-    status = str(getattr(txn, "status", "Active"))
-    if status not in ("Active", "Doomed"):
-        raise NoTransactionError(f"send() cannot join a transaction that is {status.lower()}")
+    txn = _active_transaction(transaction_manager)
     try:
         manager = txn.data(owner)
     except KeyError:
@@ -99,6 +106,21 @@ def join_transaction(owner: object, transaction_manager: Any, make_manager: Call
         manager.joined = True
     txn.join(manager)
     return manager
+
+
+def _active_transaction(transaction_manager: Any) -> Any:
+    """The manager's current transaction; :class:`NoTransactionError` when there is none to join."""
+    try:
+        txn = transaction_manager.get()
+    except NoTransaction:
+        raise NoTransactionError(
+            "send() needs an active transaction: call transaction_manager.begin() first, "
+            "or use enqueue() to queue without one"
+        ) from None
+    status = str(getattr(txn, "status", "Active"))
+    if status not in ("Active", "Doomed"):
+        raise NoTransactionError(f"send() cannot join a transaction that is {status.lower()}")
+    return txn
 
 
 def _envelope(prepared: PreparedMessage) -> Envelope:
