@@ -228,8 +228,7 @@ class DatabaseQueue:
         transaction commits: this is the same-transaction mode.
         """
         queue_id = new_queue_id(envelope.queued_at)
-        connection.execute(_insert_statement(), _row(queue_id, MessageState.QUEUED.value, envelope, message))
-        connection.execute(_notify_statement())
+        connection.execute(_INSERT_AND_NOTIFY, _row(queue_id, MessageState.QUEUED.value, envelope, message))
         return queue_id
 
     def insert_in_session(self, session: Any, envelope: Envelope, message: bytes, transaction_manager: Any) -> str:
@@ -241,7 +240,7 @@ class DatabaseQueue:
         database is seen, it must be this queue's database: a session bound elsewhere is
         refused with :class:`ConfigurationError` (never two separate commits).
         """
-        import zope.sqlalchemy
+        import zope.sqlalchemy  # type: ignore[import-untyped]  # no type hints shipped
 
         if isinstance(session, sa.orm.scoped_session):
             session = session()
@@ -724,7 +723,7 @@ class NotificationWatcher:
     def _connect(self) -> bool:
         try:
             raw = self.queue.engine.raw_connection()
-            connection = raw.driver_connection
+            connection: Any = raw.driver_connection
             raw.detach()  # ours for good: never handed back to the pool in LISTEN state
             connection.autocommit = True
             cursor = connection.cursor()
@@ -814,8 +813,17 @@ def _insert_statement() -> sa.Insert:
     )
 
 
+def _insert_and_notify_statement() -> sa.Select:
+    # One statement, so queueing in the app's transaction costs one round trip.
+    inserted = _insert_statement().returning(messages.c.queue_id).cte("inserted")
+    return sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, "")).select_from(inserted)
+
+
 def _notify_statement() -> sa.Select:
     return sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, ""))
+
+
+_INSERT_AND_NOTIFY = _insert_and_notify_statement()
 
 
 def _row(queue_id: str, state: str, envelope: Envelope, message: bytes) -> dict[str, Any]:

@@ -63,7 +63,8 @@ class QueuedMailer:
         prepared = self.prepare(message, sender, recipients)
         if self.session is not None:
             _active_transaction(self.transaction_manager)
-            return self.queue.insert_in_session(  # type: ignore[union-attr]
+            database_queue: Any = self.queue  # a DatabaseQueue, checked in __init__
+            return database_queue.insert_in_session(
                 self.session, _envelope(prepared), prepared.message, self.transaction_manager
             )
         manager = self._join()

@@ -59,12 +59,15 @@ def free_port() -> int:
 class PostgresServer:
     """A private PostgreSQL server in a temporary directory, on 127.0.0.1.
 
+    ``durable=False`` (the tests) turns fsync off; the benchmarks keep PostgreSQL's defaults.
+
     ``url(dbname)`` is an SQLAlchemy URL for the psycopg 3 driver; ``restart()`` runs
     ``pg_ctl restart`` (fast mode: open connections are cut, as in a fail-over).
     """
 
-    def __init__(self, bindir: str) -> None:
+    def __init__(self, bindir: str, durable: bool = False) -> None:
         self.bindir = bindir
+        self.durable = durable
         self.as_root = os.geteuid() == 0
         self.base = tempfile.mkdtemp(prefix="mq-test-postgres-")
         self.datadir = os.path.join(self.base, "data")
@@ -92,11 +95,9 @@ class PostgresServer:
         """Start the server on a free port (a new one on first start, the same one after)."""
         for attempt in itertools.count():
             self.port = self.port or free_port()
-            options = (
-                f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base} "
-                # A throw-away server: durability is not what these tests measure.
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-            )
+            options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base} -c max_connections=200"
+            if not self.durable:  # a throw-away server: durability is not what the tests measure
+                options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             try:
                 self._run("pg_ctl", "-D", self.datadir, "-l", self.logfile, "-o", options, "-w", "-t", "60", "start")
                 return
