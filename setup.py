@@ -16,6 +16,7 @@ TESTS_REQUIRE = [
     "WebTest",
     "ruff",
     "mypy",
+    "mypy-zope",
     "pyramid_tm",
     "pyramid_retry",
     "zope.sqlalchemy",

@@ -11,9 +11,10 @@ from . import operator
 from .config import load_settings, setup_logging
 from .durations import parse_duration
 from .errors import ConfigurationError, MailQueueError
-from .queue import DEFERRED, FAILED, STATES, MessageQueue
+from .interfaces import IMailQueue
 from .sender import open_queue
 from .settings import Settings, key
+from .states import STATES, MessageState
 
 EX_OK, EX_PROBLEM, EX_USAGE = 0, 1, 2
 #: The subcommands, as build_parser() declares them.
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         return EX_USAGE
 
 
-def _status(queue: MessageQueue, settings: Settings, args: argparse.Namespace) -> int:
+def _status(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> int:
     report = operator.queue_status(queue, args.warn_age, settings.delivery_log, settings.delivery_log_format)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
@@ -140,7 +141,7 @@ def _status(queue: MessageQueue, settings: Settings, args: argparse.Namespace) -
     return EX_PROBLEM if report["over_warn_age"] else EX_OK
 
 
-def _list(queue: MessageQueue, settings: Settings, args: argparse.Namespace) -> int:
+def _list(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> int:
     records = operator.list_messages(queue, args.state)
     if args.json:
         print(json.dumps(records, indent=2, ensure_ascii=False))
@@ -151,7 +152,7 @@ def _list(queue: MessageQueue, settings: Settings, args: argparse.Namespace) -> 
     return EX_OK
 
 
-def _show(queue: MessageQueue, settings: Settings, args: argparse.Namespace) -> int:
+def _show(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> int:
     if args.raw:
         content = operator.raw_message(queue, args.id)
         sys.stdout.flush()
@@ -174,21 +175,25 @@ def _report(outcomes: list[operator.Outcome], nothing: str = "") -> int:
     return EX_OK if all(outcome.done for outcome in outcomes) else EX_PROBLEM
 
 
-def _retry(queue: MessageQueue, settings: Settings, args: argparse.Namespace) -> int:
-    states = [state for state, wanted in ((FAILED, args.all_failed), (DEFERRED, args.all_deferred)) if wanted]
+def _retry(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> int:
+    states = [
+        state
+        for state, wanted in ((MessageState.FAILED, args.all_failed), (MessageState.DEFERRED, args.all_deferred))
+        if wanted
+    ]
     ids = operator.check_ids(args.ids)
     return _report(operator.retry(queue, ids, states), f"no {' or '.join(states)} message to retry")
 
 
-def _hold(queue: MessageQueue, settings: Settings, args: argparse.Namespace) -> int:
+def _hold(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> int:
     return _report(operator.hold(queue, operator.check_ids(args.ids)))
 
 
-def _release(queue: MessageQueue, settings: Settings, args: argparse.Namespace) -> int:
+def _release(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> int:
     return _report(operator.release(queue, operator.check_ids(args.ids)))
 
 
-def _discard(queue: MessageQueue, settings: Settings, args: argparse.Namespace) -> int:
+def _discard(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> int:
     ids = operator.check_ids(args.ids)
     if not args.yes:
         if not sys.stdin.isatty():

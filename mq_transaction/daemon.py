@@ -9,80 +9,18 @@ SIGHUP reopens the log files. One daemon per queue, enforced by a lock file.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import errno
-import fcntl
 import logging
 import os
-import select
 import signal
 import socket
 import time
 from collections.abc import Callable
 
-from .errors import DaemonAlreadyRunning
+from .errors import DaemonAlreadyRunning  # noqa: F401 - importable from here, as before
 from .metrics import Metrics
 from .sender import RunResult, Sender
 
 log = logging.getLogger("mq_transaction.daemon")
-
-_IN_CREATE, _IN_MOVED_TO = 0x100, 0x80
-
-
-class Watcher:
-    """Waits for files to appear in a directory: inotify on Linux, else plain timeouts."""
-
-    def __init__(self, directory: str, wake_fd: int) -> None:
-        self.wake_fd = wake_fd
-        self.fd: int | None = None
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-            if fd < 0:
-                raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-            if libc.inotify_add_watch(fd, os.fsencode(directory), _IN_CREATE | _IN_MOVED_TO) < 0:
-                os.close(fd)
-                raise OSError(ctypes.get_errno(), "inotify_add_watch failed")
-            self.fd = fd
-        except (OSError, AttributeError) as exc:
-            log.info("inotify is not available (%s); polling %s instead", exc, directory)
-
-    @property
-    def mode(self) -> str:
-        """``inotify`` or ``polling``."""
-        return "inotify" if self.fd is not None else "polling"
-
-    def wait(self, timeout: float, poll_interval: float) -> None:
-        """Return when a file appears, the wake pipe is written, or ``timeout`` passes."""
-        fds = [self.wake_fd] + ([self.fd] if self.fd is not None else [])
-        if self.fd is None:
-            timeout = min(timeout, poll_interval)
-        try:
-            ready, _, _ = select.select(fds, [], [], max(0.0, timeout))
-        except InterruptedError:
-            return
-        for fd in ready:
-            _drain(fd)
-
-    def close(self) -> None:
-        """Stop watching."""
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def _drain(fd: int) -> None:
-    while True:
-        try:
-            if not os.read(fd, 65536):
-                return
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EINTR):
-                return
-            raise
 
 
 def notify_systemd(state: str) -> None:
@@ -142,7 +80,7 @@ class Daemon:
         self.clock = clock
         self.stopping = False
         self._reopen = False
-        self._lock_fd: int | None = None
+        self._locked = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.server_down_since: float | None = None
         self.server_retry_at = 0.0
@@ -153,18 +91,8 @@ class Daemon:
 
     def acquire_lock(self) -> None:
         """Take the queue's daemon lock, or raise :class:`DaemonAlreadyRunning`."""
-        path = self.queue.daemon_lock_path()
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise DaemonAlreadyRunning(
-                f"another mq-send --daemon is already running on {self.queue.path} (it holds {path})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        self.queue.daemon_lock()
+        self._locked = True
 
     def request_stop(self, *_args: object) -> None:
         """Finish the message in flight, then stop (the SIGTERM/SIGINT handler)."""
@@ -192,9 +120,9 @@ class Daemon:
 
     def run(self, ready: Callable[[], None] | None = None) -> int:
         """Serve until stopped; return 0."""
-        if self._lock_fd is None:
+        if not self._locked:
             self.acquire_lock()
-        watcher = Watcher(self.queue.state_dir_for_watching(), self._wake_r)
+        watcher = self.queue.watch(self._wake_r, self.poll_interval)
         housekeeping_at = metrics_at = 0.0
         first = True
         try:
@@ -210,7 +138,7 @@ class Daemon:
                     log.info(
                         "mq-send daemon ready: pid %d, queue %s, waking by %s, %d message(s) due",
                         os.getpid(),
-                        self.queue.path,
+                        self.queue.location,
                         watcher.mode,
                         len(due),
                     )
@@ -234,7 +162,7 @@ class Daemon:
                 if self.stopping:
                     break
                 self._close_if_idle()
-                watcher.wait(self._timeout(housekeeping_at, metrics_at), self.poll_interval)
+                watcher.wait(self._timeout(housekeeping_at, metrics_at))
         finally:
             notify_systemd("STOPPING=1")
             self.sender.close()

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Sequence
 
 from .errors import QueueWriteError
-from .queue import MessageQueue
+from .interfaces import IMailQueue
 
 log = logging.getLogger("mq_transaction")
 
@@ -28,7 +26,7 @@ class MailDataManager:
     ``tpc_finish``.
     """
 
-    def __init__(self, queue: MessageQueue, transaction_manager: object) -> None:
+    def __init__(self, queue: IMailQueue, transaction_manager: object) -> None:
         self.queue = queue
         self.transaction_manager = transaction_manager
         self.queue_ids: list[str] = []
@@ -45,7 +43,7 @@ class MailDataManager:
         self.queue_ids.append(queue_id)
 
     def _discard(self, queue_ids: list[str]) -> None:
-        self.queue.discard_tmp(queue_ids)
+        self.queue.discard(queue_ids)
 
     def abort(self, transaction: object) -> None:
         """Remove this transaction's messages from ``tmp/`` (any phase, any number of times)."""
@@ -72,31 +70,11 @@ class MailDataManager:
         """Publish: rename every message into ``new/`` and fsync it. Never raises."""
         self._finished = True
         try:
-            failures: Sequence[tuple[str, Exception]] = self.queue.publish(self.queue_ids)
-        except Exception as publish_error:  # noqa: BLE001 - tpc_finish must not raise
-            failures = [(queue_id, publish_error) for queue_id in self.queue_ids]
-        for queue_id, exc in failures:
-            new_dir = self.queue.state_dir_for_watching()
-            tmp_path = self.queue.tmp_path(queue_id)
-            if os.path.lexists(tmp_path):
-                log.critical(
-                    "transaction committed but queue id %s could not be published: %s; "
-                    "the message is still in %s: move it into %s/ by hand to send it",
-                    queue_id,
-                    exc,
-                    tmp_path,
-                    new_dir,
-                )
-            else:  # renamed, but the fsync of new/ failed: a crash now may lose it
-                log.critical(
-                    "transaction committed and queue id %s was published as %s, but the fsync "
-                    "of %s failed: %s; the message may be lost if the system crashes before "
-                    "it is sent",
-                    queue_id,
-                    os.path.join(new_dir, queue_id),
-                    new_dir,
-                    exc,
-                )
+            problems = self.queue.publish(self.queue_ids)
+        except Exception as exc:  # noqa: BLE001 - tpc_finish must not raise (publish promises not to)
+            problems = [(queue_id, f"could not be published: {exc}") for queue_id in self.queue_ids]
+        for queue_id, problem in problems:
+            log.critical("transaction committed, but queue id %s %s", queue_id, problem)
 
     def tpc_abort(self, transaction: object) -> None:
         """Remove this transaction's messages from ``tmp/``; silent after ``tpc_finish``."""

@@ -60,7 +60,7 @@ class IMailQueue(Interface):
 
     # -- the application's side: stage, then publish or discard --------------------------
 
-    def check_writable():  # type: ignore[misc] # zope.interface: methods are declared without self
+    def check_writable():
         """Raise ``QueueWriteError`` (saying what is wrong) unless this process can queue mail.
 
         Called at start-up, so a queue the application cannot write fails the
@@ -109,7 +109,7 @@ class IMailQueue(Interface):
 
     # -- the sender's side: due, claim, finish ---------------------------------------------
 
-    def recover_stale_claims():  # type: ignore[misc] # zope.interface: methods are declared without self
+    def recover_stale_claims():
         """Give the messages claimed by senders that died back to ``queued``; return their ids."""
 
     def due(now=None, flush=False):
@@ -121,7 +121,7 @@ class IMailQueue(Interface):
         gone.
         """
 
-    def next_retry_time():  # type: ignore[misc] # zope.interface: methods are declared without self
+    def next_retry_time():
         """The earliest next attempt time among ``deferred`` messages (Unix time), or None."""
 
     def claim(queue_id):
@@ -158,7 +158,7 @@ class IMailQueue(Interface):
         ``poll_interval`` seconds.
         """
 
-    def daemon_lock():  # type: ignore[misc] # zope.interface: methods are declared without self
+    def daemon_lock():
         """Take this queue's one-daemon lock for the life of the process, or raise
         ``DaemonAlreadyRunning`` naming the queue and who holds it.
 
@@ -171,6 +171,11 @@ class IMailQueue(Interface):
     def entries(state=None):
         """Every message in ``state`` (a ``MessageState``), or in every state, as ``Entry``
         records: states in the order of ``STATES``, oldest first within a state."""
+
+    def not_messages(state=None):
+        """Names of what the storage holds among the messages (of ``state``) that is no
+        message: for the directory queue, the paths of stray files (``hold/README``), so an
+        operator can be told. A queue that cannot hold such things returns ``[]``."""
 
     def find(queue_id):
         """The ``Entry`` of one message; raise ``UnknownQueueIdError`` when ``queue_id`` is
@@ -216,5 +221,5 @@ class IMailWatcher(Interface):
         ``timeout`` seconds passed (whichever is first). Spurious wake-ups are allowed;
         missed ones are not (beyond the poll interval)."""
 
-    def close():  # type: ignore[misc] # zope.interface: methods are declared without self
+    def close():
         """Stop watching and free what the watcher holds. Idempotent."""

@@ -69,7 +69,7 @@ class QueuedMailer:
             )
         manager = self._join()
         try:
-            queue_id = self.queue.write_tmp(_envelope(prepared), prepared.message)
+            queue_id = self.queue.stage(_envelope(prepared), prepared.message)
         except QueueWriteError as exc:
             manager.write_error = exc
             raise

@@ -13,7 +13,9 @@ import tempfile
 import time
 
 from .errors import ConfigurationError
-from .queue import STATES, MessageQueue, queued_time
+from .interfaces import IMailQueue
+from .queue import queued_time
+from .states import STATES, WAITING
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 
@@ -72,7 +74,7 @@ class Metrics:
             pass
         return counters, last_success
 
-    def write(self, queue: MessageQueue, now: float | None = None) -> None:
+    def write(self, queue: IMailQueue, now: float | None = None) -> None:
         """Write the metrics file atomically (temporary file, fsync, rename)."""
         now = time.time() if now is None else now
         counters, last_success = self._previous()
@@ -84,7 +86,7 @@ class Metrics:
         oldest = None
         for entry in queue.entries():
             counts[entry.state] += 1
-            if entry.state in ("queued", "deferred", "sending", "held"):
+            if entry.state in WAITING:
                 age = now - queued_time(entry.queue_id)
                 oldest = age if oldest is None else max(oldest, age)
         lines = [

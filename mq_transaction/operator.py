@@ -21,26 +21,14 @@ from . import queuefile
 from .delivery_log import logfmt_value, read_backwards
 from .durations import format_duration, iso_utc, parse_iso_utc
 from .errors import CorruptMessageError, UnknownQueueIdError
-from .queue import (
-    CORRUPT,
-    DEFERRED,
-    FAILED,
-    HELD,
-    QUEUED,
-    SENDING,
-    STATES,
-    Claim,
-    Entry,
-    MessageQueue,
-    is_queue_id,
-    queued_time,
-)
-from .queuefile import DELIVERED, PENDING, Envelope
+from .interfaces import IMailQueue
+from .queue import is_queue_id, queued_time
+from .queuefile import Envelope
+from .records import Claim, Entry
+from .states import STATES, WAITING, AttemptResult, MessageState, RecipientStatus
 
 log = logging.getLogger("mq_transaction.operator")
 
-#: States whose messages are still to be delivered: their age is what ``--warn-age`` checks.
-WAITING = (QUEUED, DEFERRED, SENDING, HELD)
 #: The keys of one message in ``mq-queue list --json``, in order (docs/mq-queue.md).
 LIST_FIELDS = (
     "id",
@@ -79,8 +67,8 @@ def check_ids(values: Iterable[str]) -> list[str]:
     return list(checked)
 
 
-def find(queue: MessageQueue, queue_id: str) -> Entry:
-    """The entry of a message, through :meth:`MessageQueue.find`.
+def find(queue: IMailQueue, queue_id: str) -> Entry:
+    """The entry of a message, through :meth:`IMailQueue.find`.
 
     Raises :class:`UnknownQueueIdError` for a value that is not a queue id, and
     :class:`MessageNotFoundError` for an id of no message of this queue.
@@ -105,7 +93,7 @@ class MessageView:
     problem: str | None = None
 
 
-def view(queue: MessageQueue, entry: Entry) -> MessageView | None:
+def view(queue: IMailQueue, entry: Entry) -> MessageView | None:
     """Read a listed message without locking it; None when it left the queue meanwhile.
 
     A file that cannot be decoded gives what can be known: the envelope when its own
@@ -128,7 +116,7 @@ def view(queue: MessageQueue, entry: Entry) -> MessageView | None:
     return MessageView(entry, envelope, message)
 
 
-def views(queue: MessageQueue, state: str | None = None) -> Iterator[MessageView]:
+def views(queue: IMailQueue, state: str | None = None) -> Iterator[MessageView]:
     """Every message in ``state`` (or in all states), oldest first within a state."""
     for entry in queue.entries(state):
         found = view(queue, entry)
@@ -168,7 +156,7 @@ def last_error(envelope: Envelope) -> str | None:
 
 def next_attempt(found: MessageView) -> float | None:
     """When a deferred message is tried again (its file's mtime); None in every other state."""
-    return found.entry.mtime if found.entry.state == DEFERRED else None
+    return found.entry.mtime if found.entry.state == MessageState.DEFERRED else None
 
 
 def summary(found: MessageView) -> dict:
@@ -195,12 +183,12 @@ def summary(found: MessageView) -> dict:
     return record
 
 
-def list_messages(queue: MessageQueue, state: str | None = None) -> list[dict]:
+def list_messages(queue: IMailQueue, state: str | None = None) -> list[dict]:
     """Every message (of ``state``), as :func:`summary` records, by state then age."""
     return [summary(found) for found in views(queue, state)]
 
 
-def list_given(queue: MessageQueue, queue_ids: Iterable[str]) -> list[dict]:
+def list_given(queue: IMailQueue, queue_ids: Iterable[str]) -> list[dict]:
     """The :func:`summary` records of the given ids that name a message (to confirm a discard)."""
     records = []
     for queue_id in check_ids(queue_ids):
@@ -213,7 +201,7 @@ def list_given(queue: MessageQueue, queue_ids: Iterable[str]) -> list[dict]:
     return records
 
 
-def details(queue: MessageQueue, queue_id: str) -> dict:
+def details(queue: IMailQueue, queue_id: str) -> dict:
     """Everything ``mq-queue show`` prints: the summary, the attempts, the headers."""
     entry = find(queue, queue_id)
     found = view(queue, entry)
@@ -233,7 +221,7 @@ def details(queue: MessageQueue, queue_id: str) -> dict:
     return record
 
 
-def raw_message(queue: MessageQueue, queue_id: str) -> bytes:
+def raw_message(queue: IMailQueue, queue_id: str) -> bytes:
     """The message exactly as it will be sent; for a file that cannot be decoded, the whole file."""
     entry = find(queue, queue_id)
     try:
@@ -250,7 +238,7 @@ def raw_message(queue: MessageQueue, queue_id: str) -> bytes:
 
 
 def queue_status(
-    queue: MessageQueue,
+    queue: IMailQueue,
     warn_age: float | None = None,
     delivery_log: str | None = None,
     log_format: str = "logfmt",
@@ -284,7 +272,7 @@ def queue_status(
             replies = attempt.get("recipients")
             if isinstance(replies, dict) and any(str(reply).startswith("2") for reply in replies.values()):
                 last_delivery = _newer(last_delivery, attempt["at"], entry.queue_id, "queue")
-            if attempt.get("result") == FAILED:
+            if attempt.get("result") == AttemptResult.FAILED:
                 last_failure = _newer(last_failure, attempt["at"], entry.queue_id, "queue")
     if delivery_log:
         # The log is in time order: its newest delivery and newest failure end the search.
@@ -292,11 +280,11 @@ def queue_status(
         for record in read_backwards(delivery_log, log_format):
             recipients = record.get("recipients")
             if not seen_delivery and any(
-                isinstance(r, dict) and r.get("status") == DELIVERED for r in recipients or ()
+                isinstance(r, dict) and r.get("status") == RecipientStatus.DELIVERED for r in recipients or ()
             ):
                 seen_delivery = True
                 last_delivery = _newer(last_delivery, record.get("time"), record.get("queue_id"), "delivery_log")
-            if not seen_failure and record.get("state") == FAILED:
+            if not seen_failure and record.get("state") == AttemptResult.FAILED:
                 seen_failure = True
                 last_failure = _newer(last_failure, record.get("time"), record.get("queue_id"), "delivery_log")
             if seen_delivery and seen_failure:
@@ -349,10 +337,12 @@ class Outcome:
     text: str
 
 
-Action = Callable[[MessageQueue, Claim, Entry], str]
+Action = Callable[[IMailQueue, Claim, Entry], str]
 
 
-def _act(queue: MessageQueue, queue_id: str, actions: dict[str, Action], refusals: dict[str, str]) -> Outcome:
+def _act(
+    queue: IMailQueue, queue_id: str, actions: dict[MessageState, Action], refusals: dict[MessageState, str]
+) -> Outcome:
     """Find and lock one message, then apply the action for its state, or refuse."""
     try:
         entry = queue.find(queue_id)
@@ -383,57 +373,57 @@ def _decoded(claim: Claim) -> Envelope:
     return claim.envelope
 
 
-def _busy(queue: MessageQueue, queue_id: str, state: str) -> str:
+def _busy(queue: IMailQueue, queue_id: str, state: str) -> str:
     try:
         now = queue.find(queue_id)
     except UnknownQueueIdError:
         return f"queue id {queue_id} left the queue meanwhile (delivered or removed)"
-    if now.state == SENDING:
+    if now.state == MessageState.SENDING:
         return f"queue id {queue_id} is busy: a running mq-send is delivering it; try again later"
     return f"queue id {queue_id} is busy: it moved from {state} to {now.state} meanwhile; try again"
 
 
-def _queued_again(queue: MessageQueue, claim: Claim, entry: Entry) -> str:
+def _queued_again(queue: IMailQueue, claim: Claim, entry: Entry) -> str:
     _decoded(claim)
-    queue.operator_move(claim, entry.state, QUEUED)
-    return f"{entry.state} -> {QUEUED}"
+    queue.move(claim, entry.state, MessageState.QUEUED)
+    return f"{entry.state} -> {MessageState.QUEUED}"
 
 
-def _retry_failed(queue: MessageQueue, claim: Claim, entry: Entry) -> str:
+def _retry_failed(queue: IMailQueue, claim: Claim, entry: Entry) -> str:
     envelope = _decoded(claim)
-    reset = [r for r in envelope.recipients if r.status != DELIVERED]
+    reset = [r for r in envelope.recipients if r.status != RecipientStatus.DELIVERED]
     for recipient in reset:
-        recipient.status = PENDING
+        recipient.status = RecipientStatus.PENDING
     envelope.failure_reason = None
     envelope.next_attempt = None
-    queue.operator_move(claim, FAILED, QUEUED, rewrite=True)
-    kept = [r.address for r in envelope.recipients if r.status == DELIVERED]
-    text = f"{FAILED} -> {QUEUED}; to be sent to {', '.join(r.address for r in reset)}"
+    queue.move(claim, MessageState.FAILED, MessageState.QUEUED, envelope_changed=True)
+    kept = [r.address for r in envelope.recipients if r.status == RecipientStatus.DELIVERED]
+    text = f"{MessageState.FAILED} -> {MessageState.QUEUED}; to be sent to {', '.join(r.address for r in reset)}"
     return text + (f" (already delivered to {', '.join(kept)})" if kept else "")
 
 
-def _held(queue: MessageQueue, claim: Claim, entry: Entry) -> str:
+def _held(queue: IMailQueue, claim: Claim, entry: Entry) -> str:
     _decoded(claim)
-    queue.operator_move(claim, entry.state, HELD)
-    return f"{entry.state} -> {HELD}"
+    queue.move(claim, entry.state, MessageState.HELD)
+    return f"{entry.state} -> {MessageState.HELD}"
 
 
-def _released(queue: MessageQueue, claim: Claim, entry: Entry) -> str:
+def _released(queue: IMailQueue, claim: Claim, entry: Entry) -> str:
     # A message with nobody left to try was failed when it was held: it goes back there
     # (retry sends it again); anything else is due at once, whatever its old schedule.
-    target = QUEUED if _decoded(claim).undelivered() else FAILED
-    queue.operator_move(claim, HELD, target)
-    return f"{HELD} -> {target}"
+    target = MessageState.QUEUED if _decoded(claim).undelivered() else MessageState.FAILED
+    queue.move(claim, MessageState.HELD, target)
+    return f"{MessageState.HELD} -> {target}"
 
 
-def _removed(queue: MessageQueue, claim: Claim, entry: Entry) -> str:
+def _removed(queue: IMailQueue, claim: Claim, entry: Entry) -> str:
     envelope = claim.envelope
     if envelope is None:
         try:
             envelope = queuefile.decode_envelope_only(queue.read_raw(entry))
         except (CorruptMessageError, OSError):
             envelope = None
-    queue.operator_remove(claim, entry.state)
+    queue.remove(claim, entry.state)
     if envelope is None:
         return f"discarded (was {entry.state}; Message-ID and recipients unknown)"
     recipients = ", ".join(f"{r.address} ({r.status})" for r in envelope.recipients)
@@ -441,7 +431,7 @@ def _removed(queue: MessageQueue, claim: Claim, entry: Entry) -> str:
 
 
 def _nothing(done: str) -> Action:
-    def action(queue: MessageQueue, claim: Claim, entry: Entry) -> str:
+    def action(queue: IMailQueue, claim: Claim, entry: Entry) -> str:
         return done
 
     return action
@@ -449,24 +439,37 @@ def _nothing(done: str) -> Action:
 
 _SENDING_ORPHAN = "its sender died; the next mq-send run puts it back in the queue"
 _CORRUPT = "only discard removes it"
-_RETRY = {DEFERRED: _queued_again, FAILED: _retry_failed, QUEUED: _nothing("already queued: due now")}
-_HOLD = {QUEUED: _held, DEFERRED: _held, FAILED: _held, HELD: _nothing("already held")}
-_RELEASE = {HELD: _released}
+_RETRY = {
+    MessageState.DEFERRED: _queued_again,
+    MessageState.FAILED: _retry_failed,
+    MessageState.QUEUED: _nothing("already queued: due now"),
+}
+_HOLD = {
+    MessageState.QUEUED: _held,
+    MessageState.DEFERRED: _held,
+    MessageState.FAILED: _held,
+    MessageState.HELD: _nothing("already held"),
+}
+_RELEASE = {MessageState.HELD: _released}
 _DISCARD = dict.fromkeys(STATES, _removed)
 _REFUSALS = {
-    "retry": {HELD: "release it instead (mq-queue release ID)", SENDING: _SENDING_ORPHAN, CORRUPT: _CORRUPT},
-    "hold": {SENDING: _SENDING_ORPHAN, CORRUPT: _CORRUPT},
+    "retry": {
+        MessageState.HELD: "release it instead (mq-queue release ID)",
+        MessageState.SENDING: _SENDING_ORPHAN,
+        MessageState.CORRUPT: _CORRUPT,
+    },
+    "hold": {MessageState.SENDING: _SENDING_ORPHAN, MessageState.CORRUPT: _CORRUPT},
     "release": {
-        QUEUED: "it is not held",
-        DEFERRED: "it is not held",
-        FAILED: "it is not held (retry sends it again)",
-        SENDING: _SENDING_ORPHAN,
-        CORRUPT: _CORRUPT,
+        MessageState.QUEUED: "it is not held",
+        MessageState.DEFERRED: "it is not held",
+        MessageState.FAILED: "it is not held (retry sends it again)",
+        MessageState.SENDING: _SENDING_ORPHAN,
+        MessageState.CORRUPT: _CORRUPT,
     },
 }
 
 
-def _apply(queue: MessageQueue, queue_ids: Iterable[str], verb: str, actions: dict, level: int) -> list[Outcome]:
+def _apply(queue: IMailQueue, queue_ids: Iterable[str], verb: str, actions: dict, level: int) -> list[Outcome]:
     outcomes = []
     for queue_id in check_ids(queue_ids):
         outcome = _act(queue, queue_id, actions, _REFUSALS.get(verb, {}))
@@ -477,7 +480,7 @@ def _apply(queue: MessageQueue, queue_ids: Iterable[str], verb: str, actions: di
     return outcomes
 
 
-def retry(queue: MessageQueue, queue_ids: Iterable[str] = (), states: Iterable[str] = ()) -> list[Outcome]:
+def retry(queue: IMailQueue, queue_ids: Iterable[str] = (), states: Iterable[str] = ()) -> list[Outcome]:
     """Make messages due now: deferred -> queued; failed -> queued with every recipient not
     delivered reset to pending (so only they get it). ``states`` adds every message of
     those states (``failed``, ``deferred``)."""
@@ -485,17 +488,17 @@ def retry(queue: MessageQueue, queue_ids: Iterable[str] = (), states: Iterable[s
     return _apply(queue, everything, "retry", _RETRY, logging.INFO)
 
 
-def hold(queue: MessageQueue, queue_ids: Iterable[str]) -> list[Outcome]:
+def hold(queue: IMailQueue, queue_ids: Iterable[str]) -> list[Outcome]:
     """Keep messages aside (queued, deferred or failed -> held): never sent until released."""
     return _apply(queue, queue_ids, "hold", _HOLD, logging.INFO)
 
 
-def release(queue: MessageQueue, queue_ids: Iterable[str]) -> list[Outcome]:
+def release(queue: IMailQueue, queue_ids: Iterable[str]) -> list[Outcome]:
     """Held -> queued (due at once), or -> failed when no recipient is left to try."""
     return _apply(queue, queue_ids, "release", _RELEASE, logging.INFO)
 
 
-def discard(queue: MessageQueue, queue_ids: Iterable[str]) -> list[Outcome]:
+def discard(queue: IMailQueue, queue_ids: Iterable[str]) -> list[Outcome]:
     """Remove messages for good (any state; not one a sender holds), logging each at WARNING."""
     return _apply(queue, queue_ids, "discard", _DISCARD, logging.WARNING)
 

@@ -9,10 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .queuefile import DEFERRED, DELIVERED, FAILED, PENDING
-
-#: Why a message ended in ``failed/``.
-REJECTED, EXPIRED = "rejected", "expired"
+from .states import AttemptResult, FailureReason, RecipientStatus
 
 
 @dataclass(frozen=True)
@@ -42,16 +39,16 @@ class Settlement:
     true when the undelivered recipients must be marked failed for the lifetime.
     """
 
-    state: str
-    reason: str | None = None
+    state: AttemptResult
+    reason: FailureReason | None = None
     next_attempt: float | None = None
 
     @property
     def expired(self) -> bool:
-        return self.reason == EXPIRED
+        return self.reason == FailureReason.EXPIRED
 
 
-def settle(statuses: Iterable[str], queued_at: float, now: float, policy: RetryPolicy) -> Settlement:
+def settle(statuses: Iterable[RecipientStatus], queued_at: float, now: float, policy: RetryPolicy) -> Settlement:
     """Where a message goes, given every recipient's status after the attempt.
 
     Someone still to try (pending or deferred): ``deferred`` at now + backoff, or
@@ -59,14 +56,14 @@ def settle(statuses: Iterable[str], queued_at: float, now: float, policy: RetryP
     recipient refused: ``failed``/``rejected``. Everyone delivered: ``delivered``.
     """
     statuses = list(statuses)
-    if any(status in (PENDING, DEFERRED) for status in statuses):
+    if any(RecipientStatus(status).undelivered for status in statuses):
         age = now - queued_at
         if age >= policy.max_lifetime:
-            return Settlement(FAILED, EXPIRED)
-        return Settlement(DEFERRED, next_attempt=now + policy.backoff(age))
-    if FAILED in statuses:
-        return Settlement(FAILED, REJECTED)
-    return Settlement(DELIVERED)
+            return Settlement(AttemptResult.FAILED, FailureReason.EXPIRED)
+        return Settlement(AttemptResult.DEFERRED, next_attempt=now + policy.backoff(age))
+    if RecipientStatus.FAILED in statuses:
+        return Settlement(AttemptResult.FAILED, FailureReason.REJECTED)
+    return Settlement(AttemptResult.DELIVERED)
 
 
 def expiry_note(reply: str | None, age: float) -> str:

@@ -18,34 +18,22 @@ import secrets
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from zope.interface import implementer
 
 from . import queuefile
-from .errors import CorruptMessageError, QueueWriteError, UnknownQueueIdError
+from .errors import CorruptMessageError, DaemonAlreadyRunning, QueueWriteError, UnknownQueueIdError
+from .interfaces import IMailQueue
 from .queuefile import Envelope
+from .records import Claim, Entry
+from .states import STATE_DIRS, STATES, TMP_DIR, MessageState
+from .watcher import DirectoryWatcher
 
 log = logging.getLogger("mq_transaction.queue")
 
-# State name -> directory name. ``tmp`` holds uncommitted messages and is not a state
-# that the sender or the operator tool ever reads.
-TMP = "tmp"
-QUEUED, SENDING, DEFERRED, HELD, FAILED, CORRUPT = (
-    "queued",
-    "sending",
-    "deferred",
-    "held",
-    "failed",
-    "corrupt",
-)
-STATE_DIRS = {
-    QUEUED: "new",
-    SENDING: "sending",
-    DEFERRED: "deferred",
-    HELD: "hold",
-    FAILED: "failed",
-    CORRUPT: "corrupt",
-}
-STATES = tuple(STATE_DIRS)
+#: Where a message lies: a state, or ``TMP_DIR`` while its transaction has not committed.
+_Place = MessageState | str
 
 #: A queue id: UTC time of queueing to the microsecond, then 10 random hex digits.
 QUEUE_ID = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{10}$")
@@ -80,13 +68,10 @@ def is_queue_id(value: str) -> bool:
 
 
 @dataclass
-class Claim:
-    """A message this process holds in ``sending/``, locked until it moves on."""
+class FileClaim(Claim):
+    """A claim on a queue file: the open descriptors whose ``flock`` holds it."""
 
-    queue_id: str
-    envelope: Envelope
-    message: bytes
-    _fds: list[int]
+    _fds: list[int] = field(default_factory=list)
 
     def release(self) -> None:
         """Close the claim's file descriptors (dropping its locks)."""
@@ -94,18 +79,9 @@ class Claim:
             os.close(self._fds.pop())
 
 
-@dataclass(frozen=True)
-class Entry:
-    """A message found in a state directory, as the operator tool lists it."""
-
-    queue_id: str
-    state: str
-    mtime: float
-    size: int
-
-
+@implementer(IMailQueue)
 class MessageQueue:
-    """A maildir-style queue directory.
+    """A maildir-style queue directory: the directory implementation of ``IMailQueue``.
 
     ``MessageQueue(path)`` creates the layout when missing. ``group_access=True`` makes
     directories 0770 and files 0660 (for a web app and a sender running as different
@@ -115,11 +91,13 @@ class MessageQueue:
 
     def __init__(self, path: str | os.PathLike, *, group_access: bool = False, fsync: bool = True) -> None:
         self.path = os.path.abspath(os.fspath(path))
+        self.location = self.path
+        self._daemon_lock_fd: int | None = None
         self.fsync = fsync
         self.group_access = group_access
         self.dir_mode = 0o770 if group_access else 0o700
         self.file_mode = 0o660 if group_access else 0o600
-        self._dirs = {name: os.path.join(self.path, name) for name in (TMP, *STATE_DIRS.values())}
+        self._dirs = {name: os.path.join(self.path, name) for name in (TMP_DIR, *STATE_DIRS.values())}
         for directory in (self.path, *self._dirs.values()):
             try:
                 os.mkdir(directory, self.dir_mode)
@@ -136,11 +114,11 @@ class MessageQueue:
 
     # -- paths (private: no other module builds them) -------------------------------
 
-    def _state_dir(self, state: str) -> str:
+    def _state_dir(self, state: MessageState) -> str:
         return self._dirs[STATE_DIRS[state]]
 
-    def _file(self, state: str, queue_id: str) -> str:
-        return os.path.join(self._dirs[TMP if state == TMP else STATE_DIRS[state]], queue_id)
+    def _file(self, place: _Place, queue_id: str) -> str:
+        return os.path.join(self._dirs[TMP_DIR if place == TMP_DIR else STATE_DIRS[MessageState(place)]], queue_id)
 
     def _sync_dir(self, directory: str) -> None:
         if not self.fsync:
@@ -186,57 +164,77 @@ class MessageQueue:
             raise QueueWriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
         return fd
 
-    def write_tmp(self, envelope: Envelope, message: bytes) -> str:
+    def stage(self, envelope: Envelope, message: bytes) -> str:
         """Write a message durably into ``tmp/`` and return its new queue id."""
         content = queuefile.encode(envelope, message)
         while True:
             queue_id = new_queue_id(envelope.queued_at)
             try:
-                os.close(self._write_new_file(self._file(TMP, queue_id), content))
+                os.close(self._write_new_file(self._file(TMP_DIR, queue_id), content))
                 return queue_id
             except QueueWriteError as exc:
                 if isinstance(exc.__cause__, FileExistsError):
                     continue
                 raise
 
-    def publish(self, queue_ids: list[str]) -> list[tuple[str, OSError]]:
-        """Move committed messages from ``tmp/`` to ``new/`` (the commit), then fsync ``new/``.
-
-        Never raises: returns ``(queue id, error)`` for each message that could not be
-        published, so the caller can report it.
-        """
+    def _publish(self, queue_ids: list[str]) -> list[tuple[str, OSError]]:
+        """Rename from ``tmp/`` into ``new/``, then fsync ``new/``; return the failures."""
         failures: list[tuple[str, OSError]] = []
         for queue_id in queue_ids:
             try:
-                os.rename(self._file(TMP, queue_id), self._file(QUEUED, queue_id))
+                os.rename(self._file(TMP_DIR, queue_id), self._file(MessageState.QUEUED, queue_id))
             except OSError as exc:
                 failures.append((queue_id, exc))
         try:
-            self._sync_dir(self._state_dir(QUEUED))
+            self._sync_dir(self._state_dir(MessageState.QUEUED))
         except OSError as exc:
             failures.extend((queue_id, exc) for queue_id in queue_ids)
         return failures
 
-    def tmp_path(self, queue_id: str) -> str:
-        """Where an uncommitted message lies (for error reports that help recovery)."""
-        return self._file(TMP, queue_id)
+    def publish(self, queue_ids: list[str]) -> list[tuple[str, str]]:
+        """Move committed messages from ``tmp/`` to ``new/`` (the commit), then fsync ``new/``.
 
-    def discard_tmp(self, queue_ids: list[str]) -> None:
+        Never raises: returns ``(queue id, problem)`` for each message that could not be
+        published durably, the problem saying where the message is and what to do.
+        """
+        try:
+            failures = self._publish(queue_ids)
+        except Exception as unexpected:  # noqa: BLE001 - the commit's last step must not raise
+            failures = [(queue_id, OSError(str(unexpected))) for queue_id in queue_ids]
+        problems = []
+        new_dir = self._state_dir(MessageState.QUEUED)
+        for queue_id, exc in failures:
+            staged = self._file(TMP_DIR, queue_id)
+            if os.path.lexists(staged):
+                problem = (
+                    f"could not be published: {exc}; the message is still in {staged}: "
+                    f"move it into {new_dir}/ by hand to send it"
+                )
+            else:  # renamed, but the fsync of new/ failed: a crash now may lose it
+                published = self._file(MessageState.QUEUED, queue_id)
+                problem = (
+                    f"was published as {published}, but the fsync of {new_dir} failed: {exc}; "
+                    "the message may be lost if the system crashes before it is sent"
+                )
+            problems.append((queue_id, problem))
+        return problems
+
+    def discard(self, queue_ids: list[str]) -> None:
         """Remove uncommitted messages from ``tmp/`` (the abort); missing files are fine."""
         for queue_id in queue_ids:
-            _unlink_quietly(self._file(TMP, queue_id))
+            _unlink_quietly(self._file(TMP_DIR, queue_id))
 
     def enqueue(self, envelope: Envelope, message: bytes) -> str:
         """Write a message and publish it at once (no transaction); return its queue id."""
-        queue_id = self.write_tmp(envelope, message)
-        for _queue_id, exc in self.publish([queue_id]):
+        queue_id = self.stage(envelope, message)
+        for _queue_id, exc in self._publish([queue_id]):
             # Not durably queued: withdraw it, so that a caller who retries sends it once.
-            self.discard_tmp([queue_id])
-            _unlink_quietly(self._file(QUEUED, queue_id))
+            self.discard([queue_id])
+            _unlink_quietly(self._file(MessageState.QUEUED, queue_id))
             raise QueueWriteError(f"cannot publish queue id {queue_id}: {exc.strerror or exc}") from exc
         return queue_id
 
-    def cleanup_tmp(self, max_age: float, now: float | None = None) -> list[str]:
+    def cleanup(self, max_age: float, now: float | None = None) -> list[str]:
         """Remove files older than ``max_age`` seconds from ``tmp/``, and stale ``.*.rewrite`` files.
 
         These are the leftovers of processes killed mid-request or mid-rewrite; nothing
@@ -245,7 +243,7 @@ class MessageQueue:
         now = time.time() if now is None else now
         removed = []
         for directory in self._dirs.values():
-            in_tmp = directory == self._dirs[TMP]
+            in_tmp = directory == self._dirs[TMP_DIR]
             for entry in _scan(directory, dotfiles=True):
                 if not in_tmp and not (entry.name.startswith(".") and entry.name.endswith(".rewrite")):
                     continue
@@ -267,7 +265,7 @@ class MessageQueue:
         process, so an unlocked file in ``sending/`` is an orphan.
         """
         recovered = []
-        for entry in _scan(self._state_dir(SENDING)):
+        for entry in _scan(self._state_dir(MessageState.SENDING)):
             try:
                 fd = _open_locked(entry.path)
             except OSError as exc:
@@ -277,7 +275,7 @@ class MessageQueue:
                 continue
             try:
                 if _same_file(fd, entry.path):
-                    os.rename(entry.path, self._file(QUEUED, entry.name))
+                    os.rename(entry.path, self._file(MessageState.QUEUED, entry.name))
                     recovered.append(entry.name)
                     log.warning("queue id %s: its sender died mid-delivery; back in the queue", entry.name)
             except FileNotFoundError:
@@ -285,16 +283,16 @@ class MessageQueue:
             finally:
                 os.close(fd)
         if recovered:
-            self._sync_dir(self._state_dir(QUEUED))
-            self._sync_dir(self._state_dir(SENDING))
+            self._sync_dir(self._state_dir(MessageState.QUEUED))
+            self._sync_dir(self._state_dir(MessageState.SENDING))
         return recovered
 
     def due(self, now: float | None = None, flush: bool = False) -> list[str]:
         """Queue ids of messages due for delivery, oldest first: all of ``new/`` and the
         deferred ones whose retry time has come (all deferred ones with ``flush``)."""
         now = time.time() if now is None else now
-        ids = [e.name for e in _scan(self._state_dir(QUEUED))]
-        for entry in _scan(self._state_dir(DEFERRED)):
+        ids = [e.name for e in _scan(self._state_dir(MessageState.QUEUED))]
+        for entry in _scan(self._state_dir(MessageState.DEFERRED)):
             try:
                 if flush or entry.stat().st_mtime <= now:
                     ids.append(entry.name)
@@ -306,7 +304,7 @@ class MessageQueue:
     def next_retry_time(self) -> float | None:
         """The earliest retry time among deferred messages, or None when there are none."""
         times = []
-        for entry in _scan(self._state_dir(DEFERRED)):
+        for entry in _scan(self._state_dir(MessageState.DEFERRED)):
             try:
                 times.append(entry.stat().st_mtime)
             except FileNotFoundError:
@@ -320,13 +318,13 @@ class MessageQueue:
         :class:`CorruptMessageError` (after moving the file to ``corrupt/``) when the
         file cannot be decoded.
         """
-        target = self._file(SENDING, queue_id)
-        for state in (QUEUED, DEFERRED):
+        target = self._file(MessageState.SENDING, queue_id)
+        for state in (MessageState.QUEUED, MessageState.DEFERRED):
             source = self._file(state, queue_id)
             try:
                 fd = _open_locked(source)
             except OSError as exc:
-                self._move(queue_id, state, CORRUPT)
+                self._move(queue_id, state, MessageState.CORRUPT)
                 raise CorruptMessageError(
                     f"queue id {queue_id}: cannot read it ({exc.strerror}); moved to corrupt"
                 ) from exc
@@ -342,12 +340,12 @@ class MessageQueue:
                 envelope, message = queuefile.decode(content)
             except (CorruptMessageError, OSError) as exc:
                 os.close(fd)
-                self._move(queue_id, SENDING, CORRUPT)
+                self._move(queue_id, MessageState.SENDING, MessageState.CORRUPT)
                 raise CorruptMessageError(f"queue id {queue_id}: {exc}; moved to corrupt") from exc
-            return Claim(queue_id, envelope, message, [fd])
+            return FileClaim(queue_id, envelope, message, [fd])
         return None
 
-    def _rewrite(self, claim: Claim, state: str, mtime: float | None = None) -> None:
+    def _rewrite(self, claim: Claim, state: MessageState, mtime: float | None = None) -> None:
         """Replace the claimed file in ``state`` with one holding the claim's new envelope.
 
         The replacement is locked before it is published, so a sweeper never mistakes it
@@ -357,22 +355,20 @@ class MessageQueue:
         scratch = os.path.join(os.path.dirname(path), f".{claim.queue_id}.rewrite")
         _unlink_quietly(scratch)
         fd = self._write_new_file(scratch, queuefile.encode(claim.envelope, claim.message), mtime, lock=True)
-        claim._fds.append(fd)
+        _file_claim(claim)._fds.append(fd)
         os.rename(scratch, path)
 
-    def _move(self, queue_id: str, source: str, target: str, mtime: float | None = None) -> None:
+    def _move(self, queue_id: str, source: MessageState, target: MessageState) -> None:
         source_path = self._file(source, queue_id)
         target_path = self._file(target, queue_id)
-        if mtime is not None:
-            os.utime(source_path, (mtime, mtime))
         os.rename(source_path, target_path)
         self._sync_dir(self._state_dir(target))
         self._sync_dir(self._state_dir(source))
 
     def finish_delivered(self, claim: Claim) -> None:
         """The message reached every recipient: remove it, durably, at once."""
-        os.unlink(self._file(SENDING, claim.queue_id))
-        self._sync_dir(self._state_dir(SENDING))
+        os.unlink(self._file(MessageState.SENDING, claim.queue_id))
+        self._sync_dir(self._state_dir(MessageState.SENDING))
         claim.release()
 
     def finish_deferred(self, claim: Claim, next_attempt: float) -> None:
@@ -381,33 +377,33 @@ class MessageQueue:
         The file's mtime is its next attempt time.
         """
         claim.envelope.next_attempt = next_attempt
-        self._rewrite(claim, SENDING, mtime=next_attempt)
-        self._move(claim.queue_id, SENDING, DEFERRED)
+        self._rewrite(claim, MessageState.SENDING, mtime=next_attempt)
+        self._move(claim.queue_id, MessageState.SENDING, MessageState.DEFERRED)
         claim.release()
 
     def finish_failed(self, claim: Claim) -> None:
         """A recipient was refused for good or the message expired: move to ``failed/``."""
         claim.envelope.next_attempt = None
-        self._rewrite(claim, SENDING)
-        self._move(claim.queue_id, SENDING, FAILED)
+        self._rewrite(claim, MessageState.SENDING)
+        self._move(claim.queue_id, MessageState.SENDING, MessageState.FAILED)
         claim.release()
 
     def unclaim(self, claim: Claim, envelope_changed: bool = False) -> None:
         """Give a claimed message back to ``new/`` untouched in its schedule (server-level
         failure, or shutdown before it was tried)."""
         if envelope_changed:
-            self._rewrite(claim, SENDING)
-        self._move(claim.queue_id, SENDING, QUEUED)
+            self._rewrite(claim, MessageState.SENDING)
+        self._move(claim.queue_id, MessageState.SENDING, MessageState.QUEUED)
         claim.release()
 
     # -- the operator's side -----------------------------------------------------------
 
-    def entries(self, state: str | None = None) -> Iterator[Entry]:
+    def entries(self, state: MessageState | str | None = None) -> Iterator[Entry]:
         """Every message in ``state`` (or in all states), oldest first within a state.
 
         A file whose name is not a queue id is no message: see :meth:`not_messages`.
         """
-        for name in [state] if state else STATES:
+        for name in [MessageState(state)] if state else STATES:
             found = []
             for entry in _scan(self._state_dir(name)):
                 if not is_queue_id(entry.name):
@@ -419,14 +415,14 @@ class MessageQueue:
                 found.append(Entry(entry.name, name, info.st_mtime, info.st_size))
             yield from sorted(found, key=lambda e: e.queue_id)
 
-    def not_messages(self, state: str | None = None) -> list[str]:
+    def not_messages(self, state: MessageState | str | None = None) -> list[str]:
         """Paths of what lies in the state directories (of ``state``) and is no message: a
         file whose name is not a queue id (``hold/README``), a directory, a symbolic link.
 
         Dot-files are the queue's own scratch files and are not listed.
         """
         found = []
-        for name in [state] if state else STATES:
+        for name in [MessageState(state)] if state else STATES:
             directory = self._state_dir(name)
             try:
                 with os.scandir(directory) as entries:
@@ -477,33 +473,53 @@ class MessageQueue:
         if fd is None:
             return None
         try:
-            envelope, message = queuefile.decode(_read_all(fd)) if entry.state != CORRUPT else (None, b"")
+            envelope, message = queuefile.decode(_read_all(fd)) if entry.state != MessageState.CORRUPT else (None, b"")
         except CorruptMessageError:
             envelope, message = None, b""
-        return Claim(entry.queue_id, envelope, message, [fd])  # type: ignore[arg-type]
+        return FileClaim(entry.queue_id, envelope, message, [fd])  # type: ignore[arg-type] # None: see Claim
 
-    def operator_move(
-        self, claim: Claim, source: str, target: str, mtime: float | None = None, rewrite: bool = False
-    ) -> None:
+    def move(self, claim: Claim, source: MessageState, target: MessageState, envelope_changed: bool = False) -> None:
         """Move a locked message between states on an operator's request."""
-        if rewrite:
-            self._rewrite(claim, source, mtime)
-        self._move(claim.queue_id, source, target, mtime)
+        if envelope_changed:
+            self._rewrite(claim, source)
+        self._move(claim.queue_id, source, target)
         claim.release()
 
-    def operator_remove(self, claim: Claim, state: str) -> None:
+    def remove(self, claim: Claim, state: MessageState) -> None:
         """Remove a locked message for good on an operator's request."""
         os.unlink(self._file(state, claim.queue_id))
         self._sync_dir(self._state_dir(state))
         claim.release()
 
-    def daemon_lock_path(self) -> str:
-        """The path of the lock file that allows one daemon per queue."""
-        return os.path.join(self.path, ".daemon.lock")
+    # -- the daemon's side -------------------------------------------------------------
 
-    def state_dir_for_watching(self, state: str = QUEUED) -> str:
-        """The directory to watch for new committed mail (for the daemon's inotify)."""
-        return self._state_dir(state)
+    def watch(self, wake_fd: int, poll_interval: float) -> DirectoryWatcher:
+        """Watch ``new/`` for committed mail (inotify; polling where it is missing)."""
+        return DirectoryWatcher(self._state_dir(MessageState.QUEUED), wake_fd, poll_interval)
+
+    def daemon_lock(self) -> None:
+        """Take ``.daemon.lock`` in the queue directory for the life of this process: one
+        daemon per queue directory. Raise :class:`DaemonAlreadyRunning` when another holds it."""
+        if self._daemon_lock_fd is not None:
+            return
+        path = os.path.join(self.path, ".daemon.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DaemonAlreadyRunning(
+                f"another mq-send --daemon is already running on {self.path} (it holds {path})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._daemon_lock_fd = fd
+
+
+def _file_claim(claim: Claim) -> FileClaim:
+    if not isinstance(claim, FileClaim):
+        raise TypeError(f"{claim!r} is not a claim of a MessageQueue")
+    return claim
 
 
 def _scan(directory: str, dotfiles: bool = False) -> Iterator[os.DirEntry]:

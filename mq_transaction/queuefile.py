@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from .durations import iso_utc, parse_iso_utc
 from .errors import CorruptMessageError
+from .states import RecipientStatus
 
 MAGIC = b"MQUEUE"
 VERSION = 1
@@ -27,23 +28,19 @@ MAX_FIRST_LINE = 96
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # made once: json.dumps makes one per call
 _string = _JSON.encode  # a str to a JSON string literal
 
-#: Recipient states stored in the envelope.
-PENDING, DELIVERED, DEFERRED, FAILED = "pending", "delivered", "deferred", "failed"
-RECIPIENT_STATUSES = (PENDING, DELIVERED, DEFERRED, FAILED)
-
 
 @dataclass
 class Recipient:
     """One envelope recipient and what became of it."""
 
     address: str
-    status: str = PENDING
+    status: RecipientStatus = RecipientStatus.PENDING
     reply: str | None = None  # the last reply for this recipient, e.g. "550 5.1.1 No such user"
 
     @property
     def undelivered(self) -> bool:
         """True while the message still has to go to this recipient."""
-        return self.status in (PENDING, DEFERRED)
+        return self.status.undelivered
 
 
 @dataclass
@@ -93,8 +90,10 @@ class Envelope:
         """Parse an envelope; raise :class:`CorruptMessageError` when it is malformed."""
         try:
             data = json.loads(raw.decode("utf-8"))
-            recipients = [Recipient(str(r["address"]), str(r["status"]), r.get("reply")) for r in data["recipients"]]
-            if not recipients or any(r.status not in RECIPIENT_STATUSES for r in recipients):
+            recipients = [
+                Recipient(str(r["address"]), RecipientStatus(r["status"]), r.get("reply")) for r in data["recipients"]
+            ]
+            if not recipients:
                 raise ValueError("bad recipient list")
             attempts = data.get("attempts") or []
             if not isinstance(attempts, list):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .queuefile import DEFERRED, DELIVERED, FAILED
+from .states import RecipientStatus
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 
@@ -27,17 +27,17 @@ class Reply:
         return f"{self.code} {' '.join(self.text.split())}".strip()
 
 
-def recipient_status(reply: Reply) -> str:
+def recipient_status(reply: Reply) -> RecipientStatus:
     """``delivered``, ``deferred`` or ``failed`` for a reply to RCPT TO or to the final dot.
 
     2xx delivered; 4xx deferred; 552 "too many recipients" (RFC 5321 4.5.3.1.10, often
     sent with 5.5.3) is temporary too; any other 5xx fails the recipient for good.
     """
     if 200 <= reply.code < 300:
-        return DELIVERED
+        return RecipientStatus.DELIVERED
     if 400 <= reply.code < 500 or is_too_many_recipients(reply):
-        return DEFERRED
-    return FAILED
+        return RecipientStatus.DEFERRED
+    return RecipientStatus.FAILED
 
 
 def is_too_many_recipients(reply: Reply) -> bool:

@@ -22,12 +22,14 @@ from .durations import iso_utc
 from .errors import ConfigurationError, CorruptMessageError
 from .exit_status import SendExit
 from .hooks import DeliveryEvent, Hooks, RecipientResult
+from .interfaces import IMailQueue
 from .policy import RetryPolicy, expiry_note, settle
-from .queue import Claim, MessageQueue
-from .queuefile import DEFERRED, DELIVERED, FAILED
+from .queue import MessageQueue
+from .records import Claim
 from .replies import reply_class
 from .settings import Settings
 from .smtp import ConnectionLost, DialogSMTP, Outcome, ServerConfig, ServerError, close_session, open_session
+from .states import AttemptResult, RecipientStatus
 
 log = logging.getLogger("mq_transaction.sender")
 
@@ -105,7 +107,7 @@ class Sender:
         settings: Settings,
         *,
         hooks: Hooks | None = None,
-        queue: MessageQueue | None = None,
+        queue: IMailQueue | None = None,
         delivery_log: DeliveryLog | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -174,7 +176,7 @@ class Sender:
 
     def housekeeping(self, result: RunResult) -> None:
         """Remove stale ``tmp/`` files and give dead senders' claims back to the queue."""
-        self.queue.cleanup_tmp(self.settings.tmp_max_age, self.clock())
+        self.queue.cleanup(self.settings.tmp_max_age, self.clock())
         result.recovered += len(self.queue.recover_stale_claims())
 
     def close(self) -> None:
@@ -308,7 +310,7 @@ class Sender:
         if settlement.expired:
             age = now - envelope.queued_at
             for recipient in envelope.undelivered():
-                recipient.status = FAILED
+                recipient.status = RecipientStatus.FAILED
                 recipient.reply = expiry_note(recipient.reply, age)
         state, reason, next_attempt = settlement.state, settlement.reason, settlement.next_attempt
         envelope.failure_reason = reason
@@ -325,10 +327,10 @@ class Sender:
             }
         )
         # The new state is made durable before anything else (the duplicate window).
-        if state == DELIVERED:
+        if state == AttemptResult.DELIVERED:
             self.queue.finish_delivered(claim)
             result.delivered += 1
-        elif state == DEFERRED:
+        elif state == AttemptResult.DEFERRED:
             assert next_attempt is not None  # set with DEFERRED above
             self.queue.finish_deferred(claim, next_attempt)
             result.deferred += 1
@@ -356,11 +358,15 @@ class Sender:
             self.delivery_log.write(event, now)
         summary = "; ".join(f"{r.address}: {r.status} ({r.reply})" for r in event.recipients if r.tried)
         where = {
-            DELIVERED: "delivered, removed from the queue",
-            DEFERRED: f"deferred, next attempt at {iso_utc(event.next_attempt or now)}",
-            FAILED: f"moved to failed ({event.reason})",
-        }[event.state]
-        level = {DELIVERED: logging.INFO, DEFERRED: logging.WARNING, FAILED: logging.ERROR}[event.state]
+            AttemptResult.DELIVERED: "delivered, removed from the queue",
+            AttemptResult.DEFERRED: f"deferred, next attempt at {iso_utc(event.next_attempt or now)}",
+            AttemptResult.FAILED: f"moved to failed ({event.reason})",
+        }[AttemptResult(event.state)]
+        level = {
+            AttemptResult.DELIVERED: logging.INFO,
+            AttemptResult.DEFERRED: logging.WARNING,
+            AttemptResult.FAILED: logging.ERROR,
+        }[AttemptResult(event.state)]
         log.log(
             level,
             "queue id %s (Message-ID %s) attempt %d: %s; %s",

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-from .queuefile import DELIVERED
 from .replies import Reply, mail_from_concerns_message, recipient_status
+from .states import RecipientStatus
 
 log = logging.getLogger("mq_transaction.smtp")
 
@@ -78,7 +78,7 @@ class Outcome:
 
     replies: dict[str, Reply] = field(default_factory=dict)
 
-    def status(self, address: str) -> str:
+    def status(self, address: str) -> RecipientStatus:
         """``delivered``, ``deferred`` or ``failed`` for one recipient."""
         return recipient_status(self.replies[address])
 
@@ -235,7 +235,7 @@ class DialogSMTP(smtplib.SMTP):
                 if reply.code == 421:
                     raise ConnectionLost("server closed the session", reply)
                 outcome.replies[address] = reply
-            accepted = [a for a in recipients if outcome.status(a) == DELIVERED]
+            accepted = [a for a in recipients if outcome.status(a) == RecipientStatus.DELIVERED]
             if not accepted:
                 self._reset()
                 return outcome

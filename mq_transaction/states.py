@@ -46,6 +46,21 @@ class RecipientStatus(_StrEnum):
         return self in (RecipientStatus.PENDING, RecipientStatus.DEFERRED)
 
 
+class AttemptResult(_StrEnum):
+    """What one delivery attempt left a message as (an attempt record's ``result``, a hook's ``state``)."""
+
+    DELIVERED = "delivered"  #: every recipient has it: removed from the queue
+    DEFERRED = "deferred"  #: recipients remain to be tried: moved to deferred
+    FAILED = "failed"  #: nobody left to try and a recipient refused, or expired: moved to failed
+
+
+class FailureReason(_StrEnum):
+    """Why a message ended in ``failed`` (the envelope's ``failure_reason``)."""
+
+    REJECTED = "rejected"  #: a recipient was refused for good
+    EXPIRED = "expired"  #: still undelivered after ``mq.max_lifetime``
+
+
 #: Every message state, in the order listings and status counts show them.
 STATES: tuple[MessageState, ...] = tuple(MessageState)
 

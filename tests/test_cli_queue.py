@@ -16,8 +16,8 @@ import pytest
 from test_operator import REFUSED, build_queue, commit
 
 from mq_transaction import MessageQueue, cli_queue, operator
-from mq_transaction.queue import CORRUPT, DEFERRED, FAILED, HELD, QUEUED, SENDING, STATES
 from mq_transaction.sender import Sender
+from mq_transaction.states import STATES, MessageState
 
 MQ_QUEUE = [sys.executable, "-m", "mq_transaction.cli_queue"]
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "mq-queue.md"
@@ -163,11 +163,11 @@ def test_list_json_of_every_state_matches_the_documented_schema(capsys, built):
 def test_list_json_from_an_ini_file_in_a_subprocess(tmp_path, built):
     ini = tmp_path / "app.ini"
     ini.write_text(f"[app:main]\nuse = egg:nothing\nmq.queue_dir = {built.queue.path}\n")
-    done = run_mq_queue(ini, "list", "--json", "--state", FAILED)
+    done = run_mq_queue(ini, "list", "--json", "--state", MessageState.FAILED)
     assert done.returncode == 0, done.stderr
     (record,) = json.loads(done.stdout)
     assert schema_problems([record], documented_schema("list")) == []
-    assert record["id"] == built.ids[FAILED] and record["last_error"] == REFUSED
+    assert record["id"] == built.ids[MessageState.FAILED] and record["last_error"] == REFUSED
     assert [r["status"] for r in record["recipients"]] == ["delivered", "failed"]
 
 
@@ -181,17 +181,17 @@ def test_list_is_one_plain_line_per_message_without_a_terminal(capsys, built):
 def test_list_is_a_table_at_a_terminal(capsys, built, monkeypatch):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     monkeypatch.setenv("COLUMNS", "200")
-    status, out, _err = run(capsys, built, "list", "--state", DEFERRED)
+    status, out, _err = run(capsys, built, "list", "--state", MessageState.DEFERRED)
     assert status == 0
     header, row = out.splitlines()
     assert header.split()[:2] == ["ID", "STATE"] and "LAST ERROR" in header
-    assert row.split()[:2] == [built.ids[DEFERRED], DEFERRED] and "in " in row
+    assert row.split()[:2] == [built.ids[MessageState.DEFERRED], MessageState.DEFERRED] and "in " in row
 
 
 def test_list_of_an_empty_state_prints_nothing(capsys, built):
-    run(capsys, built, "discard", "--yes", built.ids[CORRUPT])
-    assert run(capsys, built, "list", "--state", CORRUPT) == (0, "", "")
-    assert run(capsys, built, "list", "--state", CORRUPT, "--json")[1] == "[]\n"
+    run(capsys, built, "discard", "--yes", built.ids[MessageState.CORRUPT])
+    assert run(capsys, built, "list", "--state", MessageState.CORRUPT) == (0, "", "")
+    assert run(capsys, built, "list", "--state", MessageState.CORRUPT, "--json")[1] == "[]\n"
 
 
 # -- status -----------------------------------------------------------------------------
@@ -203,7 +203,7 @@ def test_status_json_matches_the_documented_schema(capsys, built):
     report = json.loads(out)
     assert schema_problems(report, documented_schema("status")) == []
     assert report["counts"] == dict.fromkeys(STATES, 1)
-    assert report["last_failure"]["id"] == built.ids[FAILED]
+    assert report["last_failure"]["id"] == built.ids[MessageState.FAILED]
 
 
 def test_status_exits_1_when_a_waiting_message_is_older_than_warn_age(capsys, built):
@@ -263,7 +263,7 @@ def test_bad_warn_age_is_a_usage_error(capsys, built):
 
 
 def test_show_prints_the_envelope_the_attempts_and_the_headers(capsys, built):
-    status, out, _err = run(capsys, built, "show", built.ids[FAILED])
+    status, out, _err = run(capsys, built, "show", built.ids[MessageState.FAILED])
     assert status == 0
     for expected in ("state:        failed", "failure:      rejected", "attempts:", "headers:"):
         assert expected in out
@@ -279,8 +279,8 @@ def test_show_works_in_every_state(capsys, built, state):
 
 
 def test_show_raw_prints_the_stored_message_byte_for_byte(capsysbinary, built):
-    _envelope, message = built.queue.read(built.queue.find(built.ids[QUEUED]))
-    assert cli_queue.main(["--queue-dir", built.queue.path, "show", built.ids[QUEUED], "--raw"]) == 0
+    _envelope, message = built.queue.read(built.queue.find(built.ids[MessageState.QUEUED]))
+    assert cli_queue.main(["--queue-dir", built.queue.path, "show", built.ids[MessageState.QUEUED], "--raw"]) == 0
     assert capsysbinary.readouterr().out == message
 
 
@@ -289,10 +289,10 @@ def test_show_raw_in_a_subprocess_with_a_config_uri_fragment(tmp_path, built):
     mail_section = f"[app:mail]\nuse = egg:x\nmq.queue_dir = {built.queue.path}\n"
     ini.write_text(f"[app:main]\nuse = egg:x\nmq.queue_dir = /nowhere\n\n{mail_section}")
     done = subprocess.run(
-        [*MQ_QUEUE, f"{ini}#mail", "show", built.ids[HELD], "--raw"], capture_output=True, check=False
+        [*MQ_QUEUE, f"{ini}#mail", "show", built.ids[MessageState.HELD], "--raw"], capture_output=True, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout == built.queue.read(built.queue.find(built.ids[HELD]))[1]
+    assert done.stdout == built.queue.read(built.queue.find(built.ids[MessageState.HELD]))[1]
 
 
 def test_show_of_an_id_not_in_the_queue_exits_1(capsys, built):
@@ -305,26 +305,26 @@ def test_show_of_an_id_not_in_the_queue_exits_1(capsys, built):
 
 # (command, state) -> (exit status, the message's state afterwards; None: removed)
 EXPECTED = {
-    ("retry", QUEUED): (0, QUEUED),
-    ("retry", SENDING): (1, SENDING),
-    ("retry", DEFERRED): (0, QUEUED),
-    ("retry", HELD): (1, HELD),
-    ("retry", FAILED): (0, QUEUED),
-    ("retry", CORRUPT): (1, CORRUPT),
-    ("hold", QUEUED): (0, HELD),
-    ("hold", SENDING): (1, SENDING),
-    ("hold", DEFERRED): (0, HELD),
-    ("hold", HELD): (0, HELD),
-    ("hold", FAILED): (0, HELD),
-    ("hold", CORRUPT): (1, CORRUPT),
-    ("release", QUEUED): (1, QUEUED),
-    ("release", SENDING): (1, SENDING),
-    ("release", DEFERRED): (1, DEFERRED),
-    ("release", HELD): (0, QUEUED),
-    ("release", FAILED): (1, FAILED),
-    ("release", CORRUPT): (1, CORRUPT),
-    **{("discard", state): (0, None) for state in STATES if state != SENDING},
-    ("discard", SENDING): (1, SENDING),
+    ("retry", MessageState.QUEUED): (0, MessageState.QUEUED),
+    ("retry", MessageState.SENDING): (1, MessageState.SENDING),
+    ("retry", MessageState.DEFERRED): (0, MessageState.QUEUED),
+    ("retry", MessageState.HELD): (1, MessageState.HELD),
+    ("retry", MessageState.FAILED): (0, MessageState.QUEUED),
+    ("retry", MessageState.CORRUPT): (1, MessageState.CORRUPT),
+    ("hold", MessageState.QUEUED): (0, MessageState.HELD),
+    ("hold", MessageState.SENDING): (1, MessageState.SENDING),
+    ("hold", MessageState.DEFERRED): (0, MessageState.HELD),
+    ("hold", MessageState.HELD): (0, MessageState.HELD),
+    ("hold", MessageState.FAILED): (0, MessageState.HELD),
+    ("hold", MessageState.CORRUPT): (1, MessageState.CORRUPT),
+    ("release", MessageState.QUEUED): (1, MessageState.QUEUED),
+    ("release", MessageState.SENDING): (1, MessageState.SENDING),
+    ("release", MessageState.DEFERRED): (1, MessageState.DEFERRED),
+    ("release", MessageState.HELD): (0, MessageState.QUEUED),
+    ("release", MessageState.FAILED): (1, MessageState.FAILED),
+    ("release", MessageState.CORRUPT): (1, MessageState.CORRUPT),
+    **{("discard", state): (0, None) for state in STATES if state != MessageState.SENDING},
+    ("discard", MessageState.SENDING): (1, MessageState.SENDING),
 }
 
 
@@ -345,16 +345,20 @@ def test_every_command_in_every_state(capsys, built, command, state):
 
 
 def test_a_missing_id_among_others_exits_1_and_the_others_are_done(capsys, built):
-    status, out, err = run(capsys, built, "hold", ABSENT, built.ids[QUEUED])
+    status, out, err = run(capsys, built, "hold", ABSENT, built.ids[MessageState.QUEUED])
     assert status == 1
-    assert out == f"{built.ids[QUEUED]}: queued -> held\n"
+    assert out == f"{built.ids[MessageState.QUEUED]}: queued -> held\n"
     assert err == f"mq-queue: queue id {ABSENT} is not in the queue at {built.queue.path}\n"
 
 
 def test_retry_all_failed_and_all_deferred(capsys, built):
     status, out, _err = run(capsys, built, "retry", "--all-failed", "--all-deferred")
     assert status == 0 and len(out.splitlines()) == 2
-    assert state_of(built, built.ids[FAILED]) == state_of(built, built.ids[DEFERRED]) == QUEUED
+    assert (
+        state_of(built, built.ids[MessageState.FAILED])
+        == state_of(built, built.ids[MessageState.DEFERRED])
+        == MessageState.QUEUED
+    )
     assert run(capsys, built, "retry", "--all-failed") == (0, "no failed message to retry\n", "")
 
 
@@ -365,7 +369,7 @@ def test_retry_needs_ids_or_a_state(capsys, built):
 
 
 def test_retry_of_a_partly_delivered_failed_message_reaches_only_the_undelivered_recipient(capsys, built, smtp_sink):
-    queue_id = built.ids[FAILED]
+    queue_id = built.ids[MessageState.FAILED]
     status, out, _err = run(capsys, built, "retry", queue_id)
     assert status == 0
     assert (
@@ -384,7 +388,7 @@ def test_retry_of_a_partly_delivered_failed_message_reaches_only_the_undelivered
 @pytest.mark.parametrize("command", ["show", "retry", "hold", "release", "discard"])
 def test_a_value_that_is_not_a_queue_id_is_refused_and_nothing_is_done(capsys, built, command, value):
     before = {s: state_of(built, i) for s, i in built.ids.items()}
-    ids = [value] if command == "show" else [built.ids[QUEUED], value]
+    ids = [value] if command == "show" else [built.ids[MessageState.QUEUED], value]
     extra = ["--yes"] if command == "discard" else []
     status, out, err = run(capsys, built, command, *ids, *extra)
     assert (status, out) == (2, "")
@@ -396,30 +400,35 @@ def test_a_value_that_is_not_a_queue_id_is_refused_and_nothing_is_done(capsys, b
 def test_path_traversal_ids_are_refused_by_the_real_command(tmp_path, built, value):
     victim = tmp_path / "x"
     victim.write_text("not mail")
-    value = value.replace("ID", built.ids[QUEUED])
+    value = value.replace("ID", built.ids[MessageState.QUEUED])
     for command in (["show", value], ["discard", "--yes", value], ["hold", value]):
         done = run_mq_queue("--queue-dir", built.queue.path, *command)
         assert done.returncode == 2 and done.stdout == ""
         assert done.stderr.startswith("mq-queue: error: ") and done.stderr.count("\n") == 1
         assert "Traceback" not in done.stderr
-    assert victim.read_text() == "not mail" and state_of(built, built.ids[QUEUED]) == QUEUED
+    assert victim.read_text() == "not mail" and state_of(built, built.ids[MessageState.QUEUED]) == MessageState.QUEUED
 
 
 # -- discard ----------------------------------------------------------------------------
 
 
 def test_discard_without_yes_and_without_a_terminal_removes_nothing_and_exits_2(built):
-    done = run_mq_queue("--queue-dir", built.queue.path, "discard", built.ids[QUEUED], built.ids[FAILED])
+    done = run_mq_queue(
+        "--queue-dir", built.queue.path, "discard", built.ids[MessageState.QUEUED], built.ids[MessageState.FAILED]
+    )
     assert done.returncode == 2 and done.stdout == ""
     assert "--yes" in done.stderr and "Nothing was removed" in done.stderr
-    assert state_of(built, built.ids[QUEUED]) == QUEUED and state_of(built, built.ids[FAILED]) == FAILED
+    assert (
+        state_of(built, built.ids[MessageState.QUEUED]) == MessageState.QUEUED
+        and state_of(built, built.ids[MessageState.FAILED]) == MessageState.FAILED
+    )
 
 
 def test_discard_in_process_without_a_terminal_needs_yes(capsys, built, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))  # input there, but no terminal
-    status, _out, err = run(capsys, built, "discard", built.ids[QUEUED])
+    status, _out, err = run(capsys, built, "discard", built.ids[MessageState.QUEUED])
     assert status == 2 and "--yes" in err
-    assert state_of(built, built.ids[QUEUED]) == QUEUED
+    assert state_of(built, built.ids[MessageState.QUEUED]) == MessageState.QUEUED
 
 
 class Terminal(io.StringIO):
@@ -430,22 +439,22 @@ class Terminal(io.StringIO):
 @pytest.mark.parametrize(("answer", "removed"), [("y\n", True), ("yes\n", True), ("n\n", False), ("", False)])
 def test_discard_at_a_terminal_asks_first(capsys, built, monkeypatch, answer, removed):
     monkeypatch.setattr(sys, "stdin", Terminal(answer))
-    status, out, _err = run(capsys, built, "discard", built.ids[DEFERRED])
+    status, out, _err = run(capsys, built, "discard", built.ids[MessageState.DEFERRED])
     assert "Discard 1 message(s) for good? [y/N]" in out
-    assert out.startswith(f"{built.ids[DEFERRED]} deferred ")  # what would go, listed first
+    assert out.startswith(f"{built.ids[MessageState.DEFERRED]} deferred ")  # what would go, listed first
     assert status == (0 if removed else 1)
-    assert state_of(built, built.ids[DEFERRED]) == (None if removed else DEFERRED)
+    assert state_of(built, built.ids[MessageState.DEFERRED]) == (None if removed else MessageState.DEFERRED)
     if not removed:
         assert out.endswith("Nothing was removed.\n")
 
 
 def test_discard_prints_and_logs_what_it_removed(capsys, built, caplog):
     caplog.set_level(logging.INFO, logger="mq_transaction.operator")
-    message_id = operator.list_given(built.queue, [built.ids[FAILED]])[0]["message_id"]
-    status, out, _err = run(capsys, built, "discard", "--yes", built.ids[FAILED])
+    message_id = operator.list_given(built.queue, [built.ids[MessageState.FAILED]])[0]["message_id"]
+    status, out, _err = run(capsys, built, "discard", "--yes", built.ids[MessageState.FAILED])
     assert status == 0
     for text in (out, *(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)):
-        assert built.ids[FAILED] in text and message_id in text
+        assert built.ids[MessageState.FAILED] in text and message_id in text
         assert "ann@example.org (delivered), bad@example.org (failed)" in text
 
 
@@ -455,10 +464,13 @@ def test_discard_prints_and_logs_what_it_removed(capsys, built, caplog):
 def test_the_config_uri_is_optional_before_the_command(tmp_path, built):
     ini = tmp_path / "app.ini"
     ini.write_text(f"[app:main]\nuse = egg:x\nmq.queue_dir = {built.queue.path}\n")
-    for args in ([ini, "show", built.ids[QUEUED]], ["--queue-dir", built.queue.path, "show", built.ids[QUEUED]]):
+    for args in (
+        [ini, "show", built.ids[MessageState.QUEUED]],
+        ["--queue-dir", built.queue.path, "show", built.ids[MessageState.QUEUED]],
+    ):
         done = run_mq_queue(*args)
         assert done.returncode == 0, done.stderr
-        assert built.ids[QUEUED] in done.stdout
+        assert built.ids[MessageState.QUEUED] in done.stdout
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mq_transaction import MessageQueue, cli_send, queue, settings, smtp
+from mq_transaction import MessageQueue, cli_send, settings, smtp, states
 from mq_transaction.durations import parse_duration
 from mq_transaction.exit_status import SendExit
 from mq_transaction.metrics import Metrics
@@ -182,11 +182,11 @@ def test_core_pages_name_no_setting_that_does_not_exist():
 def test_every_state_and_its_directory_are_a_row_of_the_states_table():
     rows = table_rows(page("queue"), "| state | directory |")
     pairs = {(row[0], row[1]) for row in rows}
-    for state, directory in queue.STATE_DIRS.items():
+    for state, directory in states.STATE_DIRS.items():
         assert (f"`{state}`", f"`{directory}/`") in pairs, f"docs/queue.md's states table lacks {state} ({directory}/)"
-    assert any(row[1] == f"`{queue.TMP}/`" for row in rows), "docs/queue.md's states table lacks tmp/"
-    documented = {row[0].strip("`") for row in rows if row[1] != f"`{queue.TMP}/`"}
-    assert documented == set(queue.STATES), f"docs/queue.md's states table has unknown states {documented}"
+    assert any(row[1] == f"`{states.TMP_DIR}/`" for row in rows), "docs/queue.md's states table lacks tmp/"
+    documented = {row[0].strip("`") for row in rows if row[1] != f"`{states.TMP_DIR}/`"}
+    assert documented == set(states.STATES), f"docs/queue.md's states table has unknown states {documented}"
 
 
 def test_every_transition_in_the_queue_docs_is_a_method_of_the_queue():
@@ -235,5 +235,5 @@ def test_every_metric_is_in_the_operations_table_with_its_type_and_labels(tmp_pa
     assert set(rows) == set(written), (
         f"docs/operations.md lists metrics that are not written: {set(rows) - set(written)}"
     )
-    for state in queue.STATES:
+    for state in states.STATES:
         assert f"`{state}`" in rows["mq_messages"][2], f"the labels of mq_messages in the docs lack {state}"

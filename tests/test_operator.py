@@ -12,10 +12,11 @@ import transaction
 
 from mq_transaction import MessageQueue, QueuedMailer, UnknownQueueIdError, operator
 from mq_transaction.durations import iso_utc, parse_iso_utc
-from mq_transaction.queue import CORRUPT, DEFERRED, FAILED, HELD, QUEUED, SENDING, STATES, Claim
 from mq_transaction.queuefile import Envelope, encode
+from mq_transaction.records import Claim
 from mq_transaction.sender import Sender
 from mq_transaction.settings import parse_settings
+from mq_transaction.states import STATES, MessageState
 
 SENDER = "app@example.com"
 REFUSED = "550 5.1.1 no such user"
@@ -56,11 +57,11 @@ def build_queue(path, sink, **settings) -> Built:
     """
     queue = MessageQueue(path)
     ids = {
-        FAILED: commit(queue, ("ann@example.org", "bad@example.org"), "Partly delivered"),
-        DEFERRED: commit(queue, ("later@example.org",), "Deferred"),
-        CORRUPT: commit(queue, ("cid@example.org",), "Corrupt"),
+        MessageState.FAILED: commit(queue, ("ann@example.org", "bad@example.org"), "Partly delivered"),
+        MessageState.DEFERRED: commit(queue, ("later@example.org",), "Deferred"),
+        MessageState.CORRUPT: commit(queue, ("cid@example.org",), "Corrupt"),
     }
-    damaged = os.path.join(queue.path, "new", ids[CORRUPT])
+    damaged = os.path.join(queue.path, "new", ids[MessageState.CORRUPT])
     with open(damaged, "r+b") as handle:
         handle.truncate(os.path.getsize(damaged) - 5)
     sink.behaviour.rcpt_replies.update({"bad@example.org": REFUSED, "later@example.org": LATER})
@@ -68,11 +69,11 @@ def build_queue(path, sink, **settings) -> Built:
     result = Sender(run_settings, queue=queue).run()
     assert (result.failed, result.deferred, result.corrupt) == (1, 1, 1)
     sink.behaviour.rcpt_replies.clear()
-    ids[QUEUED] = commit(queue, ("dan@example.org",), "Queued")
-    ids[HELD] = commit(queue, ("eve@example.org",), "Held")
-    assert operator.hold(queue, [ids[HELD]])[0].done
-    ids[SENDING] = commit(queue, ("fay@example.org",), "Sending")
-    claim = queue.claim(ids[SENDING])
+    ids[MessageState.QUEUED] = commit(queue, ("dan@example.org",), "Queued")
+    ids[MessageState.HELD] = commit(queue, ("eve@example.org",), "Held")
+    assert operator.hold(queue, [ids[MessageState.HELD]])[0].done
+    ids[MessageState.SENDING] = commit(queue, ("fay@example.org",), "Sending")
+    claim = queue.claim(ids[MessageState.SENDING])
     assert claim is not None
     for state, queue_id in ids.items():
         assert queue.find(queue_id).state == state
@@ -102,7 +103,7 @@ def test_list_gives_every_message_of_every_state_with_the_documented_keys(built)
 
 
 def test_list_of_a_partly_delivered_failed_message_shows_each_recipients_fate(built):
-    record = by_id(operator.list_messages(built.queue, FAILED))[built.ids[FAILED]]
+    record = by_id(operator.list_messages(built.queue, MessageState.FAILED))[built.ids[MessageState.FAILED]]
     assert record["recipients"] == [
         {"address": "ann@example.org", "status": "delivered", "reply": "250 2.0.0 Message accepted"},
         {"address": "bad@example.org", "status": "failed", "reply": REFUSED},
@@ -113,14 +114,14 @@ def test_list_of_a_partly_delivered_failed_message_shows_each_recipients_fate(bu
     assert record["subject"] == "Partly delivered"
     assert record["sender"] == SENDER
     assert record["message_id"].startswith("<") and record["message_id"].endswith(">")
-    envelope, message = built.queue.read(built.queue.find(built.ids[FAILED]))
+    envelope, message = built.queue.read(built.queue.find(built.ids[MessageState.FAILED]))
     assert record["size"] == len(message)
     assert record["queued_at"] == iso_utc(envelope.queued_at)
 
 
 def test_list_of_a_deferred_message_gives_its_file_time_as_next_attempt(built):
-    entry = built.queue.find(built.ids[DEFERRED])
-    (record,) = operator.list_messages(built.queue, DEFERRED)
+    entry = built.queue.find(built.ids[MessageState.DEFERRED])
+    (record,) = operator.list_messages(built.queue, MessageState.DEFERRED)
     assert record["next_attempt"] == iso_utc(entry.mtime)
     assert parse_iso_utc(record["next_attempt"]) > time.time()
     assert record["last_error"] == LATER
@@ -128,8 +129,8 @@ def test_list_of_a_deferred_message_gives_its_file_time_as_next_attempt(built):
 
 
 def test_list_of_a_corrupt_message_gives_what_can_be_known_and_why(built):
-    (record,) = operator.list_messages(built.queue, CORRUPT)
-    assert record["state"] == CORRUPT
+    (record,) = operator.list_messages(built.queue, MessageState.CORRUPT)
+    assert record["state"] == MessageState.CORRUPT
     assert record["last_error"].startswith("corrupt: ") and "truncated" in record["last_error"]
     assert record["subject"] is None and record["size"] is None  # the message itself is not trusted
     assert record["sender"] == SENDER  # the envelope part of the file is intact
@@ -140,8 +141,8 @@ def test_a_file_that_is_garbage_lists_with_nulls_and_its_queued_time_from_the_id
     queue_id = commit(built.queue, ("gus@example.org",), "Garbage")
     with open(os.path.join(built.queue.path, "new", queue_id), "wb") as handle:
         handle.write(b"\x00garbage, not a queue file\n")
-    record = by_id(operator.list_messages(built.queue, QUEUED))[queue_id]
-    assert record["state"] == QUEUED  # a state is a directory; mq-send moves it aside when it gets there
+    record = by_id(operator.list_messages(built.queue, MessageState.QUEUED))[queue_id]
+    assert record["state"] == MessageState.QUEUED  # a state is a directory; mq-send moves it aside when it gets there
     for key in ("attempts", "sender", "recipients", "message_id", "subject", "size"):
         assert record[key] is None, key
     assert record["queued_at"].startswith(f"{queue_id[:4]}-{queue_id[4:6]}-{queue_id[6:8]}T")
@@ -150,7 +151,7 @@ def test_a_file_that_is_garbage_lists_with_nulls_and_its_queued_time_from_the_id
 
 def test_list_of_held_queued_and_sending_messages(built):
     records = by_id(operator.list_messages(built.queue))
-    for state in (HELD, QUEUED, SENDING):
+    for state in (MessageState.HELD, MessageState.QUEUED, MessageState.SENDING):
         record = records[built.ids[state]]
         assert record["attempts"] == 0 and record["last_error"] is None and record["next_attempt"] is None
         assert record["recipients"][0]["status"] == "pending"
@@ -168,7 +169,7 @@ def test_last_error_of_an_expired_message_carries_the_expiry_note(tmp_path, smtp
     smtp_sink.behaviour.rcpt_default = LATER
     later = time.time() + 6 * 86400
     Sender(make_settings(queue.path, smtp_sink.port), clock=lambda: later).run()
-    (record,) = operator.list_messages(queue, FAILED)
+    (record,) = operator.list_messages(queue, MessageState.FAILED)
     assert record["id"] == queue_id
     assert record["last_error"].startswith(LATER) and "(expired: undelivered after" in record["last_error"]
 
@@ -177,10 +178,10 @@ def test_last_error_of_an_expired_message_carries_the_expiry_note(tmp_path, smtp
 
 
 def test_details_hold_the_attempt_history_and_the_headers(built):
-    record = operator.details(built.queue, built.ids[FAILED])
+    record = operator.details(built.queue, built.ids[MessageState.FAILED])
     assert record["failure_reason"] == "rejected"
     (attempt,) = record["attempt_history"]
-    assert attempt["result"] == FAILED
+    assert attempt["result"] == MessageState.FAILED
     assert attempt["recipients"] == {"ann@example.org": "250 2.0.0 Message accepted", "bad@example.org": REFUSED}
     assert "Subject: Partly delivered" in record["headers"]
     assert any(line.startswith("Message-ID: ") for line in record["headers"])
@@ -190,10 +191,10 @@ def test_details_hold_the_attempt_history_and_the_headers(built):
 
 
 def test_raw_message_is_the_stored_message_and_a_corrupt_file_comes_whole(built):
-    _envelope, message = built.queue.read(built.queue.find(built.ids[QUEUED]))
-    assert operator.raw_message(built.queue, built.ids[QUEUED]) == message
-    entry = built.queue.find(built.ids[CORRUPT])
-    assert operator.raw_message(built.queue, built.ids[CORRUPT]) == built.queue.read_raw(entry)
+    _envelope, message = built.queue.read(built.queue.find(built.ids[MessageState.QUEUED]))
+    assert operator.raw_message(built.queue, built.ids[MessageState.QUEUED]) == message
+    entry = built.queue.find(built.ids[MessageState.CORRUPT])
+    assert operator.raw_message(built.queue, built.ids[MessageState.CORRUPT]) == built.queue.read_raw(entry)
 
 
 def test_details_of_an_absent_id_is_message_not_found(built):
@@ -224,10 +225,12 @@ def test_anything_but_a_queue_id_is_refused_before_anything_is_read(built, value
     assert not isinstance(caught.value, operator.MessageNotFoundError)
     for act in (operator.retry, operator.hold, operator.release, operator.discard):
         with pytest.raises(UnknownQueueIdError):
-            act(built.queue, [built.ids[QUEUED], value])
+            act(built.queue, [built.ids[MessageState.QUEUED], value])
     with pytest.raises(UnknownQueueIdError):
         operator.details(built.queue, value)
-    assert built.queue.find(built.ids[QUEUED]).state == QUEUED  # the valid id before it was not acted on
+    assert (
+        built.queue.find(built.ids[MessageState.QUEUED]).state == MessageState.QUEUED
+    )  # the valid id before it was not acted on
 
 
 def test_nothing_outside_the_queue_is_touched_through_a_symlink_or_a_dot_file(built, tmp_path):
@@ -235,7 +238,7 @@ def test_nothing_outside_the_queue_is_touched_through_a_symlink_or_a_dot_file(bu
     victim.write_bytes(encode(Envelope.new(SENDER, ["x@example.org"], time.time(), "<v@x>"), b"Subject: v\n\nv\n"))
     fake_id = "20261128T151136123456Z-0123456789"
     os.symlink(victim, os.path.join(built.queue.path, "new", fake_id))
-    with open(os.path.join(built.queue.path, "failed", "." + built.ids[QUEUED]), "wb") as handle:
+    with open(os.path.join(built.queue.path, "failed", "." + built.ids[MessageState.QUEUED]), "wb") as handle:
         handle.write(victim.read_bytes())
     assert fake_id not in by_id(operator.list_messages(built.queue))
     (outcome,) = operator.discard(built.queue, [fake_id])
@@ -243,11 +246,11 @@ def test_nothing_outside_the_queue_is_touched_through_a_symlink_or_a_dot_file(bu
     with pytest.raises(operator.MessageNotFoundError):
         operator.raw_message(built.queue, fake_id)
     assert victim.exists() and os.path.islink(os.path.join(built.queue.path, "new", fake_id))
-    assert len(operator.list_messages(built.queue, FAILED)) == 1  # the dot-file is no message
+    assert len(operator.list_messages(built.queue, MessageState.FAILED)) == 1  # the dot-file is no message
 
 
 def test_repeated_ids_are_acted_on_once(built):
-    outcomes = operator.hold(built.queue, [built.ids[QUEUED], built.ids[QUEUED]])
+    outcomes = operator.hold(built.queue, [built.ids[MessageState.QUEUED], built.ids[MessageState.QUEUED]])
     assert len(outcomes) == 1 and outcomes[0].done
 
 
@@ -255,11 +258,11 @@ def test_repeated_ids_are_acted_on_once(built):
 
 
 def test_retry_of_a_partly_delivered_failed_message_reaches_only_the_undelivered_recipient(built, smtp_sink):
-    queue_id = built.ids[FAILED]
+    queue_id = built.ids[MessageState.FAILED]
     (outcome,) = operator.retry(built.queue, [queue_id])
     assert outcome.done and "to be sent to bad@example.org" in outcome.text
     entry = built.queue.find(queue_id)
-    assert entry.state == QUEUED
+    assert entry.state == MessageState.QUEUED
     envelope, _ = built.queue.read(entry)
     assert [(r.address, r.status) for r in envelope.recipients] == [
         ("ann@example.org", "delivered"),
@@ -274,26 +277,33 @@ def test_retry_of_a_partly_delivered_failed_message_reaches_only_the_undelivered
 
 
 def test_retry_of_a_deferred_message_makes_it_due_at_the_next_run(built, smtp_sink):
-    (outcome,) = operator.retry(built.queue, [built.ids[DEFERRED]])
+    (outcome,) = operator.retry(built.queue, [built.ids[MessageState.DEFERRED]])
     assert outcome.done and outcome.text.endswith("deferred -> queued")
-    assert built.queue.find(built.ids[DEFERRED]).state == QUEUED
+    assert built.queue.find(built.ids[MessageState.DEFERRED]).state == MessageState.QUEUED
     Sender(built.settings, queue=built.queue).run()  # no --flush: it is due because it is queued
     assert any(m.rcpt_tos == ["later@example.org"] for m in smtp_sink.received)
 
 
 def test_retry_all_failed_and_all_deferred(built):
-    outcomes = operator.retry(built.queue, states=[FAILED, DEFERRED])
-    assert [(o.queue_id, o.done) for o in outcomes] == [(built.ids[FAILED], True), (built.ids[DEFERRED], True)]
-    assert operator.list_messages(built.queue, FAILED) == operator.list_messages(built.queue, DEFERRED) == []
+    outcomes = operator.retry(built.queue, states=[MessageState.FAILED, MessageState.DEFERRED])
+    assert [(o.queue_id, o.done) for o in outcomes] == [
+        (built.ids[MessageState.FAILED], True),
+        (built.ids[MessageState.DEFERRED], True),
+    ]
+    assert (
+        operator.list_messages(built.queue, MessageState.FAILED)
+        == operator.list_messages(built.queue, MessageState.DEFERRED)
+        == []
+    )
 
 
 @pytest.mark.parametrize(
     ("state", "done", "says"),
     [
-        (QUEUED, True, "already queued"),
-        (HELD, False, "release it instead"),
-        (SENDING, False, "busy: a running mq-send is delivering it"),
-        (CORRUPT, False, "only discard removes it"),
+        (MessageState.QUEUED, True, "already queued"),
+        (MessageState.HELD, False, "release it instead"),
+        (MessageState.SENDING, False, "busy: a running mq-send is delivering it"),
+        (MessageState.CORRUPT, False, "only discard removes it"),
     ],
 )
 def test_retry_in_other_states(built, state, done, says):
@@ -305,16 +315,16 @@ def test_retry_in_other_states(built, state, done, says):
 # -- hold and release ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("state", [QUEUED, DEFERRED, FAILED])
+@pytest.mark.parametrize("state", [MessageState.QUEUED, MessageState.DEFERRED, MessageState.FAILED])
 def test_hold_keeps_a_message_aside_and_release_gives_it_back(built, state):
     queue_id = built.ids[state]
     (outcome,) = operator.hold(built.queue, [queue_id])
     assert outcome.done and outcome.text.endswith(f"{state} -> held")
-    assert built.queue.find(queue_id).state == HELD
+    assert built.queue.find(queue_id).state == MessageState.HELD
     assert queue_id not in built.queue.due(flush=True)
     (outcome,) = operator.release(built.queue, [queue_id])
     # A failed message has nobody left to try: it goes back to failed, for retry to decide.
-    expected = FAILED if state == FAILED else QUEUED
+    expected = MessageState.FAILED if state == MessageState.FAILED else MessageState.QUEUED
     assert outcome.done and outcome.text.endswith(f"held -> {expected}")
     assert built.queue.find(queue_id).state == expected
 
@@ -322,14 +332,14 @@ def test_hold_keeps_a_message_aside_and_release_gives_it_back(built, state):
 @pytest.mark.parametrize(
     ("act", "state", "done", "says"),
     [
-        (operator.hold, HELD, True, "already held"),
-        (operator.hold, SENDING, False, "busy"),
-        (operator.hold, CORRUPT, False, "only discard removes it"),
-        (operator.release, QUEUED, False, "it is not held"),
-        (operator.release, DEFERRED, False, "it is not held"),
-        (operator.release, FAILED, False, "retry sends it again"),
-        (operator.release, SENDING, False, "busy"),
-        (operator.release, CORRUPT, False, "only discard removes it"),
+        (operator.hold, MessageState.HELD, True, "already held"),
+        (operator.hold, MessageState.SENDING, False, "busy"),
+        (operator.hold, MessageState.CORRUPT, False, "only discard removes it"),
+        (operator.release, MessageState.QUEUED, False, "it is not held"),
+        (operator.release, MessageState.DEFERRED, False, "it is not held"),
+        (operator.release, MessageState.FAILED, False, "retry sends it again"),
+        (operator.release, MessageState.SENDING, False, "busy"),
+        (operator.release, MessageState.CORRUPT, False, "only discard removes it"),
     ],
 )
 def test_hold_and_release_in_other_states_change_nothing(built, act, state, done, says):
@@ -340,24 +350,26 @@ def test_hold_and_release_in_other_states_change_nothing(built, act, state, done
 
 def test_an_orphan_in_sending_is_left_to_mq_send(built):
     built.claim.release()  # its "sender" died: the file stays in sending/, unlocked
-    (outcome,) = operator.retry(built.queue, [built.ids[SENDING]])
+    (outcome,) = operator.retry(built.queue, [built.ids[MessageState.SENDING]])
     assert not outcome.done and "its sender died" in outcome.text
 
 
 def test_hold_and_release_are_logged(built, caplog):
     caplog.set_level(logging.INFO, logger="mq_transaction.operator")
-    operator.hold(built.queue, [built.ids[QUEUED]])
-    operator.release(built.queue, [built.ids[QUEUED]])
+    operator.hold(built.queue, [built.ids[MessageState.QUEUED]])
+    operator.release(built.queue, [built.ids[MessageState.QUEUED]])
     assert [r.getMessage() for r in caplog.records if r.name == "mq_transaction.operator"] == [
-        f"queue id {built.ids[QUEUED]}: queued -> held (mq-queue hold)",
-        f"queue id {built.ids[QUEUED]}: held -> queued (mq-queue release)",
+        f"queue id {built.ids[MessageState.QUEUED]}: queued -> held (mq-queue hold)",
+        f"queue id {built.ids[MessageState.QUEUED]}: held -> queued (mq-queue release)",
     ]
 
 
 # -- discard ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("state", [QUEUED, DEFERRED, HELD, FAILED, CORRUPT])
+@pytest.mark.parametrize(
+    "state", [MessageState.QUEUED, MessageState.DEFERRED, MessageState.HELD, MessageState.FAILED, MessageState.CORRUPT]
+)
 def test_discard_removes_the_message_and_logs_what_it_removed(built, state, caplog):
     caplog.set_level(logging.INFO, logger="mq_transaction.operator")
     queue_id = built.ids[state]
@@ -370,19 +382,25 @@ def test_discard_removes_the_message_and_logs_what_it_removed(built, state, capl
     assert record.levelno == logging.WARNING
     text = record.getMessage()
     assert queue_id in text and f"was {state}" in text and message_id in text
-    recipient = {QUEUED: "dan", DEFERRED: "later", HELD: "eve", FAILED: "bad", CORRUPT: "cid"}[state]
+    recipient = {
+        MessageState.QUEUED: "dan",
+        MessageState.DEFERRED: "later",
+        MessageState.HELD: "eve",
+        MessageState.FAILED: "bad",
+        MessageState.CORRUPT: "cid",
+    }[state]
     assert f"{recipient}@example.org" in text
 
 
 def test_discard_leaves_a_message_a_sender_is_delivering(built):
-    (outcome,) = operator.discard(built.queue, [built.ids[SENDING]])
+    (outcome,) = operator.discard(built.queue, [built.ids[MessageState.SENDING]])
     assert not outcome.done and "busy" in outcome.text
-    assert built.queue.find(built.ids[SENDING]).state == SENDING
+    assert built.queue.find(built.ids[MessageState.SENDING]).state == MessageState.SENDING
 
 
 def test_one_missing_id_does_not_stop_the_others(built):
     missing = "20261128T151136123456Z-9f3a2b1c0d"
-    outcomes = operator.hold(built.queue, [missing, built.ids[QUEUED]])
+    outcomes = operator.hold(built.queue, [missing, built.ids[MessageState.QUEUED]])
     assert [o.done for o in outcomes] == [False, True]
     assert "is not in the queue" in outcomes[0].text
 
@@ -394,13 +412,13 @@ def test_status_counts_every_state_and_finds_the_oldest_and_the_last_events(buil
     report = operator.queue_status(built.queue)
     assert report["counts"] == dict.fromkeys(STATES, 1)
     assert report["total"] == 6
-    assert report["oldest"]["id"] == built.ids[DEFERRED]  # the oldest still to be delivered
+    assert report["oldest"]["id"] == built.ids[MessageState.DEFERRED]  # the oldest still to be delivered
     assert report["oldest"]["age_seconds"] >= 0
-    assert report["last_delivery"]["id"] == built.ids[FAILED]  # ann@example.org got it
+    assert report["last_delivery"]["id"] == built.ids[MessageState.FAILED]  # ann@example.org got it
     assert report["last_delivery"]["source"] == "queue"
     assert report["last_failure"] == {
-        "at": operator.details(built.queue, built.ids[FAILED])["attempt_history"][-1]["at"],
-        "id": built.ids[FAILED],
+        "at": operator.details(built.queue, built.ids[MessageState.FAILED])["attempt_history"][-1]["at"],
+        "id": built.ids[MessageState.FAILED],
         "source": "queue",
     }
     assert report["over_warn_age"] == 0 and report["warn_age_seconds"] is None
@@ -429,8 +447,10 @@ def test_status_reads_the_last_delivery_from_the_delivery_log(tmp_path, smtp_sin
         report = operator.queue_status(made.queue, delivery_log=str(log_file), log_format=fmt)
         assert report["last_delivery"]["id"] == gone
         assert report["last_delivery"]["source"] == "delivery_log"
-        assert report["last_failure"]["id"] == made.ids[FAILED]
-        assert operator.queue_status(made.queue)["last_delivery"]["id"] == made.ids[FAILED]  # the queue alone
+        assert report["last_failure"]["id"] == made.ids[MessageState.FAILED]
+        assert (
+            operator.queue_status(made.queue)["last_delivery"]["id"] == made.ids[MessageState.FAILED]
+        )  # the queue alone
     finally:
         made.claim.release()
 
@@ -443,7 +463,7 @@ def test_plain_list_is_one_line_per_message_and_the_table_fits_the_terminal(buil
     lines = operator.format_list_lines(records).splitlines()
     assert len(lines) == len(records)
     assert lines[0].startswith(f"{records[0]['id']} {records[0]['state']} queued_at=")
-    failed_line = next(line for line in lines if line.split()[1] == FAILED)
+    failed_line = next(line for line in lines if line.split()[1] == MessageState.FAILED)
     assert 'last_error="550 5.1.1 no such user"' in failed_line
     assert "recipients=ann@example.org:delivered,bad@example.org:failed" in failed_line
     table = operator.format_list_table(records, width=100).splitlines()
@@ -455,7 +475,7 @@ def test_status_text_for_pipes_and_for_terminals(built):
     report = operator.queue_status(built.queue, warn_age=60)
     plain = dict(line.split(" ", 1) for line in operator.format_status(report).splitlines())
     assert plain["failed"] == "1" and plain["total"] == "6" and plain["over_warn_age"] == "0"
-    assert plain["oldest_id"] == built.ids[DEFERRED]
+    assert plain["oldest_id"] == built.ids[MessageState.DEFERRED]
     table = operator.format_status(report, tty=True)
     assert table.splitlines()[0].split() == ["STATE", "MESSAGES"]
-    assert "last failure" in table and built.ids[FAILED] in table
+    assert "last failure" in table and built.ids[MessageState.FAILED] in table

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mq_transaction.policy import EXPIRED, REJECTED, RetryPolicy, Settlement, expiry_note, settle
+from mq_transaction.policy import RetryPolicy, Settlement, expiry_note, settle
+from mq_transaction.states import FailureReason
 
 DAY = 86400.0
 POLICY = RetryPolicy(min_backoff=300.0, max_backoff=3600.0, max_lifetime=5 * DAY)
@@ -16,17 +17,17 @@ NOW = 1_800_000_000.0
     [
         (["delivered"], 0.0, Settlement("delivered")),
         (["delivered", "delivered"], 10 * DAY, Settlement("delivered")),
-        (["failed"], 0.0, Settlement("failed", REJECTED)),
-        (["delivered", "failed"], 0.0, Settlement("failed", REJECTED)),
+        (["failed"], 0.0, Settlement("failed", FailureReason.REJECTED)),
+        (["delivered", "failed"], 0.0, Settlement("failed", FailureReason.REJECTED)),
         (["deferred"], 0.0, Settlement("deferred", next_attempt=NOW + 300.0)),
         (["deferred"], 1000.0, Settlement("deferred", next_attempt=NOW + 1000.0)),
         (["deferred"], 2 * DAY, Settlement("deferred", next_attempt=NOW + 3600.0)),
         (["pending", "delivered"], 0.0, Settlement("deferred", next_attempt=NOW + 300.0)),
         # a refused recipient beside a deferred one: the message waits for the deferred one
         (["failed", "deferred"], 0.0, Settlement("deferred", next_attempt=NOW + 300.0)),
-        (["deferred"], 5 * DAY, Settlement("failed", EXPIRED)),
-        (["delivered", "deferred"], 6 * DAY, Settlement("failed", EXPIRED)),
-        (["failed", "deferred"], 5 * DAY, Settlement("failed", EXPIRED)),
+        (["deferred"], 5 * DAY, Settlement("failed", FailureReason.EXPIRED)),
+        (["delivered", "deferred"], 6 * DAY, Settlement("failed", FailureReason.EXPIRED)),
+        (["failed", "deferred"], 5 * DAY, Settlement("failed", FailureReason.EXPIRED)),
         (["deferred"], 5 * DAY - 1, Settlement("deferred", next_attempt=NOW + 3600.0)),
     ],
 )

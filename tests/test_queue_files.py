@@ -266,14 +266,14 @@ def test_cleanup_tmp_removes_only_tmp_files_older_than_the_max_age(mail_queue):
     os.mkdir(os.path.join(tmp, "old-directory"))
     os.utime(os.path.join(tmp, "old-directory"), (now - 10 * max_age,) * 2)
 
-    assert mail_queue.cleanup_tmp(max_age, now=now) == ["stale"]
+    assert mail_queue.cleanup(max_age, now=now) == ["stale"]
     assert sorted(os.listdir(tmp)) == ["fresh", "old-directory"]
     assert os.listdir(new) == ["old-mail"]
 
 
 def test_cleanup_tmp_leaves_messages_of_open_transactions_alone(mail_queue):
-    queue_id = mail_queue.write_tmp(envelope(), MESSAGE)
-    assert mail_queue.cleanup_tmp(36 * 3600) == []
+    queue_id = mail_queue.stage(envelope(), MESSAGE)
+    assert mail_queue.cleanup(36 * 3600) == []
     assert os.listdir(os.path.join(mail_queue.path, "tmp")) == [queue_id]
 
 
@@ -314,7 +314,7 @@ def test_default_modes_are_0700_for_directories_and_0600_for_files(tmp_path, loo
     assert mode(queue.path) == 0o700
     assert {d: mode(os.path.join(queue.path, d)) for d in DIRECTORIES} == dict.fromkeys(DIRECTORIES, 0o700)
     assert mode(os.path.join(queue.path, "new", queue_id)) == 0o600
-    assert mode(os.path.join(queue.path, "tmp", queue.write_tmp(envelope(), MESSAGE))) == 0o600
+    assert mode(os.path.join(queue.path, "tmp", queue.stage(envelope(), MESSAGE))) == 0o600
 
 
 def test_group_access_makes_directories_0770_and_files_0660(tmp_path, strict_umask):
@@ -323,7 +323,7 @@ def test_group_access_makes_directories_0770_and_files_0660(tmp_path, strict_uma
     assert mode(queue.path) == 0o770
     assert {d: mode(os.path.join(queue.path, d)) for d in DIRECTORIES} == dict.fromkeys(DIRECTORIES, 0o770)
     assert mode(os.path.join(queue.path, "new", queue_id)) == 0o660
-    assert mode(os.path.join(queue.path, "tmp", queue.write_tmp(envelope(), MESSAGE))) == 0o660
+    assert mode(os.path.join(queue.path, "tmp", queue.stage(envelope(), MESSAGE))) == 0o660
 
 
 def test_opening_an_existing_queue_keeps_its_messages(tmp_path):

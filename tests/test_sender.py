@@ -14,9 +14,9 @@ from smtp_sinks import PASSWORD, USERNAME, free_port
 
 from mq_transaction import MessageQueue, QueuedMailer
 from mq_transaction.hooks import Hooks
-from mq_transaction.queue import DEFERRED, FAILED, QUEUED
 from mq_transaction.sender import Sender
 from mq_transaction.settings import parse_settings
+from mq_transaction.states import MessageState
 
 SENDER = "app@example.com"
 
@@ -103,7 +103,7 @@ def test_451_to_every_recipient_defers_then_delivers_once_after_recovery(queue, 
     result = Sender(settings).run()
     assert result.exit_status == 75
     entry = queue.find(queue_id)
-    assert entry.state == DEFERRED
+    assert entry.state == MessageState.DEFERRED
     assert before + 299 <= entry.mtime <= time.time() + 301  # next attempt after min_backoff
     envelope, _ = queue.read(entry)
     assert [r.status for r in envelope.recipients] == ["deferred", "deferred"]
@@ -127,7 +127,7 @@ def test_550_for_one_of_three_fails_it_and_delivers_the_others_once(queue, smtp_
     assert result.exit_status == 1
     assert [m.rcpt_tos for m in smtp_sink.received] == [["ann@example.org", "cid@example.org"]]
     entry = queue.find(queue_id)
-    assert entry.state == FAILED
+    assert entry.state == MessageState.FAILED
     envelope, _ = queue.read(entry)
     assert envelope.failure_reason == "rejected"
     assert {r.address: (r.status, r.reply) for r in envelope.recipients} == {
@@ -145,7 +145,7 @@ def test_4xx_for_one_of_three_retries_only_that_recipient(queue, smtp_sink):
     smtp_sink.behaviour.rcpt_replies["busy@example.org"] = "452 4.2.2 mailbox full"
     settings = make_settings(queue.path, smtp_sink.port)
     assert Sender(settings).run().exit_status == 75
-    assert queue.find(queue_id).state == DEFERRED
+    assert queue.find(queue_id).state == MessageState.DEFERRED
     smtp_sink.behaviour.rcpt_replies.clear()
     assert Sender(settings).run(flush=True).exit_status == 0
     assert [m.rcpt_tos for m in smtp_sink.received] == [
@@ -323,7 +323,7 @@ def test_message_still_undelivered_after_max_lifetime_fails_as_expired(queue, sm
     result = Sender(settings, clock=lambda: later).run()
     assert result.exit_status == 1
     entry = queue.find(queue_id)
-    assert entry.state == FAILED
+    assert entry.state == MessageState.FAILED
     envelope, _ = queue.read(entry)
     assert envelope.failure_reason == "expired"
     assert envelope.recipients[0].status == "failed"
@@ -373,8 +373,8 @@ def test_hooks_get_each_outcome_and_a_raising_hook_changes_nothing(queue, smtp_s
     assert events[1].reason == "rejected" and events[1].recipients[0].reply == "550 5.1.1 unknown"
     assert events[2].next_attempt is not None and events[2].attempt == 1
     assert events[0].message_id.startswith("<") and events[0].sender == SENDER
-    assert queue.find(bad_id).state == FAILED
-    assert queue.find(later_id).state == DEFERRED
+    assert queue.find(bad_id).state == MessageState.FAILED
+    assert queue.find(later_id).state == MessageState.DEFERRED
 
 
 def test_hooks_named_in_settings_are_called(queue, smtp_sink, tmp_path, monkeypatch):
@@ -429,7 +429,7 @@ def test_non_ascii_addresses_use_smtputf8(queue, smtp_sink):
     assert Sender(make_settings(queue.path, smtp_sink.port)).run().exit_status == 0
     assert smtp_sink.received[0].rcpt_tos == ["zoë@exämple.org"]
     assert states(queue) == {}
-    assert QUEUED  # the state constant exists for the table in docs
+    assert MessageState.QUEUED  # the state constant exists for the table in docs
 
 
 def test_parallel_connections_share_the_queue_without_duplicates(queue, smtp_sink):
@@ -466,4 +466,4 @@ def test_message_with_nobody_left_to_try_is_settled_without_smtp(queue, smtp_sin
     queue.unclaim(claim, envelope_changed=True)
     result = Sender(make_settings(queue.path, smtp_sink.port)).run()
     assert result.failed == 1 and result.connections == 0
-    assert queue.find(queue_id).state == FAILED
+    assert queue.find(queue_id).state == MessageState.FAILED

@@ -1,0 +1,80 @@
+"""The directory queue's wake-up for the daemon: inotify on ``new/``, polling where it is missing.
+
+``MessageQueue.watch()`` returns a :class:`DirectoryWatcher`; the daemon only sees the
+``IMailWatcher`` interface, so a database queue can wake it its own way (LISTEN/NOTIFY).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import select
+
+from zope.interface import implementer
+
+from .interfaces import IMailWatcher
+
+log = logging.getLogger("mq_transaction.daemon")
+
+_IN_CREATE, _IN_MOVED_TO = 0x100, 0x80
+
+
+@implementer(IMailWatcher)
+class DirectoryWatcher:
+    """Waits for files to appear in a directory: inotify on Linux, else plain timeouts."""
+
+    def __init__(self, directory: str, wake_fd: int, poll_interval: float) -> None:
+        self.wake_fd = wake_fd
+        self.poll_interval = poll_interval
+        self.fd: int | None = None
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+            if fd < 0:
+                raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+            if libc.inotify_add_watch(fd, os.fsencode(directory), _IN_CREATE | _IN_MOVED_TO) < 0:
+                os.close(fd)
+                raise OSError(ctypes.get_errno(), "inotify_add_watch failed")
+            self.fd = fd
+        except (OSError, AttributeError) as exc:
+            log.info("inotify is not available (%s); polling %s instead", exc, directory)
+
+    @property
+    def mode(self) -> str:
+        """``inotify`` or ``polling``."""
+        return "inotify" if self.fd is not None else "polling"
+
+    def wait(self, timeout: float) -> None:
+        """Return when a file appears, the wake pipe is written, or ``timeout`` passes."""
+        fds = [self.wake_fd] + ([self.fd] if self.fd is not None else [])
+        if self.fd is None:
+            timeout = min(timeout, self.poll_interval)
+        try:
+            ready, _, _ = select.select(fds, [], [], max(0.0, timeout))
+        except InterruptedError:
+            return
+        for fd in ready:
+            drain(fd)
+
+    def close(self) -> None:
+        """Stop watching."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def drain(fd: int) -> None:
+    """Read a non-blocking descriptor (a wake pipe, an inotify descriptor) until it is empty."""
+    while True:
+        try:
+            if not os.read(fd, 65536):
+                return
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EINTR):
+                return
+            raise

@@ -1,0 +1,60 @@
+"""Every queue implementation provides exactly the queue contract, checked by zope.interface."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from zope.interface.verify import verifyClass, verifyObject
+
+from mq_transaction import MessageQueue
+from mq_transaction.errors import DaemonAlreadyRunning
+from mq_transaction.interfaces import IMailQueue, IMailWatcher
+from mq_transaction.queuefile import Envelope
+
+
+def test_the_directory_queue_provides_the_queue_interface(tmp_path):
+    assert verifyClass(IMailQueue, MessageQueue)
+    assert verifyObject(IMailQueue, MessageQueue(tmp_path / "queue"))
+
+
+def test_the_directory_queue_watcher_provides_the_watcher_interface(tmp_path):
+    queue = MessageQueue(tmp_path / "queue")
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK)
+    watcher = queue.watch(wake_r, poll_interval=0.05)
+    try:
+        assert verifyObject(IMailWatcher, watcher)
+        os.write(wake_w, b"x")
+        watcher.wait(30.0)  # returns at once: the wake descriptor was written, and drains it
+        with pytest.raises(BlockingIOError):
+            os.read(wake_r, 1)
+    finally:
+        watcher.close()
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+def test_a_published_message_wakes_the_watcher_before_its_timeout(tmp_path):
+    queue = MessageQueue(tmp_path / "queue", fsync=False)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK)
+    watcher = queue.watch(wake_r, poll_interval=60.0)
+    try:
+        queue.enqueue(
+            Envelope.new("a@example.com", ["b@example.com"], time.time(), "<m@x>"), b"Subject: x\r\n\r\nx\r\n"
+        )
+        started = time.monotonic()
+        watcher.wait(30.0)
+        assert time.monotonic() - started < 10.0
+    finally:
+        watcher.close()
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+def test_a_second_daemon_lock_on_one_directory_queue_is_refused(tmp_path):
+    first = MessageQueue(tmp_path / "queue")
+    first.daemon_lock()
+    first.daemon_lock()  # the holder may ask again
+    with pytest.raises(DaemonAlreadyRunning, match="already running"):
+        MessageQueue(tmp_path / "queue").daemon_lock()
