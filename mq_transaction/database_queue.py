@@ -561,6 +561,10 @@ class DatabaseQueue:
         order = {name: index for index, name in enumerate(STATES)}
         yield from sorted(found, key=lambda entry: (order[entry.state], entry.queue_id))
 
+    def not_messages(self, state: MessageState | str | None = None) -> list[str]:
+        """A table holds only messages: nothing stray to report."""
+        return []
+
     def find(self, queue_id: str) -> Entry:
         """The entry of ``queue_id``, or :class:`UnknownQueueIdError`."""
         if not isinstance(queue_id, str) or not is_queue_id(queue_id):
