@@ -21,7 +21,6 @@ TESTS_REQUIRE = [
     "pyramid_retry",
     "zope.sqlalchemy",
     "pyramid_mailer",
-    "prometheus_client",
     "cryptography",
     "sphinx",
     "myst-parser",
@@ -48,6 +47,7 @@ setup(
         "zope.interface",
         "plaster_pastedeploy",
         "PasteDeploy",  # paste.deploy.converters.asbool: booleans read as Pyramid users expect
+        "prometheus_client",
     ],
     extras_require={
         "pyramid": ["pyramid>=2", "waitress"],
