@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test lint demo bench docs dist clean
+.PHONY: test test-fast lint demo bench docs dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ lint: $(VENV)/.installed-test
 
 test: lint docs
 	$(BIN)/python -m pytest
+
+# The quick loop while working: lint and every test not marked slow (`make test` runs them all).
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow"
 
 # The documentation site; warnings are errors. Part of `make test`, hence of CI.
 docs: $(VENV)/.installed-test

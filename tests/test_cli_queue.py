@@ -396,6 +396,7 @@ def test_a_value_that_is_not_a_queue_id_is_refused_and_nothing_is_done(capsys, b
     assert {s: state_of(built, i) for s, i in built.ids.items()} == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["../x", "/etc/passwd", ".hidden", "new/ID"])
 def test_path_traversal_ids_are_refused_by_the_real_command(tmp_path, built, value):
     victim = tmp_path / "x"
@@ -461,6 +462,7 @@ def test_discard_prints_and_logs_what_it_removed(capsys, built, caplog):
 # -- settings and usage -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_config_uri_is_optional_before_the_command(tmp_path, built):
     ini = tmp_path / "app.ini"
     ini.write_text(f"[app:main]\nuse = egg:x\nmq.queue_dir = {built.queue.path}\n")
@@ -532,6 +534,7 @@ def test_the_config_uri_slot_knows_every_command():
     assert tuple(commands.choices) == cli_queue.COMMANDS
 
 
+@pytest.mark.slow
 def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
     queue = MessageQueue(tmp_path / "queue", fsync=False)
     for number in range(400):  # more output than a pipe holds

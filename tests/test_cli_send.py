@@ -36,6 +36,7 @@ def write_ini(path, text):
     return path
 
 
+@pytest.mark.slow
 def test_reads_mq_settings_from_app_main_and_delivers(tmp_path, smtp_sink):
     fill_queue(tmp_path / "q", 3)
     ini = write_ini(
@@ -80,18 +81,21 @@ def test_bad_setting_is_a_one_line_error_naming_the_key_with_status_2(tmp_path, 
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_missing_queue_directory_is_a_configuration_error(tmp_path):
     done = run_mq_send("--queue-dir", tmp_path / "absent")
     assert done.returncode == 2
     assert "mq.queue_dir" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_unreadable_password_file_is_a_configuration_error(tmp_path):
     (tmp_path / "q").mkdir()
     done = run_mq_send("--queue-dir", tmp_path / "q", "--smtp-password-file", tmp_path / "nope")
     assert done.returncode == 2 and "mq.smtp_password_file" in done.stderr
 
 
+@pytest.mark.slow
 def test_exit_status_75_when_the_server_is_down_and_1_when_a_message_fails(tmp_path, smtp_sink):
     fill_queue(tmp_path / "q", 2)
     down = run_mq_send("--queue-dir", tmp_path / "q", "--smtp-host", "127.0.0.1", "--smtp-port", "1", "-q")
@@ -102,6 +106,7 @@ def test_exit_status_75_when_the_server_is_down_and_1_when_a_message_fails(tmp_p
     assert mixed.returncode == 1  # 1 wins over 75
 
 
+@pytest.mark.slow
 def test_max_messages_stops_after_n_attempts(tmp_path, smtp_sink):
     fill_queue(tmp_path / "q", 5)
     done = run_mq_send(
@@ -115,6 +120,7 @@ def _received_ids(sink):
     return collections.Counter(sink.handler.message_ids())
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_loses_nothing_and_duplicates_at_most_one_per_kill(tmp_path, smtp_sink):
     queue_dir = tmp_path / "q"
     fill_queue(queue_dir, 2000)
@@ -139,6 +145,7 @@ def test_sigkill_at_random_points_loses_nothing_and_duplicates_at_most_one_per_k
     assert list(MessageQueue(queue_dir).entries()) == []
 
 
+@pytest.mark.slow
 def test_two_concurrent_senders_deliver_each_message_exactly_once(tmp_path, smtp_sink):
     queue_dir = tmp_path / "q"
     fill_queue(queue_dir, 2000)

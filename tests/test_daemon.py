@@ -74,6 +74,7 @@ def queue_dir(tmp_path):
     return tmp_path / "q"
 
 
+@pytest.mark.slow
 def test_daemon_sends_a_message_committed_after_it_started(queue_dir, smtp_sink):
     daemon = start_daemon(queue_dir, smtp_sink.port)
     try:
@@ -87,6 +88,7 @@ def test_daemon_sends_a_message_committed_after_it_started(queue_dir, smtp_sink)
         assert daemon.wait(timeout=10) == 0
 
 
+@pytest.mark.slow
 def test_second_daemon_on_the_same_queue_is_refused_with_status_2(queue_dir, smtp_sink):
     first = start_daemon(queue_dir, smtp_sink.port)
     try:
@@ -104,6 +106,7 @@ def test_second_daemon_on_the_same_queue_is_refused_with_status_2(queue_dir, smt
         assert first.wait(timeout=10) == 0
 
 
+@pytest.mark.slow
 def test_sigterm_mid_backlog_loses_nothing_and_exits_0(queue_dir, smtp_sink):
     commit_messages(queue_dir, 1500, fsync=False)
     daemon = start_daemon(queue_dir, smtp_sink.port)
@@ -123,6 +126,7 @@ def test_sigterm_mid_backlog_loses_nothing_and_exits_0(queue_dir, smtp_sink):
     assert len(ids) == 1500 and max(ids.values()) == 1
 
 
+@pytest.mark.slow
 def test_daemon_survives_an_outage_and_delivers_the_backlog_after_it(queue_dir, monkeypatch):
     monkeypatch.setattr(Daemon, "SERVER_RETRY_FIRST", 0.2)
     monkeypatch.setattr(Daemon, "SERVER_RETRY_MAX", 0.5)
@@ -151,6 +155,7 @@ def test_daemon_survives_an_outage_and_delivers_the_backlog_after_it(queue_dir, 
     assert not thread.is_alive()
 
 
+@pytest.mark.slow
 def test_outage_is_logged_once_per_state_change(queue_dir, monkeypatch, caplog):
     monkeypatch.setattr(Daemon, "SERVER_RETRY_FIRST", 0.05)
     monkeypatch.setattr(Daemon, "SERVER_RETRY_MAX", 0.1)
@@ -167,6 +172,7 @@ def test_outage_is_logged_once_per_state_change(queue_dir, monkeypatch, caplog):
     assert len(outage_lines) == 1
 
 
+@pytest.mark.slow
 def test_metrics_file_parses_and_counts_deliveries_across_runs(queue_dir, smtp_sink, tmp_path):
     metrics_file = tmp_path / "mq.prom"
 
@@ -193,6 +199,7 @@ def test_metrics_file_parses_and_counts_deliveries_across_runs(queue_dir, smtp_s
     assert 0 <= families["mq_oldest_message_age_seconds"].samples[0].value < 60
 
 
+@pytest.mark.slow
 def test_sighup_reopens_the_delivery_log(queue_dir, smtp_sink, tmp_path):
     log_file = tmp_path / "delivery.log"
     daemon = start_daemon(queue_dir, smtp_sink.port, "--delivery-log", str(log_file))

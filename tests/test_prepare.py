@@ -170,6 +170,7 @@ def test_five_hundred_recipients_are_stored_in_order(queued_mailer):
     assert all(r.status == "pending" for r in envelope.recipients)
 
 
+@pytest.mark.slow
 def test_five_hundred_recipients_in_headers_are_all_found(queued_mailer):
     recipients = [f"user{n}@example.com" for n in range(500)]
     message = b"To: " + b",\r\n ".join(f'"User {n}" <{a}>'.encode() for n, a in enumerate(recipients))
@@ -453,6 +454,7 @@ def test_a_message_id_with_bytes_that_are_not_utf8_is_queued_unchanged(queued_ma
 # -- the fast path for common address headers ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_fast_address_parser_agrees_with_email_utils_getaddresses():
     from email.utils import getaddresses
 

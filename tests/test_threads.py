@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
+import pytest
 import transaction
 
 from mq_transaction import MessageQueue, QueuedMailer
@@ -37,6 +38,7 @@ def run_threads(work) -> list[BaseException]:
     return errors
 
 
+@pytest.mark.slow
 def test_eight_threads_of_250_transactions_give_exactly_2000_files_in_new_and_none_in_tmp(tmp_path):
     queue = MessageQueue(tmp_path / "queue", fsync=False)
     mailer = QueuedMailer(queue, default_sender="app@example.com")
@@ -54,6 +56,7 @@ def test_eight_threads_of_250_transactions_give_exactly_2000_files_in_new_and_no
     assert os.listdir(os.path.join(queue.path, "tmp")) == []
 
 
+@pytest.mark.slow
 def test_threads_that_abort_half_their_transactions_publish_exactly_the_other_half(tmp_path):
     queue = MessageQueue(tmp_path / "queue", fsync=False)
     mailer = QueuedMailer(queue, default_sender="app@example.com")
