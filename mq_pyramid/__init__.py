@@ -27,13 +27,24 @@ __all__ = ["ConfigurationError", "default_commit_veto", "includeme", "install", 
 def includeme(config: Any) -> None:
     """Read and check the ``mq.*`` settings, open the queue, register the mailer, add the tween.
 
-    Raises ``pyramid.exceptions.ConfigurationError`` (an :class:`ConfigurationError`
+    When ``mq_pyramid.testing`` was included first, its testing mailer stays and no queue is
+    opened. Raises ``pyramid.exceptions.ConfigurationError`` (an :class:`ConfigurationError`
     naming the key) for a missing ``mq.queue_dir``, a queue directory that cannot be
     created or written, an unknown ``mq.`` key or a bad value.
     """
-    settings = read_settings(config.registry.settings)
-    queue = open_queue(settings)  # once per app: creating a MessageQueue makes directories
-    install(config, QueuedMailer(queue, default_sender=settings.default_sender), settings)
+    from .testing import testing_mailer  # here, not at the top: mq_pyramid.testing imports this module
+
+    try:
+        mailer = testing_mailer(config.registry)
+    except LookupError:
+        settings = read_settings(config.registry.settings)
+        queue = open_queue(settings)  # once per app: creating a MessageQueue makes directories
+        mailer = QueuedMailer(queue, default_sender=settings.default_sender)
+    else:
+        # mq_pyramid.testing came first (``pyramid.includes`` in testing.ini runs before the
+        # app's main() includes mq_pyramid): the testing mailer stays, no mq.queue_dir needed.
+        settings = read_settings(config.registry.settings, require_queue_dir=False)
+    install(config, mailer, settings)
 
 
 def install(config: Any, mailer: Any, settings: Settings) -> None:

@@ -26,7 +26,7 @@ from mq_transaction.queue import new_queue_id
 from . import install
 from .settings import read_settings
 
-__all__ = ["MemoryMailer", "OutboxMessage", "get_outbox", "includeme"]
+__all__ = ["MemoryMailer", "OutboxMessage", "get_outbox", "get_uncommitted_mail", "includeme", "testing_mailer"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,8 @@ class MemoryMailer:
         self.transaction_manager = transaction_manager or transaction.manager
         self.default_sender = default_sender
         self.outbox: list[OutboxMessage] = []
+        #: Messages sent in transactions still open, oldest first (see get_uncommitted_mail).
+        self.uncommitted: list[OutboxMessage] = []
 
     def prepare(self, message: object, sender: str | None = None, recipients: Recipients = None) -> PreparedMessage:
         """Validate and return what would be queued, exactly as ``QueuedMailer.prepare``."""
@@ -62,6 +64,7 @@ class MemoryMailer:
         """Add ``message`` to the outbox when the current transaction commits; return its id."""
         record = self._record(self.prepare(message, sender, recipients))
         self._join().pending.append(record)
+        self.uncommitted.append(record)
         return record.queue_id
 
     def enqueue(self, message: object, sender: str | None = None, recipients: Recipients = None) -> str:
@@ -81,18 +84,27 @@ class MemoryMailer:
 
     def _join(self) -> _OutboxDataManager:
         # The same rules as QueuedMailer, by the same code.
-        return join_transaction(self, self.transaction_manager, lambda: _OutboxDataManager(self.outbox))
+        return join_transaction(
+            self, self.transaction_manager, lambda: _OutboxDataManager(self.outbox, self.uncommitted)
+        )
 
 
 class _OutboxDataManager:
     """Moves a transaction's messages into the outbox in ``tpc_finish``, as the queue publishes."""
 
-    def __init__(self, outbox: list[OutboxMessage]) -> None:
+    def __init__(self, outbox: list[OutboxMessage], uncommitted: list[OutboxMessage]) -> None:
         self.outbox = outbox
+        self.uncommitted = uncommitted
         self.pending: list[OutboxMessage] = []
         self.joined = True  # see join_transaction()
 
+    def forget(self, records: list[OutboxMessage]) -> None:
+        """Take ``records`` out of the mailer's uncommitted list (their transaction ended)."""
+        ended = {record.queue_id for record in records}
+        self.uncommitted[:] = [record for record in self.uncommitted if record.queue_id not in ended]
+
     def abort(self, txn: Any) -> None:
+        self.forget(self.pending)
         self.pending = []
         self.joined = False
 
@@ -107,6 +119,7 @@ class _OutboxDataManager:
 
     def tpc_finish(self, txn: Any) -> None:
         self.outbox.extend(self.pending)
+        self.forget(self.pending)
         self.pending = []
 
     def tpc_abort(self, txn: Any) -> None:
@@ -125,6 +138,7 @@ class _Savepoint:
         self.count = count
 
     def rollback(self) -> None:
+        self.manager.forget(self.manager.pending[self.count :])
         del self.manager.pending[self.count :]
 
 
@@ -135,11 +149,27 @@ def get_outbox(request_or_registry: Any) -> list[OutboxMessage]:
     object with a ``registry``, or the registry itself. The list is live: tests may
     ``clear()`` it.
     """
+    return testing_mailer(request_or_registry).outbox
+
+
+def get_uncommitted_mail(request_or_registry: Any) -> list[OutboxMessage]:
+    """The messages sent in transactions still open (neither committed nor aborted), oldest first.
+
+    For tests whose requests run inside a transaction the test never commits, as the
+    Pyramid starter's fixtures do (begun, doomed, aborted at the end): their mail never
+    reaches :func:`get_outbox`, and waits here until the transaction ends. Takes what
+    :func:`get_outbox` takes; returns a new list.
+    """
+    return list(testing_mailer(request_or_registry).uncommitted)
+
+
+def testing_mailer(request_or_registry: Any) -> MemoryMailer:
+    """The testing mailer registered for an app; ``LookupError`` when there is none."""
     registry = getattr(request_or_registry, "registry", request_or_registry)
     mailer = registry.queryUtility(IMailer)
     if not isinstance(mailer, MemoryMailer):
         raise LookupError("no testing mailer in this registry: call config.include('mq_pyramid.testing')")
-    return mailer.outbox
+    return mailer
 
 
 def includeme(config: Any) -> None:
