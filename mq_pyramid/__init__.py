@@ -34,6 +34,7 @@ def includeme(config: Any) -> None:
     """
     from .testing import testing_mailer  # here, not at the top: mq_pyramid.testing imports this module
 
+    mailer: Any  # an IMailer provider (zope.interface declares, mypy cannot check)
     try:
         mailer = testing_mailer(config.registry)
     except LookupError:
