@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from .errors import ConfigurationError
 from .interfaces import IMailQueue
 from .queue import queued_time
-from .states import STATES, WAITING
+from .states import STATES, WAITING, MessageState
 
 if TYPE_CHECKING:
     from .sender import RunResult
@@ -137,7 +137,7 @@ class _Snapshot:
 
     def __init__(
         self,
-        counts: dict[str, int],
+        counts: dict[MessageState, int],
         oldest: float | None,
         counters: collections.Counter[SampleKey],
         last_success: float | None,
