@@ -1,4 +1,7 @@
-"""``mq-queue``: the command line over :mod:`mq_transaction.operator` (no logic lives here)."""
+"""``mq-queue``: the command line over :mod:`mq_transaction.queue_admin` (no logic lives here).
+
+Its text output is :mod:`mq_transaction.cli_format`'s; its JSON is the records' ``to_json()``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,15 @@ import json
 import os
 import sys
 
-from . import operator
+from . import queue_admin
+from .cli_format import (
+    format_details,
+    format_list_lines,
+    format_list_table,
+    format_status,
+    not_message_warning,
+    visible,
+)
 from .config import load_settings, setup_logging
 from .durations import parse_duration
 from .errors import ConfigurationError, MailQueueError
@@ -124,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         # The reader stopped early (mq-queue list | head): no traceback, no error line.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EX_PROBLEM
-    except operator.MessageNotFoundError as exc:
+    except queue_admin.MessageNotFoundError as exc:
         print(f"mq-queue: error: {exc}", file=sys.stderr)
         return EX_PROBLEM
     except (ConfigurationError, MailQueueError, OSError) as exc:
@@ -132,47 +143,54 @@ def main(argv: list[str] | None = None) -> int:
         return EX_USAGE
 
 
+def _warn_not_messages(paths: list[str] | tuple[str, ...]) -> None:
+    for path in paths:
+        print(not_message_warning(path), file=sys.stderr)
+
+
 def _status(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> int:
-    report = operator.queue_status(queue, args.warn_age, settings.delivery_log, settings.delivery_log_format)
+    report = queue_admin.queue_status(queue, args.warn_age, settings.delivery_log, settings.delivery_log_format)
+    _warn_not_messages(report.not_messages)
     if args.json:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
+        print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
     else:
-        print(operator.format_status(report, tty=sys.stdout.isatty()))
-    return EX_PROBLEM if report["over_warn_age"] else EX_OK
+        print(format_status(report, tty=sys.stdout.isatty()))
+    return EX_PROBLEM if report.over_warn_age else EX_OK
 
 
 def _list(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> int:
-    records = operator.list_messages(queue, args.state)
+    records = queue_admin.list_messages(queue, args.state)
+    _warn_not_messages(queue_admin.not_messages(queue, args.state))
     if args.json:
-        print(json.dumps(records, indent=2, ensure_ascii=False))
+        print(json.dumps([record.to_json() for record in records], indent=2, ensure_ascii=False))
     elif sys.stdout.isatty():
-        print(operator.format_list_table(records))
+        print(format_list_table(records))
     elif records:
-        print(operator.format_list_lines(records))
+        print(format_list_lines(records))
     return EX_OK
 
 
 def _show(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> int:
     if args.raw:
-        content = operator.raw_message(queue, args.id)
+        content = queue_admin.raw_message(queue, args.id)
         sys.stdout.flush()
         sys.stdout.buffer.write(content)
         sys.stdout.buffer.flush()
     else:
-        print(operator.format_details(operator.details(queue, args.id)))
+        print(format_details(queue_admin.details(queue, args.id)))
     return EX_OK
 
 
-def _report(outcomes: list[operator.Outcome], nothing: str = "") -> int:
+def _report(results: list[queue_admin.ChangeResult], nothing: str = "") -> int:
     """Print what was done (stdout) and what was not (stderr); 1 when anything was not."""
-    if not outcomes:
+    if not results:
         print(nothing)
-    for outcome in outcomes:
-        if outcome.done:
-            print(outcome.text)
+    for result in results:
+        if result.done:
+            print(visible(result.text))
         else:
-            print(f"mq-queue: {outcome.text}", file=sys.stderr)
-    return EX_OK if all(outcome.done for outcome in outcomes) else EX_PROBLEM
+            print(f"mq-queue: {visible(result.text)}", file=sys.stderr)
+    return EX_OK if all(result.done for result in results) else EX_PROBLEM
 
 
 def _retry(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> int:
@@ -181,20 +199,20 @@ def _retry(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> i
         for state, wanted in ((MessageState.FAILED, args.all_failed), (MessageState.DEFERRED, args.all_deferred))
         if wanted
     ]
-    ids = operator.check_ids(args.ids)
-    return _report(operator.retry(queue, ids, states), f"no {' or '.join(states)} message to retry")
+    ids = queue_admin.check_ids(args.ids)
+    return _report(queue_admin.retry(queue, ids, states), f"no {' or '.join(states)} message to retry")
 
 
 def _hold(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> int:
-    return _report(operator.hold(queue, operator.check_ids(args.ids)))
+    return _report(queue_admin.hold(queue, queue_admin.check_ids(args.ids)))
 
 
 def _release(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> int:
-    return _report(operator.release(queue, operator.check_ids(args.ids)))
+    return _report(queue_admin.release(queue, queue_admin.check_ids(args.ids)))
 
 
 def _discard(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> int:
-    ids = operator.check_ids(args.ids)
+    ids = queue_admin.check_ids(args.ids)
     if not args.yes:
         if not sys.stdin.isatty():
             print(
@@ -203,9 +221,9 @@ def _discard(queue: IMailQueue, settings: Settings, args: argparse.Namespace) ->
                 file=sys.stderr,
             )
             return EX_USAGE
-        found = operator.list_given(queue, ids)
+        found = queue_admin.list_given(queue, ids)
         if found:  # ids of no message are reported below, with nothing to confirm
-            print(operator.format_list_lines(found))
+            print(format_list_lines(found))
             try:
                 answer = input(f"Discard {len(found)} message(s) for good? [y/N] ")
             except EOFError:
@@ -213,7 +231,7 @@ def _discard(queue: IMailQueue, settings: Settings, args: argparse.Namespace) ->
             if answer.strip().lower() not in ("y", "yes"):
                 print("Nothing was removed.")
                 return EX_PROBLEM
-    return _report(operator.discard(queue, ids))
+    return _report(queue_admin.discard(queue, ids))
 
 
 if __name__ == "__main__":

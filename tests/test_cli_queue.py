@@ -10,12 +10,15 @@ import logging
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from test_operator import REFUSED, build_queue, commit
+from test_queue_admin import REFUSED, build_queue, commit, make_settings
 
-from mq_transaction import MessageQueue, cli_queue, operator
+from mq_transaction import MessageQueue, cli_queue, queue_admin
+from mq_transaction.cli_format import visible
+from mq_transaction.queuefile import Envelope
 from mq_transaction.sender import Sender
 from mq_transaction.states import STATES, MessageState
 
@@ -48,6 +51,13 @@ def run(capsys, built, *args):
     return status, out, err
 
 
+def run_on(capsys, queue, *args):
+    """Run mq-queue in-process on ``queue``; return (status, stdout, stderr)."""
+    status = cli_queue.main(["--queue-dir", queue.path, *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
 def run_mq_queue(*args, stdin=subprocess.DEVNULL):
     return subprocess.run(
         [*MQ_QUEUE, *map(str, args)], capture_output=True, text=True, stdin=stdin, timeout=60, check=False
@@ -56,8 +66,8 @@ def run_mq_queue(*args, stdin=subprocess.DEVNULL):
 
 def state_of(built, queue_id):
     try:
-        return operator.find(built.queue, queue_id).state
-    except operator.MessageNotFoundError:
+        return queue_admin.find(built.queue, queue_id).state
+    except queue_admin.MessageNotFoundError:
         return None
 
 
@@ -142,8 +152,8 @@ def test_the_schema_checker_finds_what_is_wrong():
 
 def test_the_list_schema_names_exactly_the_fields_list_gives():
     items = documented_schema("list")["items"]
-    assert tuple(items["required"]) == operator.LIST_FIELDS
-    assert set(items["properties"]) == set(operator.LIST_FIELDS)
+    assert tuple(items["required"]) == queue_admin.LIST_FIELDS
+    assert set(items["properties"]) == set(queue_admin.LIST_FIELDS)
     assert items["properties"]["state"]["enum"] == list(STATES)
 
 
@@ -157,7 +167,7 @@ def test_list_json_of_every_state_matches_the_documented_schema(capsys, built):
     assert schema_problems(records, documented_schema("list")) == []
     assert {r["state"]: r["id"] for r in records} == built.ids
     for record in records:
-        assert list(record) == list(operator.LIST_FIELDS)
+        assert list(record) == list(queue_admin.LIST_FIELDS)
 
 
 def test_list_json_from_an_ini_file_in_a_subprocess(tmp_path, built):
@@ -241,15 +251,50 @@ def write_stray_files(built) -> list[str]:
     return strays
 
 
-def test_files_that_are_not_messages_do_not_stop_list_or_status(capsys, built):
-    write_stray_files(built)
+def warnings_for(paths: list[str]) -> list[str]:
+    return [f"mq-queue: warning: {path} is not a message (its name is not a queue id); skipped" for path in paths]
+
+
+def test_files_that_are_not_messages_are_skipped_by_list_with_one_warning_each(capsys, built):
+    strays = write_stray_files(built)
     status, out, err = run(capsys, built, "list")
-    assert status == 0, err
+    assert status == 0
     assert [line.split()[:2] for line in out.splitlines()] == [[built.ids[state], state] for state in STATES]
+    assert err.splitlines() == warnings_for(sorted(strays))
     status, out, err = run(capsys, built, "list", "--json")
     assert status == 0 and [r["id"] for r in json.loads(out)] == [built.ids[state] for state in STATES]
+    assert err.splitlines() == warnings_for(sorted(strays))
+    status, out, err = run(capsys, built, "list", "--state", MessageState.HELD)
+    assert status == 0 and out.split()[:2] == [built.ids[MessageState.HELD], MessageState.HELD]
+    assert err.splitlines() == warnings_for([strays[0]])  # only hold/ was looked at
+
+
+def test_status_counts_no_file_that_is_not_a_message_and_names_each(capsys, built):
+    strays = write_stray_files(built)
     status, out, err = run(capsys, built, "status")
-    assert status == 0 and "held 1" in out.splitlines() and "queued 1" in out.splitlines()
+    assert status == 0
+    assert "held 1" in out.splitlines() and "queued 1" in out.splitlines() and "total 6" in out.splitlines()
+    assert "not_messages 2" in out.splitlines()
+    assert err.splitlines() == warnings_for(sorted(strays))
+    status, out, err = run(capsys, built, "status", "--json")
+    report = json.loads(out)
+    assert status == 0 and schema_problems(report, documented_schema("status")) == []
+    assert report["not_messages"] == sorted(strays) and report["total"] == 6
+
+
+def test_files_that_are_not_messages_in_a_subprocess_give_no_traceback(built):
+    strays = write_stray_files(built)
+    for command in ("list", "status"):
+        done = run_mq_queue("--queue-dir", built.queue.path, command)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.splitlines() == warnings_for(sorted(strays))
+
+
+def test_an_id_shaped_name_with_an_impossible_date_is_not_a_queue_id_for_show(capsys, built):
+    write_stray_files(built)
+    status, out, err = run(capsys, built, "show", "20261399T151136123456Z-9f3a2b1c0d")
+    assert status == 2 and out == ""
+    assert "'20261399T151136123456Z-9f3a2b1c0d' is not a queue id" in err
 
 
 def test_bad_warn_age_is_a_usage_error(capsys, built):
@@ -299,6 +344,61 @@ def test_show_of_an_id_not_in_the_queue_exits_1(capsys, built):
     status, out, err = run(capsys, built, "show", ABSENT)
     assert (status, out) == (1, "")
     assert err == f"mq-queue: error: queue id {ABSENT} is not in the queue at {built.queue.path}\n"
+
+
+# -- control characters ----------------------------------------------------------------
+
+ESC_SUBJECT = "Pay now \x1b]0;owned\x07\x1b[2J\u202eevil"  # sets the window title, clears the screen
+ESC_REPLY = "550 5.1.1 \x1b[31mno such user\x07"
+ESC_ADDRESS = "e\x1b[8mve\x07@example.org"
+
+
+def hostile_queue(tmp_path, smtp_sink) -> tuple[MessageQueue, str, str]:
+    """A failed message whose subject and server reply (from a real SMTP server, recorded by a
+    real mq-send run) hold ESC and BEL, and a queued one whose envelope address does (as a
+    file in the queue directory can; send() refuses such an address)."""
+    queue = MessageQueue(tmp_path / "queue")
+    message = f"From: app@example.com\r\nTo: ann@example.org\r\nSubject: {ESC_SUBJECT}\r\n\r\nHi\r\n".encode()
+    failed = queue.enqueue(Envelope.new("app@example.com", ["ann@example.org"], time.time(), "<e@x>"), message)
+    smtp_sink.behaviour.rcpt_replies["ann@example.org"] = ESC_REPLY
+    Sender(make_settings(queue.path, smtp_sink.port), queue=queue).run()
+    assert queue.find(failed).state == MessageState.FAILED
+    queued = queue.enqueue(Envelope.new("app@example.com", [ESC_ADDRESS], time.time(), "<f@x>"), b"Subject: x\r\n\r\nx")
+    return queue, failed, queued
+
+
+def test_list_and_show_render_control_characters_visibly_and_json_stays_exact(capsys, tmp_path, smtp_sink, monkeypatch):
+    queue, failed, queued = hostile_queue(tmp_path, smtp_sink)
+    recorded = json.loads(run_on(capsys, queue, "list", "--json")[1])
+    assert [r["id"] for r in recorded] == [queued, failed]
+    assert recorded[1]["subject"] == ESC_SUBJECT  # JSON: exact
+    assert recorded[0]["recipients"][0]["address"] == ESC_ADDRESS  # JSON: exact
+    reply = recorded[1]["recipients"][0]["reply"]  # as mq-send recorded the server's reply
+    assert reply.startswith("550")
+    outputs = [
+        run_on(capsys, queue, "list")[1],
+        run_on(capsys, queue, "show", failed)[1],
+        run_on(capsys, queue, "show", queued)[1],
+    ]
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setenv("COLUMNS", "400")
+    outputs.append(run_on(capsys, queue, "list")[1])
+    for out in outputs:
+        assert not any(c in out for c in "\x1b\x07\r\u202e"), out
+    plain, show_failed, show_queued, table = outputs
+    assert "\\x1b]0;owned\\x07\\x1b[2J\\u202eevil" in plain  # the plain lines' logfmt escapes
+    assert "e\\x1b[8mve\\x07@example.org" in plain
+    assert f"subject:      {visible(ESC_SUBJECT)}" in show_failed.splitlines()
+    assert f"  Subject: {visible(ESC_SUBJECT)}" in show_failed.splitlines()
+    assert f"ann@example.org: {visible(reply)}" in show_failed
+    assert visible(ESC_ADDRESS) in show_queued and "\\x1b[8m" in show_queued
+    assert visible(ESC_ADDRESS) in table and visible(ESC_SUBJECT)[:20] in table
+
+
+def test_lines_that_changes_print_render_control_characters_visibly(capsys, tmp_path, smtp_sink):
+    queue, _failed, queued = hostile_queue(tmp_path, smtp_sink)
+    status, out, _err = run_on(capsys, queue, "discard", "--yes", queued)
+    assert status == 0 and "\x1b" not in out and visible(ESC_ADDRESS) in out
 
 
 # -- every command in every state -------------------------------------------------------
@@ -451,7 +551,7 @@ def test_discard_at_a_terminal_asks_first(capsys, built, monkeypatch, answer, re
 
 def test_discard_prints_and_logs_what_it_removed(capsys, built, caplog):
     caplog.set_level(logging.INFO, logger="mq_transaction.operator")
-    message_id = operator.list_given(built.queue, [built.ids[MessageState.FAILED]])[0]["message_id"]
+    message_id = queue_admin.list_given(built.queue, [built.ids[MessageState.FAILED]])[0].message_id
     status, out, _err = run(capsys, built, "discard", "--yes", built.ids[MessageState.FAILED])
     assert status == 0
     for text in (out, *(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)):

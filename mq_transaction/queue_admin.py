@@ -1,9 +1,12 @@
 """What an operator does to a queue: look at its messages, and retry, hold, release or discard them.
 
-The library behind ``mq-queue``. Every message is named by its queue id, checked before
+The library behind ``mq-queue``: queries that return typed records (:class:`MessageSummary`,
+:class:`MessageDetails`, :class:`QueueStatus`) and changes that return a
+:class:`ChangeResult` per id. Every message is named by its queue id, checked before
 anything is read; every change is made on a message locked the way a sender locks it, so
 a message a running ``mq-send`` is delivering is reported busy and left alone. Paths stay
-the business of :mod:`mq_transaction.queue`.
+the business of :mod:`mq_transaction.queue`; text and tables are the command line's
+(:mod:`mq_transaction.cli_format`).
 """
 
 from __future__ import annotations
@@ -12,14 +15,13 @@ import email.parser
 import email.policy
 import logging
 import re
-import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from . import queuefile
-from .delivery_log import logfmt_value, read_backwards
-from .durations import format_duration, iso_utc, parse_iso_utc
+from .delivery_log import read_backwards
+from .durations import iso_utc, parse_iso_utc
 from .errors import CorruptMessageError, UnknownQueueIdError
 from .interfaces import IMailQueue
 from .queue import is_queue_id, queued_time
@@ -27,6 +29,8 @@ from .queuefile import Envelope
 from .records import Claim, Entry
 from .states import STATES, WAITING, AttemptResult, MessageState, RecipientStatus
 
+# The logger keeps the name documented in docs/mq-queue.md (and configured in users' ini
+# files) from when this module was ``mq_transaction.operator``.
 log = logging.getLogger("mq_transaction.operator")
 
 #: The keys of one message in ``mq-queue list --json``, in order (docs/mq-queue.md).
@@ -50,6 +54,147 @@ class MessageNotFoundError(UnknownQueueIdError):
     """A well-formed queue id names no message of this queue (delivered, discarded, or a typo)."""
 
 
+# -- the records ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecipientSummary:
+    """One envelope recipient as listed: its address, status and last reply."""
+
+    address: str
+    status: RecipientStatus
+    reply: str | None
+
+    def to_json(self) -> dict[str, object]:
+        """The recipient as ``list --json`` gives it."""
+        return {"address": self.address, "status": self.status, "reply": self.reply}
+
+
+@dataclass(frozen=True)
+class MessageSummary:
+    """One message as ``mq-queue list`` shows it; None where a field is unknown or does not apply.
+
+    Times are Unix times. ``recipients`` is None (like ``sender``, ``attempts`` and
+    ``message_id``) when the envelope cannot be read; ``subject`` and ``size`` are None
+    when the message itself cannot be trusted (a file that cannot be decoded).
+    """
+
+    queue_id: str
+    state: MessageState
+    queued_at: float
+    attempts: int | None
+    next_attempt: float | None
+    sender: str | None
+    recipients: tuple[RecipientSummary, ...] | None
+    message_id: str | None
+    subject: str | None
+    size: int | None
+    last_error: str | None
+
+    def to_json(self) -> dict[str, object]:
+        """The message as ``list --json`` gives it: the keys of :data:`LIST_FIELDS`, in order."""
+        return {
+            "id": self.queue_id,
+            "state": self.state,
+            "queued_at": iso_utc(self.queued_at),
+            "attempts": self.attempts,
+            "next_attempt": None if self.next_attempt is None else iso_utc(self.next_attempt),
+            "sender": self.sender,
+            "recipients": None if self.recipients is None else [r.to_json() for r in self.recipients],
+            "message_id": self.message_id,
+            "subject": self.subject,
+            "size": self.size,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass(frozen=True)
+class MessageDetails:
+    """Everything ``mq-queue show`` prints: the summary, the attempts, the headers.
+
+    ``file_size`` is the size of the stored record (the queue file); ``attempts`` the
+    attempt history as recorded; ``headers`` the header lines as stored (None when the
+    message cannot be decoded); ``problem`` why it cannot be decoded, or None.
+    """
+
+    summary: MessageSummary
+    file_size: int
+    failure_reason: str | None
+    attempts: tuple[dict, ...]
+    headers: tuple[str, ...] | None
+    problem: str | None
+
+
+@dataclass(frozen=True)
+class WaitingMessage:
+    """The oldest message still to be delivered, as ``status`` names it."""
+
+    queue_id: str
+    state: MessageState
+    queued_at: float
+    age_seconds: float
+
+    def to_json(self) -> dict[str, object]:
+        """As ``status --json`` gives it."""
+        return {
+            "id": self.queue_id,
+            "state": self.state,
+            "queued_at": iso_utc(self.queued_at),
+            "age_seconds": self.age_seconds,
+        }
+
+
+@dataclass(frozen=True)
+class LastEvent:
+    """The newest delivery or failure on record; ``source`` is ``queue`` or ``delivery_log``."""
+
+    at: float
+    queue_id: str | None
+    source: str
+
+    def to_json(self) -> dict[str, object]:
+        """As ``status --json`` gives it."""
+        return {"at": iso_utc(self.at), "id": self.queue_id, "source": self.source}
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """What ``mq-queue status`` reports: counts per state, the oldest waiting message, the
+    last delivery and failure, the messages over the warning age, and the files in the
+    queue that are not messages (their paths)."""
+
+    counts: dict[MessageState, int]
+    total: int
+    oldest: WaitingMessage | None
+    last_delivery: LastEvent | None
+    last_failure: LastEvent | None
+    warn_age_seconds: float | None
+    over_warn_age: int
+    not_messages: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        """As ``status --json`` gives it (docs/mq-queue.md has its schema)."""
+        return {
+            "counts": dict(self.counts),
+            "total": self.total,
+            "oldest": None if self.oldest is None else self.oldest.to_json(),
+            "last_delivery": None if self.last_delivery is None else self.last_delivery.to_json(),
+            "last_failure": None if self.last_failure is None else self.last_failure.to_json(),
+            "warn_age_seconds": self.warn_age_seconds,
+            "over_warn_age": self.over_warn_age,
+            "not_messages": list(self.not_messages),
+        }
+
+
+@dataclass(frozen=True)
+class ChangeResult:
+    """What a change did to one id: ``done`` False means it was left as it was, and ``text`` says why."""
+
+    queue_id: str
+    done: bool
+    text: str
+
+
 # -- ids --------------------------------------------------------------------------------
 
 
@@ -58,7 +203,6 @@ def check_ids(values: Iterable[str]) -> list[str]:
     value that is not a queue id (a path, ``..``, a dot-file...), before anything is touched."""
     checked: dict[str, None] = {}
     for value in values:
-        # is_queue_id's "$" lets a trailing newline through: such a name is no queue id either.
         if not isinstance(value, str) or not value.isprintable() or not is_queue_id(value):
             raise UnknownQueueIdError(
                 f"{value!r} is not a queue id: give the id send() returned, e.g. {ID_EXAMPLE}, not a path"
@@ -80,11 +224,20 @@ def find(queue: IMailQueue, queue_id: str) -> Entry:
         raise MessageNotFoundError(str(exc)) from None
 
 
+def not_messages(queue: IMailQueue, state: MessageState | None = None) -> list[str]:
+    """What lies in the queue (in ``state``) and is no message (``hold/README``), as printable
+    paths (a name that is not UTF-8 has its bytes as ``\\xHH``); the listings skip them."""
+    return [
+        path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        for path in queue.not_messages(state)
+    ]
+
+
 # -- what can be known of a message ----------------------------------------------------
 
 
-@dataclass
-class MessageView:
+@dataclass(frozen=True)
+class _Read:
     """One message as read from the queue; ``problem`` says why it could not be decoded."""
 
     entry: Entry
@@ -92,8 +245,12 @@ class MessageView:
     message: bytes | None
     problem: str | None = None
 
+    @property
+    def queued_at(self) -> float:
+        return self.envelope.queued_at if self.envelope else queued_time(self.entry.queue_id)
 
-def view(queue: IMailQueue, entry: Entry) -> MessageView | None:
+
+def _read(queue: IMailQueue, entry: Entry) -> _Read | None:
     """Read a listed message without locking it; None when it left the queue meanwhile.
 
     A file that cannot be decoded gives what can be known: the envelope when its own
@@ -104,7 +261,7 @@ def view(queue: IMailQueue, entry: Entry) -> MessageView | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        return MessageView(entry, None, None, f"cannot read it: {exc.strerror or exc}")
+        return _Read(entry, None, None, f"cannot read it: {exc.strerror or exc}")
     try:
         envelope, message = queuefile.decode(content)
     except CorruptMessageError as exc:
@@ -112,14 +269,13 @@ def view(queue: IMailQueue, entry: Entry) -> MessageView | None:
             envelope = queuefile.decode_envelope_only(content)
         except CorruptMessageError:
             envelope = None
-        return MessageView(entry, envelope, None, str(exc))
-    return MessageView(entry, envelope, message)
+        return _Read(entry, envelope, None, str(exc))
+    return _Read(entry, envelope, message)
 
 
-def views(queue: IMailQueue, state: str | None = None) -> Iterator[MessageView]:
-    """Every message in ``state`` (or in all states), oldest first within a state."""
+def _reads(queue: IMailQueue, state: MessageState | None = None) -> Iterator[_Read]:
     for entry in queue.entries(state):
-        found = view(queue, entry)
+        found = _read(queue, entry)
         if found is not None:
             yield found
 
@@ -128,6 +284,14 @@ def header_block(message: bytes) -> bytes:
     """The message's header section, up to (not including) the first empty line."""
     match = re.search(rb"\r?\n\r?\n", message)
     return message if match is None else message[: match.start()]
+
+
+def header_lines(message: bytes) -> tuple[str, ...]:
+    """The header section's lines as stored, split at line ends (``\\n`` or ``\\r\\n``) only:
+    a lone CR, a form feed or a Unicode line separator stays inside its line, for the
+    command line to show."""
+    lines = re.split(r"\r?\n", header_block(message).decode("utf-8", "replace"))
+    return tuple(lines[:-1] if lines and lines[-1] == "" else lines)
 
 
 def subject(message: bytes) -> str | None:
@@ -154,71 +318,63 @@ def last_error(envelope: Envelope) -> str | None:
     return envelope.failure_reason
 
 
-def next_attempt(found: MessageView) -> float | None:
-    """When a deferred message is tried again (its file's mtime); None in every other state."""
-    return found.entry.mtime if found.entry.state == MessageState.DEFERRED else None
-
-
-def summary(found: MessageView) -> dict:
-    """One message as ``mq-queue list --json`` gives it (the keys of :data:`LIST_FIELDS`)."""
+def _summary(found: _Read) -> MessageSummary:
     envelope, entry = found.envelope, found.entry
-    when = next_attempt(found)
-    record = {
-        "id": entry.queue_id,
-        "state": entry.state,
-        "queued_at": iso_utc(_queued_at(found)),
-        "attempts": len(envelope.attempts) if envelope else None,
-        "next_attempt": None if when is None else iso_utc(when),
-        "sender": envelope.sender if envelope else None,
-        "recipients": (
-            [{"address": r.address, "status": r.status, "reply": r.reply} for r in envelope.recipients]
-            if envelope
-            else None
+    if found.problem:
+        error: str | None = f"corrupt: {found.problem}"
+    else:
+        error = last_error(envelope) if envelope else None
+    return MessageSummary(
+        queue_id=entry.queue_id,
+        state=entry.state,
+        queued_at=found.queued_at,
+        attempts=len(envelope.attempts) if envelope else None,
+        next_attempt=entry.mtime if entry.state == MessageState.DEFERRED else None,
+        sender=envelope.sender if envelope else None,
+        recipients=(
+            tuple(RecipientSummary(r.address, r.status, r.reply) for r in envelope.recipients) if envelope else None
         ),
-        "message_id": (envelope.message_id or None) if envelope else None,
-        "subject": subject(found.message) if found.message is not None else None,
-        "size": len(found.message) if found.message is not None else None,
-        "last_error": f"corrupt: {found.problem}" if found.problem else last_error(envelope),  # type: ignore[arg-type]
-    }
-    return record
+        message_id=(envelope.message_id or None) if envelope else None,
+        subject=subject(found.message) if found.message is not None else None,
+        size=len(found.message) if found.message is not None else None,
+        last_error=error,
+    )
 
 
-def list_messages(queue: IMailQueue, state: str | None = None) -> list[dict]:
-    """Every message (of ``state``), as :func:`summary` records, by state then age."""
-    return [summary(found) for found in views(queue, state)]
+def list_messages(queue: IMailQueue, state: MessageState | None = None) -> list[MessageSummary]:
+    """Every message (of ``state``), by state then age; files that are not messages are skipped
+    (:func:`not_messages` names them)."""
+    return [_summary(found) for found in _reads(queue, state)]
 
 
-def list_given(queue: IMailQueue, queue_ids: Iterable[str]) -> list[dict]:
-    """The :func:`summary` records of the given ids that name a message (to confirm a discard)."""
+def list_given(queue: IMailQueue, queue_ids: Iterable[str]) -> list[MessageSummary]:
+    """The summaries of the given ids that name a message (to confirm a discard)."""
     records = []
     for queue_id in check_ids(queue_ids):
         try:
-            found = view(queue, queue.find(queue_id))
+            found = _read(queue, queue.find(queue_id))
         except UnknownQueueIdError:
             continue
         if found is not None:
-            records.append(summary(found))
+            records.append(_summary(found))
     return records
 
 
-def details(queue: IMailQueue, queue_id: str) -> dict:
+def details(queue: IMailQueue, queue_id: str) -> MessageDetails:
     """Everything ``mq-queue show`` prints: the summary, the attempts, the headers."""
     entry = find(queue, queue_id)
-    found = view(queue, entry)
+    found = _read(queue, entry)
     if found is None:
         raise MessageNotFoundError(f"queue id {queue_id} left the queue while it was being read")
-    record = summary(found)
     envelope = found.envelope
-    record.update(
+    return MessageDetails(
+        summary=_summary(found),
         file_size=entry.size,
         failure_reason=envelope.failure_reason if envelope else None,
-        attempt_history=[a for a in envelope.attempts if isinstance(a, dict)] if envelope else [],
-        headers=(
-            header_block(found.message).decode("utf-8", "replace").splitlines() if found.message is not None else None
-        ),
+        attempts=tuple(a for a in envelope.attempts if isinstance(a, dict)) if envelope else (),
+        headers=header_lines(found.message) if found.message is not None else None,
         problem=found.problem,
     )
-    return record
 
 
 def raw_message(queue: IMailQueue, queue_id: str) -> bytes:
@@ -243,7 +399,7 @@ def queue_status(
     delivery_log: str | None = None,
     log_format: str = "logfmt",
     now: float | None = None,
-) -> dict:
+) -> QueueStatus:
     """Counts per state, the oldest waiting message, the last delivery and failure.
 
     The last delivery and failure come from the attempts recorded in the queue (a message
@@ -253,18 +409,17 @@ def queue_status(
     """
     now = time.time() if now is None else now
     counts = dict.fromkeys(STATES, 0)
-    oldest: MessageView | None = None
+    oldest: _Read | None = None
     over = 0
-    last_delivery: dict | None = None
-    last_failure: dict | None = None
-    for found in views(queue):
+    last_delivery: LastEvent | None = None
+    last_failure: LastEvent | None = None
+    for found in _reads(queue):
         entry = found.entry
         counts[entry.state] += 1
         if entry.state in WAITING:
-            age = now - _queued_at(found)
             if oldest is None or entry.queue_id < oldest.entry.queue_id:
                 oldest = found
-            if warn_age is not None and age > warn_age:
+            if warn_age is not None and now - found.queued_at > warn_age:
                 over += 1
         for attempt in found.envelope.attempts if found.envelope else ():
             if not isinstance(attempt, dict) or not isinstance(attempt.get("at"), str):
@@ -289,79 +444,67 @@ def queue_status(
                 last_failure = _newer(last_failure, record.get("time"), record.get("queue_id"), "delivery_log")
             if seen_delivery and seen_failure:
                 break
-    return {
-        "counts": counts,
-        "total": sum(counts.values()),
-        "oldest": (
+    return QueueStatus(
+        counts=counts,
+        total=sum(counts.values()),
+        oldest=(
             None
             if oldest is None
-            else {
-                "id": oldest.entry.queue_id,
-                "state": oldest.entry.state,
-                "queued_at": iso_utc(_queued_at(oldest)),
-                "age_seconds": round(max(0.0, now - _queued_at(oldest)), 3),
-            }
+            else WaitingMessage(
+                oldest.entry.queue_id,
+                oldest.entry.state,
+                oldest.queued_at,
+                round(max(0.0, now - oldest.queued_at), 3),
+            )
         ),
-        "last_delivery": last_delivery,
-        "last_failure": last_failure,
-        "warn_age_seconds": warn_age,
-        "over_warn_age": over,
-    }
+        last_delivery=last_delivery,
+        last_failure=last_failure,
+        warn_age_seconds=warn_age,
+        over_warn_age=over,
+        not_messages=tuple(not_messages(queue)),
+    )
 
 
-def _queued_at(found: MessageView) -> float:
-    return found.envelope.queued_at if found.envelope else queued_time(found.entry.queue_id)
-
-
-def _newer(current: dict | None, at: object, queue_id: object, source: str) -> dict | None:
+def _newer(current: LastEvent | None, at: object, queue_id: object, source: str) -> LastEvent | None:
     if not isinstance(at, str):
         return current
     try:
         when = parse_iso_utc(at)
     except ValueError:
         return current
-    if current is not None and parse_iso_utc(current["at"]) >= when:
+    if current is not None and current.at >= when:
         return current
-    return {"at": iso_utc(when), "id": queue_id if isinstance(queue_id, str) else None, "source": source}
+    return LastEvent(when, queue_id if isinstance(queue_id, str) else None, source)
 
 
 # -- changes ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one id: ``done`` False means it was left as it was, and ``text`` says why."""
-
-    queue_id: str
-    done: bool
-    text: str
 
 
 Action = Callable[[IMailQueue, Claim, Entry], str]
 
 
 def _act(
-    queue: IMailQueue, queue_id: str, actions: dict[MessageState, Action], refusals: dict[MessageState, str]
-) -> Outcome:
+    queue: IMailQueue, queue_id: str, actions: Mapping[MessageState, Action], refusals: Mapping[MessageState, str]
+) -> ChangeResult:
     """Find and lock one message, then apply the action for its state, or refuse."""
     try:
         entry = queue.find(queue_id)
     except UnknownQueueIdError as exc:
-        return Outcome(queue_id, False, str(exc))
+        return ChangeResult(queue_id, False, str(exc))
     try:
         claim = queue.lock(entry)
     except OSError as exc:
-        return Outcome(queue_id, False, str(exc))
+        return ChangeResult(queue_id, False, str(exc))
     if claim is None:
-        return Outcome(queue_id, False, _busy(queue, queue_id, entry.state))
+        return ChangeResult(queue_id, False, _busy(queue, queue_id, entry.state))
     try:
         if entry.state not in actions:
-            return Outcome(queue_id, False, f"queue id {queue_id} is {entry.state}: {refusals[entry.state]}")
-        return Outcome(queue_id, True, actions[entry.state](queue, claim, entry))
+            return ChangeResult(queue_id, False, f"queue id {queue_id} is {entry.state}: {refusals[entry.state]}")
+        return ChangeResult(queue_id, True, actions[entry.state](queue, claim, entry))
     except CorruptMessageError as exc:
-        return Outcome(queue_id, False, f"queue id {queue_id}: {exc}; only discard removes it")
+        return ChangeResult(queue_id, False, f"queue id {queue_id}: {exc}; only discard removes it")
     except OSError as exc:
-        return Outcome(queue_id, False, f"queue id {queue_id}: {exc.strerror or exc}; it was left as it was")
+        return ChangeResult(queue_id, False, f"queue id {queue_id}: {exc.strerror or exc}; it was left as it was")
     finally:
         claim.release()
 
@@ -373,7 +516,7 @@ def _decoded(claim: Claim) -> Envelope:
     return claim.envelope
 
 
-def _busy(queue: IMailQueue, queue_id: str, state: str) -> str:
+def _busy(queue: IMailQueue, queue_id: str, state: MessageState) -> str:
     try:
         now = queue.find(queue_id)
     except UnknownQueueIdError:
@@ -417,7 +560,7 @@ def _released(queue: IMailQueue, claim: Claim, entry: Entry) -> str:
 
 
 def _removed(queue: IMailQueue, claim: Claim, entry: Entry) -> str:
-    envelope = claim.envelope
+    envelope: Envelope | None = claim.envelope
     if envelope is None:
         try:
             envelope = queuefile.decode_envelope_only(queue.read_raw(entry))
@@ -469,18 +612,20 @@ _REFUSALS = {
 }
 
 
-def _apply(queue: IMailQueue, queue_ids: Iterable[str], verb: str, actions: dict, level: int) -> list[Outcome]:
-    outcomes = []
+def _apply(
+    queue: IMailQueue, queue_ids: Iterable[str], verb: str, actions: Mapping[MessageState, Action], level: int
+) -> list[ChangeResult]:
+    results = []
     for queue_id in check_ids(queue_ids):
-        outcome = _act(queue, queue_id, actions, _REFUSALS.get(verb, {}))
-        if outcome.done:
-            log.log(level, "queue id %s: %s (mq-queue %s)", queue_id, outcome.text, verb)
-            outcome = Outcome(queue_id, True, f"{queue_id}: {outcome.text}")
-        outcomes.append(outcome)
-    return outcomes
+        result = _act(queue, queue_id, actions, _REFUSALS.get(verb, {}))
+        if result.done:
+            log.log(level, "queue id %s: %s (mq-queue %s)", queue_id, result.text, verb)
+            result = ChangeResult(queue_id, True, f"{queue_id}: {result.text}")
+        results.append(result)
+    return results
 
 
-def retry(queue: IMailQueue, queue_ids: Iterable[str] = (), states: Iterable[str] = ()) -> list[Outcome]:
+def retry(queue: IMailQueue, queue_ids: Iterable[str] = (), states: Iterable[MessageState] = ()) -> list[ChangeResult]:
     """Make messages due now: deferred -> queued; failed -> queued with every recipient not
     delivered reset to pending (so only they get it). ``states`` adds every message of
     those states (``failed``, ``deferred``)."""
@@ -488,170 +633,16 @@ def retry(queue: IMailQueue, queue_ids: Iterable[str] = (), states: Iterable[str
     return _apply(queue, everything, "retry", _RETRY, logging.INFO)
 
 
-def hold(queue: IMailQueue, queue_ids: Iterable[str]) -> list[Outcome]:
+def hold(queue: IMailQueue, queue_ids: Iterable[str]) -> list[ChangeResult]:
     """Keep messages aside (queued, deferred or failed -> held): never sent until released."""
     return _apply(queue, queue_ids, "hold", _HOLD, logging.INFO)
 
 
-def release(queue: IMailQueue, queue_ids: Iterable[str]) -> list[Outcome]:
+def release(queue: IMailQueue, queue_ids: Iterable[str]) -> list[ChangeResult]:
     """Held -> queued (due at once), or -> failed when no recipient is left to try."""
     return _apply(queue, queue_ids, "release", _RELEASE, logging.INFO)
 
 
-def discard(queue: IMailQueue, queue_ids: Iterable[str]) -> list[Outcome]:
+def discard(queue: IMailQueue, queue_ids: Iterable[str]) -> list[ChangeResult]:
     """Remove messages for good (any state; not one a sender holds), logging each at WARNING."""
     return _apply(queue, queue_ids, "discard", _DISCARD, logging.WARNING)
-
-
-# -- text output ------------------------------------------------------------------------
-
-
-def format_list_lines(records: list[dict]) -> str:
-    """One plain line per message (for pipes and scripts): id, state, then ``key=value`` pairs."""
-    lines = []
-    for r in records:
-        recipients = None
-        if r["recipients"] is not None:
-            recipients = ",".join(f"{x['address']}:{x['status']}" for x in r["recipients"])
-        pairs = {
-            "queued_at": r["queued_at"],
-            "attempts": r["attempts"],
-            "next_attempt": r["next_attempt"],
-            "size": r["size"],
-            "sender": r["sender"],
-            "recipients": recipients,
-            "message_id": r["message_id"],
-            "subject": r["subject"],
-            "last_error": r["last_error"],
-        }
-        values = (logfmt_value("-" if v is None else str(v)) for v in pairs.values())
-        lines.append(" ".join([r["id"], r["state"], *(f"{k}={v}" for k, v in zip(pairs, values, strict=True))]))
-    return "\n".join(lines)
-
-
-def _table(header: list[str], rows: list[list[str]], width: int) -> str:
-    """Columns padded to their widest cell; each line cut to the terminal's width."""
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = []
-    for row in [header, *rows]:
-        line = "  ".join(cell.ljust(size) for cell, size in zip(row, widths, strict=True)).rstrip()
-        lines.append(line if len(line) <= width else line[: width - 1] + "…")
-    return "\n".join(lines)
-
-
-def _cut(text: str | None, size: int) -> str:
-    text = "-" if text is None else " ".join(text.split())
-    return text if len(text) <= size else text[: size - 1] + "…"
-
-
-def format_list_table(records: list[dict], now: float | None = None, width: int | None = None) -> str:
-    """A table for a person at a terminal: age, schedule, first recipient, subject, last error."""
-    now = time.time() if now is None else now
-    width = width or shutil.get_terminal_size().columns
-    if not records:
-        return "no message"
-    rows = []
-    for r in records:
-        recipients = r["recipients"]
-        to = (
-            "-" if not recipients else recipients[0]["address"] + (f" +{len(recipients) - 1}" if recipients[1:] else "")
-        )
-        next_at = "-"
-        if r["next_attempt"]:
-            wait = parse_iso_utc(r["next_attempt"]) - now
-            next_at = f"in {format_duration(wait)}" if wait > 0 else "due"
-        rows.append(
-            [
-                r["id"],
-                r["state"],
-                format_duration(now - parse_iso_utc(r["queued_at"])),
-                "-" if r["attempts"] is None else str(r["attempts"]),
-                next_at,
-                _cut(to, 32),
-                _cut(r["subject"], 30),
-                _cut(r["last_error"], 40),
-            ]
-        )
-    return _table(["ID", "STATE", "AGE", "TRIES", "NEXT", "TO", "SUBJECT", "LAST ERROR"], rows, width)
-
-
-def _when(event: dict | None, unknown: str) -> str:
-    if event is None:
-        return unknown
-    where = "the delivery log" if event["source"] == "delivery_log" else "the queue"
-    return f"{event['at']} (queue id {event['id'] or 'unknown'}, from {where})"
-
-
-def format_status(report: dict, tty: bool = False) -> str:
-    """``status`` as text: a table at a terminal, else ``name value`` lines (easy to grep)."""
-    oldest = report["oldest"]
-    warn = report["warn_age_seconds"]
-    if not tty:
-        lines = [f"{state} {count}" for state, count in report["counts"].items()]
-        lines += [
-            f"total {report['total']}",
-            f"oldest_id {oldest['id'] if oldest else '-'}",
-            f"oldest_age_seconds {oldest['age_seconds'] if oldest else 0}",
-            f"last_delivery {report['last_delivery']['at'] if report['last_delivery'] else 'unknown'}",
-            f"last_failure {report['last_failure']['at'] if report['last_failure'] else 'none'}",
-        ]
-        if warn is not None:
-            lines.append(f"over_warn_age {report['over_warn_age']}")
-        return "\n".join(lines)
-    rows = [[state, str(count)] for state, count in report["counts"].items()]
-    lines = [_table(["STATE", "MESSAGES"], [*rows, ["total", str(report["total"])]], 80), ""]
-    if oldest:
-        lines.append(
-            f"oldest message  {oldest['id']} ({oldest['state']}, queued {format_duration(oldest['age_seconds'])} ago)"
-        )
-    else:
-        lines.append("oldest message  none waiting")
-    lines.append(f"last delivery   {_when(report['last_delivery'], 'unknown')}")
-    lines.append(f"last failure    {_when(report['last_failure'], 'none on record')}")
-    if warn is not None:
-        lines.append(f"older than {format_duration(warn)}  {report['over_warn_age']} waiting message(s)")
-    return "\n".join(lines)
-
-
-def format_details(record: dict) -> str:
-    """``show`` as text: the envelope, the attempt history, then the message headers."""
-    size = "unknown"
-    if record["size"] is not None:
-        size = f"{record['size']} bytes"
-    fields = [
-        ("queue id", record["id"]),
-        ("state", record["state"]),
-        ("queued at", record["queued_at"]),
-        ("sender", record["sender"]),
-        ("message id", record["message_id"]),
-        ("subject", record["subject"]),
-        ("size", f"{size} (queue file {record['file_size']} bytes)"),
-        ("next attempt", record["next_attempt"]),
-        ("failure", record["failure_reason"]),
-        ("last error", record["last_error"]),
-    ]
-    lines = [f"{name + ':':<14}{'-' if value is None else value}" for name, value in fields]
-    if record["problem"]:
-        lines.append(f"{'':<14}(show --raw prints the whole file)")
-    lines.append("recipients:")
-    recipients = record["recipients"] or []
-    width = max((len(r["address"]) for r in recipients), default=0)
-    for r in recipients:
-        lines.append(f"  {r['address']:<{width}}  {r['status']:<9}  {r['reply'] or '-'}")
-    if record["recipients"] is None:
-        lines.append("  unknown")
-    lines.append("attempts:")
-    for attempt in record["attempt_history"]:
-        nxt = f", next attempt {attempt['next_attempt']}" if attempt.get("next_attempt") else ""
-        lines.append(
-            f"  {attempt.get('number', '?')}. {attempt.get('at', '?')} {attempt.get('server', '?')}: "
-            f"{attempt.get('result', '?')}{nxt}"
-        )
-        replies = attempt.get("recipients")
-        for address, reply in replies.items() if isinstance(replies, dict) else ():
-            lines.append(f"       {address}: {reply}")
-    if not record["attempt_history"]:
-        lines.append("  none yet")
-    lines.append("headers:")
-    lines += [f"  {line}" for line in record["headers"] or ["unknown"]]
-    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The operator's library (mq_transaction.operator) on a queue holding every state, built for real."""
+"""The operator's library (mq_transaction.queue_admin) on a queue holding every state, built for real."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 import transaction
 
-from mq_transaction import MessageQueue, QueuedMailer, UnknownQueueIdError, operator
+from mq_transaction import MessageQueue, QueuedMailer, UnknownQueueIdError, queue_admin
 from mq_transaction.durations import iso_utc, parse_iso_utc
 from mq_transaction.queuefile import Envelope, encode
 from mq_transaction.records import Claim
@@ -53,7 +53,7 @@ def build_queue(path, sink, **settings) -> Built:
     - failed: ann@example.org delivered, bad@example.org refused with a 550 (partly delivered)
     - deferred: later@example.org answered 451
     - corrupt: its file lost its last bytes before mq-send reached it
-    - queued, held (by operator.hold), sending (claimed here and kept claimed)
+    - queued, held (by queue_admin.hold), sending (claimed here and kept claimed)
     """
     queue = MessageQueue(path)
     ids = {
@@ -71,7 +71,7 @@ def build_queue(path, sink, **settings) -> Built:
     sink.behaviour.rcpt_replies.clear()
     ids[MessageState.QUEUED] = commit(queue, ("dan@example.org",), "Queued")
     ids[MessageState.HELD] = commit(queue, ("eve@example.org",), "Held")
-    assert operator.hold(queue, [ids[MessageState.HELD]])[0].done
+    assert queue_admin.hold(queue, [ids[MessageState.HELD]])[0].done
     ids[MessageState.SENDING] = commit(queue, ("fay@example.org",), "Sending")
     claim = queue.claim(ids[MessageState.SENDING])
     assert claim is not None
@@ -88,79 +88,79 @@ def built(tmp_path, smtp_sink):
 
 
 def by_id(records):
-    return {record["id"]: record for record in records}
+    return {record.queue_id: record for record in records}
 
 
 # -- list -------------------------------------------------------------------------------
 
 
 def test_list_gives_every_message_of_every_state_with_the_documented_keys(built):
-    records = operator.list_messages(built.queue)
-    assert [r["state"] for r in records] == list(STATES)  # by state, in the states' order
+    records = queue_admin.list_messages(built.queue)
+    assert [r.state for r in records] == list(STATES)  # by state, in the states' order
     for record in records:
-        assert tuple(record) == operator.LIST_FIELDS
-        assert record["id"] == built.ids[record["state"]]
+        assert tuple(record.to_json()) == queue_admin.LIST_FIELDS
+        assert record.queue_id == built.ids[record.state]
 
 
 def test_list_of_a_partly_delivered_failed_message_shows_each_recipients_fate(built):
-    record = by_id(operator.list_messages(built.queue, MessageState.FAILED))[built.ids[MessageState.FAILED]]
-    assert record["recipients"] == [
-        {"address": "ann@example.org", "status": "delivered", "reply": "250 2.0.0 Message accepted"},
-        {"address": "bad@example.org", "status": "failed", "reply": REFUSED},
-    ]
-    assert record["attempts"] == 1
-    assert record["last_error"] == REFUSED
-    assert record["next_attempt"] is None
-    assert record["subject"] == "Partly delivered"
-    assert record["sender"] == SENDER
-    assert record["message_id"].startswith("<") and record["message_id"].endswith(">")
+    record = by_id(queue_admin.list_messages(built.queue, MessageState.FAILED))[built.ids[MessageState.FAILED]]
+    assert record.recipients == (
+        queue_admin.RecipientSummary("ann@example.org", "delivered", "250 2.0.0 Message accepted"),
+        queue_admin.RecipientSummary("bad@example.org", "failed", REFUSED),
+    )
+    assert record.attempts == 1
+    assert record.last_error == REFUSED
+    assert record.next_attempt is None
+    assert record.subject == "Partly delivered"
+    assert record.sender == SENDER
+    assert record.message_id.startswith("<") and record.message_id.endswith(">")
     envelope, message = built.queue.read(built.queue.find(built.ids[MessageState.FAILED]))
-    assert record["size"] == len(message)
-    assert record["queued_at"] == iso_utc(envelope.queued_at)
+    assert record.size == len(message)
+    assert record.queued_at == envelope.queued_at
 
 
 def test_list_of_a_deferred_message_gives_its_file_time_as_next_attempt(built):
     entry = built.queue.find(built.ids[MessageState.DEFERRED])
-    (record,) = operator.list_messages(built.queue, MessageState.DEFERRED)
-    assert record["next_attempt"] == iso_utc(entry.mtime)
-    assert parse_iso_utc(record["next_attempt"]) > time.time()
-    assert record["last_error"] == LATER
-    assert record["recipients"][0]["status"] == "deferred"
+    (record,) = queue_admin.list_messages(built.queue, MessageState.DEFERRED)
+    assert record.next_attempt == entry.mtime
+    assert record.next_attempt > time.time()
+    assert record.last_error == LATER
+    assert record.recipients[0].status == "deferred"
 
 
 def test_list_of_a_corrupt_message_gives_what_can_be_known_and_why(built):
-    (record,) = operator.list_messages(built.queue, MessageState.CORRUPT)
-    assert record["state"] == MessageState.CORRUPT
-    assert record["last_error"].startswith("corrupt: ") and "truncated" in record["last_error"]
-    assert record["subject"] is None and record["size"] is None  # the message itself is not trusted
-    assert record["sender"] == SENDER  # the envelope part of the file is intact
-    assert record["recipients"][0]["address"] == "cid@example.org"
+    (record,) = queue_admin.list_messages(built.queue, MessageState.CORRUPT)
+    assert record.state == MessageState.CORRUPT
+    assert record.last_error.startswith("corrupt: ") and "truncated" in record.last_error
+    assert record.subject is None and record.size is None  # the message itself is not trusted
+    assert record.sender == SENDER  # the envelope part of the file is intact
+    assert record.recipients[0].address == "cid@example.org"
 
 
 def test_a_file_that_is_garbage_lists_with_nulls_and_its_queued_time_from_the_id(built):
     queue_id = commit(built.queue, ("gus@example.org",), "Garbage")
     with open(os.path.join(built.queue.path, "new", queue_id), "wb") as handle:
         handle.write(b"\x00garbage, not a queue file\n")
-    record = by_id(operator.list_messages(built.queue, MessageState.QUEUED))[queue_id]
-    assert record["state"] == MessageState.QUEUED  # a state is a directory; mq-send moves it aside when it gets there
+    record = by_id(queue_admin.list_messages(built.queue, MessageState.QUEUED))[queue_id]
+    assert record.state == MessageState.QUEUED  # a state is a directory; mq-send moves it aside when it gets there
     for key in ("attempts", "sender", "recipients", "message_id", "subject", "size"):
-        assert record[key] is None, key
-    assert record["queued_at"].startswith(f"{queue_id[:4]}-{queue_id[4:6]}-{queue_id[6:8]}T")
-    assert record["last_error"] == "corrupt: not a queue file (no MQUEUE header line)"
+        assert getattr(record, key) is None, key
+    assert iso_utc(record.queued_at).startswith(f"{queue_id[:4]}-{queue_id[4:6]}-{queue_id[6:8]}T")
+    assert record.last_error == "corrupt: not a queue file (no MQUEUE header line)"
 
 
 def test_list_of_held_queued_and_sending_messages(built):
-    records = by_id(operator.list_messages(built.queue))
+    records = by_id(queue_admin.list_messages(built.queue))
     for state in (MessageState.HELD, MessageState.QUEUED, MessageState.SENDING):
         record = records[built.ids[state]]
-        assert record["attempts"] == 0 and record["last_error"] is None and record["next_attempt"] is None
-        assert record["recipients"][0]["status"] == "pending"
+        assert record.attempts == 0 and record.last_error is None and record.next_attempt is None
+        assert record.recipients[0].status == "pending"
 
 
 def test_subject_is_decoded_and_unfolded():
     message = b"From: a@example.com\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n and more\r\n\r\nSubject: body\r\n"
-    assert operator.subject(message) == "Grüße and more"
-    assert operator.subject(b"From: a@example.com\n\nSubject: not a header\n") is None
+    assert queue_admin.subject(message) == "Grüße and more"
+    assert queue_admin.subject(b"From: a@example.com\n\nSubject: not a header\n") is None
 
 
 def test_last_error_of_an_expired_message_carries_the_expiry_note(tmp_path, smtp_sink):
@@ -169,37 +169,34 @@ def test_last_error_of_an_expired_message_carries_the_expiry_note(tmp_path, smtp
     smtp_sink.behaviour.rcpt_default = LATER
     later = time.time() + 6 * 86400
     Sender(make_settings(queue.path, smtp_sink.port), clock=lambda: later).run()
-    (record,) = operator.list_messages(queue, MessageState.FAILED)
-    assert record["id"] == queue_id
-    assert record["last_error"].startswith(LATER) and "(expired: undelivered after" in record["last_error"]
+    (record,) = queue_admin.list_messages(queue, MessageState.FAILED)
+    assert record.queue_id == queue_id
+    assert record.last_error.startswith(LATER) and "(expired: undelivered after" in record.last_error
 
 
 # -- show -------------------------------------------------------------------------------
 
 
 def test_details_hold_the_attempt_history_and_the_headers(built):
-    record = operator.details(built.queue, built.ids[MessageState.FAILED])
-    assert record["failure_reason"] == "rejected"
-    (attempt,) = record["attempt_history"]
+    record = queue_admin.details(built.queue, built.ids[MessageState.FAILED])
+    assert record.failure_reason == "rejected"
+    (attempt,) = record.attempts
     assert attempt["result"] == MessageState.FAILED
     assert attempt["recipients"] == {"ann@example.org": "250 2.0.0 Message accepted", "bad@example.org": REFUSED}
-    assert "Subject: Partly delivered" in record["headers"]
-    assert any(line.startswith("Message-ID: ") for line in record["headers"])
-    lines = operator.format_details(record).splitlines()
-    assert ["bad@example.org", "failed", *REFUSED.split()] in [line.split() for line in lines]
-    assert lines.index("attempts:") < lines.index("headers:") < lines.index("  Subject: Partly delivered")
+    assert "Subject: Partly delivered" in record.headers
+    assert any(line.startswith("Message-ID: ") for line in record.headers)
 
 
 def test_raw_message_is_the_stored_message_and_a_corrupt_file_comes_whole(built):
     _envelope, message = built.queue.read(built.queue.find(built.ids[MessageState.QUEUED]))
-    assert operator.raw_message(built.queue, built.ids[MessageState.QUEUED]) == message
+    assert queue_admin.raw_message(built.queue, built.ids[MessageState.QUEUED]) == message
     entry = built.queue.find(built.ids[MessageState.CORRUPT])
-    assert operator.raw_message(built.queue, built.ids[MessageState.CORRUPT]) == built.queue.read_raw(entry)
+    assert queue_admin.raw_message(built.queue, built.ids[MessageState.CORRUPT]) == built.queue.read_raw(entry)
 
 
 def test_details_of_an_absent_id_is_message_not_found(built):
-    with pytest.raises(operator.MessageNotFoundError, match="is not in the queue"):
-        operator.details(built.queue, "20261128T151136123456Z-9f3a2b1c0d")
+    with pytest.raises(queue_admin.MessageNotFoundError, match="is not in the queue"):
+        queue_admin.details(built.queue, "20261128T151136123456Z-9f3a2b1c0d")
 
 
 # -- ids --------------------------------------------------------------------------------
@@ -221,13 +218,13 @@ NOT_IDS = [
 @pytest.mark.parametrize("value", NOT_IDS)
 def test_anything_but_a_queue_id_is_refused_before_anything_is_read(built, value):
     with pytest.raises(UnknownQueueIdError, match="is not a queue id") as caught:
-        operator.check_ids(["20261128T151136123456Z-9f3a2b1c0d", value])
-    assert not isinstance(caught.value, operator.MessageNotFoundError)
-    for act in (operator.retry, operator.hold, operator.release, operator.discard):
+        queue_admin.check_ids(["20261128T151136123456Z-9f3a2b1c0d", value])
+    assert not isinstance(caught.value, queue_admin.MessageNotFoundError)
+    for act in (queue_admin.retry, queue_admin.hold, queue_admin.release, queue_admin.discard):
         with pytest.raises(UnknownQueueIdError):
             act(built.queue, [built.ids[MessageState.QUEUED], value])
     with pytest.raises(UnknownQueueIdError):
-        operator.details(built.queue, value)
+        queue_admin.details(built.queue, value)
     assert (
         built.queue.find(built.ids[MessageState.QUEUED]).state == MessageState.QUEUED
     )  # the valid id before it was not acted on
@@ -240,17 +237,17 @@ def test_nothing_outside_the_queue_is_touched_through_a_symlink_or_a_dot_file(bu
     os.symlink(victim, os.path.join(built.queue.path, "new", fake_id))
     with open(os.path.join(built.queue.path, "failed", "." + built.ids[MessageState.QUEUED]), "wb") as handle:
         handle.write(victim.read_bytes())
-    assert fake_id not in by_id(operator.list_messages(built.queue))
-    (outcome,) = operator.discard(built.queue, [fake_id])
+    assert fake_id not in by_id(queue_admin.list_messages(built.queue))
+    (outcome,) = queue_admin.discard(built.queue, [fake_id])
     assert not outcome.done and "is not in the queue" in outcome.text
-    with pytest.raises(operator.MessageNotFoundError):
-        operator.raw_message(built.queue, fake_id)
+    with pytest.raises(queue_admin.MessageNotFoundError):
+        queue_admin.raw_message(built.queue, fake_id)
     assert victim.exists() and os.path.islink(os.path.join(built.queue.path, "new", fake_id))
-    assert len(operator.list_messages(built.queue, MessageState.FAILED)) == 1  # the dot-file is no message
+    assert len(queue_admin.list_messages(built.queue, MessageState.FAILED)) == 1  # the dot-file is no message
 
 
 def test_repeated_ids_are_acted_on_once(built):
-    outcomes = operator.hold(built.queue, [built.ids[MessageState.QUEUED], built.ids[MessageState.QUEUED]])
+    outcomes = queue_admin.hold(built.queue, [built.ids[MessageState.QUEUED], built.ids[MessageState.QUEUED]])
     assert len(outcomes) == 1 and outcomes[0].done
 
 
@@ -259,7 +256,7 @@ def test_repeated_ids_are_acted_on_once(built):
 
 def test_retry_of_a_partly_delivered_failed_message_reaches_only_the_undelivered_recipient(built, smtp_sink):
     queue_id = built.ids[MessageState.FAILED]
-    (outcome,) = operator.retry(built.queue, [queue_id])
+    (outcome,) = queue_admin.retry(built.queue, [queue_id])
     assert outcome.done and "to be sent to bad@example.org" in outcome.text
     entry = built.queue.find(queue_id)
     assert entry.state == MessageState.QUEUED
@@ -277,7 +274,7 @@ def test_retry_of_a_partly_delivered_failed_message_reaches_only_the_undelivered
 
 
 def test_retry_of_a_deferred_message_makes_it_due_at_the_next_run(built, smtp_sink):
-    (outcome,) = operator.retry(built.queue, [built.ids[MessageState.DEFERRED]])
+    (outcome,) = queue_admin.retry(built.queue, [built.ids[MessageState.DEFERRED]])
     assert outcome.done and outcome.text.endswith("deferred -> queued")
     assert built.queue.find(built.ids[MessageState.DEFERRED]).state == MessageState.QUEUED
     Sender(built.settings, queue=built.queue).run()  # no --flush: it is due because it is queued
@@ -285,14 +282,14 @@ def test_retry_of_a_deferred_message_makes_it_due_at_the_next_run(built, smtp_si
 
 
 def test_retry_all_failed_and_all_deferred(built):
-    outcomes = operator.retry(built.queue, states=[MessageState.FAILED, MessageState.DEFERRED])
+    outcomes = queue_admin.retry(built.queue, states=[MessageState.FAILED, MessageState.DEFERRED])
     assert [(o.queue_id, o.done) for o in outcomes] == [
         (built.ids[MessageState.FAILED], True),
         (built.ids[MessageState.DEFERRED], True),
     ]
     assert (
-        operator.list_messages(built.queue, MessageState.FAILED)
-        == operator.list_messages(built.queue, MessageState.DEFERRED)
+        queue_admin.list_messages(built.queue, MessageState.FAILED)
+        == queue_admin.list_messages(built.queue, MessageState.DEFERRED)
         == []
     )
 
@@ -307,7 +304,7 @@ def test_retry_all_failed_and_all_deferred(built):
     ],
 )
 def test_retry_in_other_states(built, state, done, says):
-    (outcome,) = operator.retry(built.queue, [built.ids[state]])
+    (outcome,) = queue_admin.retry(built.queue, [built.ids[state]])
     assert (outcome.done, says in outcome.text) == (done, True), outcome.text
     assert built.queue.find(built.ids[state]).state == state
 
@@ -318,11 +315,11 @@ def test_retry_in_other_states(built, state, done, says):
 @pytest.mark.parametrize("state", [MessageState.QUEUED, MessageState.DEFERRED, MessageState.FAILED])
 def test_hold_keeps_a_message_aside_and_release_gives_it_back(built, state):
     queue_id = built.ids[state]
-    (outcome,) = operator.hold(built.queue, [queue_id])
+    (outcome,) = queue_admin.hold(built.queue, [queue_id])
     assert outcome.done and outcome.text.endswith(f"{state} -> held")
     assert built.queue.find(queue_id).state == MessageState.HELD
     assert queue_id not in built.queue.due(flush=True)
-    (outcome,) = operator.release(built.queue, [queue_id])
+    (outcome,) = queue_admin.release(built.queue, [queue_id])
     # A failed message has nobody left to try: it goes back to failed, for retry to decide.
     expected = MessageState.FAILED if state == MessageState.FAILED else MessageState.QUEUED
     assert outcome.done and outcome.text.endswith(f"held -> {expected}")
@@ -332,14 +329,14 @@ def test_hold_keeps_a_message_aside_and_release_gives_it_back(built, state):
 @pytest.mark.parametrize(
     ("act", "state", "done", "says"),
     [
-        (operator.hold, MessageState.HELD, True, "already held"),
-        (operator.hold, MessageState.SENDING, False, "busy"),
-        (operator.hold, MessageState.CORRUPT, False, "only discard removes it"),
-        (operator.release, MessageState.QUEUED, False, "it is not held"),
-        (operator.release, MessageState.DEFERRED, False, "it is not held"),
-        (operator.release, MessageState.FAILED, False, "retry sends it again"),
-        (operator.release, MessageState.SENDING, False, "busy"),
-        (operator.release, MessageState.CORRUPT, False, "only discard removes it"),
+        (queue_admin.hold, MessageState.HELD, True, "already held"),
+        (queue_admin.hold, MessageState.SENDING, False, "busy"),
+        (queue_admin.hold, MessageState.CORRUPT, False, "only discard removes it"),
+        (queue_admin.release, MessageState.QUEUED, False, "it is not held"),
+        (queue_admin.release, MessageState.DEFERRED, False, "it is not held"),
+        (queue_admin.release, MessageState.FAILED, False, "retry sends it again"),
+        (queue_admin.release, MessageState.SENDING, False, "busy"),
+        (queue_admin.release, MessageState.CORRUPT, False, "only discard removes it"),
     ],
 )
 def test_hold_and_release_in_other_states_change_nothing(built, act, state, done, says):
@@ -350,14 +347,14 @@ def test_hold_and_release_in_other_states_change_nothing(built, act, state, done
 
 def test_an_orphan_in_sending_is_left_to_mq_send(built):
     built.claim.release()  # its "sender" died: the file stays in sending/, unlocked
-    (outcome,) = operator.retry(built.queue, [built.ids[MessageState.SENDING]])
+    (outcome,) = queue_admin.retry(built.queue, [built.ids[MessageState.SENDING]])
     assert not outcome.done and "its sender died" in outcome.text
 
 
 def test_hold_and_release_are_logged(built, caplog):
     caplog.set_level(logging.INFO, logger="mq_transaction.operator")
-    operator.hold(built.queue, [built.ids[MessageState.QUEUED]])
-    operator.release(built.queue, [built.ids[MessageState.QUEUED]])
+    queue_admin.hold(built.queue, [built.ids[MessageState.QUEUED]])
+    queue_admin.release(built.queue, [built.ids[MessageState.QUEUED]])
     assert [r.getMessage() for r in caplog.records if r.name == "mq_transaction.operator"] == [
         f"queue id {built.ids[MessageState.QUEUED]}: queued -> held (mq-queue hold)",
         f"queue id {built.ids[MessageState.QUEUED]}: held -> queued (mq-queue release)",
@@ -373,11 +370,11 @@ def test_hold_and_release_are_logged(built, caplog):
 def test_discard_removes_the_message_and_logs_what_it_removed(built, state, caplog):
     caplog.set_level(logging.INFO, logger="mq_transaction.operator")
     queue_id = built.ids[state]
-    message_id = operator.list_given(built.queue, [queue_id])[0]["message_id"]
-    (outcome,) = operator.discard(built.queue, [queue_id])
+    message_id = queue_admin.list_given(built.queue, [queue_id])[0].message_id
+    (outcome,) = queue_admin.discard(built.queue, [queue_id])
     assert outcome.done
-    with pytest.raises(operator.MessageNotFoundError):
-        operator.find(built.queue, queue_id)
+    with pytest.raises(queue_admin.MessageNotFoundError):
+        queue_admin.find(built.queue, queue_id)
     (record,) = [r for r in caplog.records if r.name == "mq_transaction.operator"]
     assert record.levelno == logging.WARNING
     text = record.getMessage()
@@ -393,14 +390,14 @@ def test_discard_removes_the_message_and_logs_what_it_removed(built, state, capl
 
 
 def test_discard_leaves_a_message_a_sender_is_delivering(built):
-    (outcome,) = operator.discard(built.queue, [built.ids[MessageState.SENDING]])
+    (outcome,) = queue_admin.discard(built.queue, [built.ids[MessageState.SENDING]])
     assert not outcome.done and "busy" in outcome.text
     assert built.queue.find(built.ids[MessageState.SENDING]).state == MessageState.SENDING
 
 
 def test_one_missing_id_does_not_stop_the_others(built):
     missing = "20261128T151136123456Z-9f3a2b1c0d"
-    outcomes = operator.hold(built.queue, [missing, built.ids[MessageState.QUEUED]])
+    outcomes = queue_admin.hold(built.queue, [missing, built.ids[MessageState.QUEUED]])
     assert [o.done for o in outcomes] == [False, True]
     assert "is not in the queue" in outcomes[0].text
 
@@ -409,32 +406,32 @@ def test_one_missing_id_does_not_stop_the_others(built):
 
 
 def test_status_counts_every_state_and_finds_the_oldest_and_the_last_events(built):
-    report = operator.queue_status(built.queue)
-    assert report["counts"] == dict.fromkeys(STATES, 1)
-    assert report["total"] == 6
-    assert report["oldest"]["id"] == built.ids[MessageState.DEFERRED]  # the oldest still to be delivered
-    assert report["oldest"]["age_seconds"] >= 0
-    assert report["last_delivery"]["id"] == built.ids[MessageState.FAILED]  # ann@example.org got it
-    assert report["last_delivery"]["source"] == "queue"
-    assert report["last_failure"] == {
-        "at": operator.details(built.queue, built.ids[MessageState.FAILED])["attempt_history"][-1]["at"],
-        "id": built.ids[MessageState.FAILED],
-        "source": "queue",
-    }
-    assert report["over_warn_age"] == 0 and report["warn_age_seconds"] is None
+    report = queue_admin.queue_status(built.queue)
+    assert report.counts == dict.fromkeys(STATES, 1)
+    assert report.total == 6
+    assert report.oldest.queue_id == built.ids[MessageState.DEFERRED]  # the oldest still to be delivered
+    assert report.oldest.age_seconds >= 0
+    assert report.last_delivery.queue_id == built.ids[MessageState.FAILED]  # ann@example.org got it
+    assert report.last_delivery.source == "queue"
+    assert report.last_failure == queue_admin.LastEvent(
+        parse_iso_utc(queue_admin.details(built.queue, built.ids[MessageState.FAILED]).attempts[-1]["at"]),
+        built.ids[MessageState.FAILED],
+        "queue",
+    )
+    assert report.over_warn_age == 0 and report.warn_age_seconds is None
 
 
 def test_status_counts_waiting_messages_older_than_the_warning_age(built):
     later = time.time() + 3600
-    report = operator.queue_status(built.queue, warn_age=1800, now=later)
-    assert report["over_warn_age"] == 4  # queued, deferred, sending, held; not failed or corrupt
-    assert operator.queue_status(built.queue, warn_age=1800)["over_warn_age"] == 0
+    report = queue_admin.queue_status(built.queue, warn_age=1800, now=later)
+    assert report.over_warn_age == 4  # queued, deferred, sending, held; not failed or corrupt
+    assert queue_admin.queue_status(built.queue, warn_age=1800).over_warn_age == 0
 
 
 def test_status_of_an_empty_queue(tmp_path):
-    report = operator.queue_status(MessageQueue(tmp_path / "queue"))
-    assert report["total"] == 0
-    assert report["oldest"] is report["last_delivery"] is report["last_failure"] is None
+    report = queue_admin.queue_status(MessageQueue(tmp_path / "queue"))
+    assert report.total == 0
+    assert report.oldest is report.last_delivery is report.last_failure is None
 
 
 @pytest.mark.parametrize("fmt", ["logfmt", "json"])
@@ -444,38 +441,12 @@ def test_status_reads_the_last_delivery_from_the_delivery_log(tmp_path, smtp_sin
     try:
         gone = commit(made.queue, ("zed@example.org",), "Delivered and gone")
         Sender(made.settings, queue=made.queue).run()
-        report = operator.queue_status(made.queue, delivery_log=str(log_file), log_format=fmt)
-        assert report["last_delivery"]["id"] == gone
-        assert report["last_delivery"]["source"] == "delivery_log"
-        assert report["last_failure"]["id"] == made.ids[MessageState.FAILED]
+        report = queue_admin.queue_status(made.queue, delivery_log=str(log_file), log_format=fmt)
+        assert report.last_delivery.queue_id == gone
+        assert report.last_delivery.source == "delivery_log"
+        assert report.last_failure.queue_id == made.ids[MessageState.FAILED]
         assert (
-            operator.queue_status(made.queue)["last_delivery"]["id"] == made.ids[MessageState.FAILED]
+            queue_admin.queue_status(made.queue).last_delivery.queue_id == made.ids[MessageState.FAILED]
         )  # the queue alone
     finally:
         made.claim.release()
-
-
-# -- text output ------------------------------------------------------------------------
-
-
-def test_plain_list_is_one_line_per_message_and_the_table_fits_the_terminal(built):
-    records = operator.list_messages(built.queue)
-    lines = operator.format_list_lines(records).splitlines()
-    assert len(lines) == len(records)
-    assert lines[0].startswith(f"{records[0]['id']} {records[0]['state']} queued_at=")
-    failed_line = next(line for line in lines if line.split()[1] == MessageState.FAILED)
-    assert 'last_error="550 5.1.1 no such user"' in failed_line
-    assert "recipients=ann@example.org:delivered,bad@example.org:failed" in failed_line
-    table = operator.format_list_table(records, width=100).splitlines()
-    assert table[0].split()[:3] == ["ID", "STATE", "AGE"]
-    assert len(table) == len(records) + 1 and all(len(line) <= 100 for line in table)
-
-
-def test_status_text_for_pipes_and_for_terminals(built):
-    report = operator.queue_status(built.queue, warn_age=60)
-    plain = dict(line.split(" ", 1) for line in operator.format_status(report).splitlines())
-    assert plain["failed"] == "1" and plain["total"] == "6" and plain["over_warn_age"] == "0"
-    assert plain["oldest_id"] == built.ids[MessageState.DEFERRED]
-    table = operator.format_status(report, tty=True)
-    assert table.splitlines()[0].split() == ["STATE", "MESSAGES"]
-    assert "last failure" in table and built.ids[MessageState.FAILED] in table
