@@ -40,6 +40,9 @@ _EOL = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 _connection_numbers = itertools.count(1)
 
+#: Every recipient whose message was sent but whose final reply never came (the duplicate window).
+LOST_AFTER_DATA = Reply(451, "4.4.2 connection lost after the end of data; the message may have been delivered")
+
 
 class ServerError(Exception):
     """The server (or our configuration for it) cannot be used now; no message is at fault.
@@ -102,6 +105,21 @@ def wire_format(message: bytes) -> bytes:
     if not wire.endswith(b"\r\n"):
         wire += b"\r\n"
     return wire
+
+
+def crlf_lines(message: bytes) -> bytes:
+    """The message with CRLF line endings and a final CRLF, not dot-stuffed: the ``BDAT`` form."""
+    if message.endswith(b"\r\n") and message.count(b"\r") == message.count(b"\n") == message.count(b"\r\n"):
+        return message
+    wire = _EOL.sub(b"\r\n", message)
+    return wire if wire.endswith(b"\r\n") else wire + b"\r\n"
+
+
+def _settle(outcome: Outcome, recipients: list[str], reply: Reply) -> Outcome:
+    """Give ``reply`` to each of ``recipients``."""
+    for address in recipients:
+        outcome.replies[address] = reply
+    return outcome
 
 
 def needs_smtputf8(sender: str, recipients: list[str]) -> bool:
@@ -193,74 +211,128 @@ class DialogSMTP(smtplib.SMTP):
     def send_message_bytes(self, sender: str, recipients: list[str], message: bytes) -> Outcome:
         """Send one message to ``recipients`` and return every recipient's reply.
 
+        Without PIPELINING, one command at a time. With PIPELINING (RFC 2920), MAIL FROM,
+        every RCPT TO and DATA go in one write, and the body follows the 354. With
+        PIPELINING and CHUNKING (RFC 3030), ``BDAT <size> LAST`` and the message go in that
+        same write. Either way each recipient gets its own reply.
+
         Raises :class:`ServerError` when the server refuses something that is not about
         this message (421, a 5xx to MAIL FROM about the server), and
         :class:`ConnectionLost` when the session ends mid-transaction.
         """
         outcome = Outcome()
-        wire = wire_format(message)
+        pipelining = self.has_extn("pipelining")
+        chunking = pipelining and self.has_extn("chunking")
+        wire = crlf_lines(message) if chunking else wire_format(message)
         options = []
         if self.has_extn("size"):
             options.append(f"SIZE={len(wire)}")
         if needs_smtputf8(sender, recipients):
             if not self.has_extn("smtputf8"):
                 reply = Reply(553, "5.6.7 SMTPUTF8 is required for this address but the server does not offer it")
-                return self._fail_all(outcome, recipients, reply)
+                return _settle(outcome, recipients, reply)
             options.append("SMTPUTF8")
             self.command_encoding = "utf-8"
         if not message.isascii() and self.has_extn("8bitmime"):
             options.append("BODY=8BITMIME")
-        commands = [f"MAIL FROM:<{sender}>{''.join(' ' + o for o in options)}"]
-        commands += [f"RCPT TO:<{address}>" for address in recipients]
+        mail = f"MAIL FROM:<{sender}>{''.join(' ' + o for o in options)}"
+        rcpts = [f"RCPT TO:<{address}>" for address in recipients]
+        if chunking:
+            return self._send_chunked(outcome, mail, rcpts, recipients, wire)
         try:
-            if self.has_extn("pipelining"):
-                self._send_group(commands)
-                replies = [self._reply() for _ in commands]
+            if pipelining:
+                self._send_group([mail, *rcpts, "DATA"])
+                mail_reply = self._command_reply()
+                rcpt_replies = [self._command_reply() for _ in rcpts]
+                data_reply = self._command_reply()
             else:
-                replies = []
-                for command in commands:
-                    self._send_group([command])
-                    replies.append(self._reply())
-                    if replies[0].code >= 300:
-                        break  # MAIL FROM refused: no RCPT
-            mail_reply = replies[0]
-            if mail_reply.code == 421:
-                raise ConnectionLost("server closed the session", mail_reply)
-            if mail_reply.code >= 300:
-                self._reset()
-                if mail_reply.code >= 500 and not mail_from_concerns_message(mail_reply):
-                    raise ServerError("server refused MAIL FROM", mail_reply)
-                return self._fail_all(outcome, recipients, mail_reply)
-            for address, reply in zip(recipients, replies[1:], strict=False):
-                if reply.code == 421:
-                    raise ConnectionLost("server closed the session", reply)
-                outcome.replies[address] = reply
-            accepted = [a for a in recipients if outcome.status(a) == RecipientStatus.DELIVERED]
+                self._send_group([mail])
+                mail_reply = self._command_reply()
+                rcpt_replies = []
+                if mail_reply.code < 300:
+                    for command in rcpts:
+                        self._send_group([command])
+                        rcpt_replies.append(self._command_reply())
+                data_reply = None
+            accepted = self._envelope(outcome, recipients, mail_reply, rcpt_replies)
+            if not pipelining and accepted:
+                self._send_group(["DATA"])
+                data_reply = self._command_reply()
+            if data_reply is not None and data_reply.code == 354 and not accepted:
+                # RFC 2920 asks the server to refuse DATA when no RCPT was accepted; one that
+                # does not gets an empty message, which has nobody to go to.
+                self._send_group([], b".\r\n")
+                self._command_reply()
             if not accepted:
+                return self._refused(outcome, recipients, mail_reply)
+            assert data_reply is not None
+            if data_reply.code != 354:
                 self._reset()
-                return outcome
-            self._send_group(["DATA"])
-            reply = self._reply()
-            if reply.code == 421:
-                raise ConnectionLost("server closed the session", reply)
-            if reply.code != 354:
-                self._reset()
-                for address in accepted:
-                    outcome.replies[address] = reply
-                return outcome
+                return _settle(outcome, accepted, data_reply)
+            self._send_group([], wire + b".\r\n")
         except smtplib.SMTPServerDisconnected as exc:
             raise ConnectionLost(f"connection lost: {exc}") from exc
         except OSError as exc:
             self.close()
             raise ConnectionLost(f"connection lost: {exc}") from exc
-        return self._send_data(outcome, accepted, wire)
-
-    def _send_data(self, outcome: Outcome, accepted: list[str], wire: bytes) -> Outcome:
-        try:
-            self._send_group([], wire + b".\r\n")
-        except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            raise ConnectionLost(f"connection lost while sending the message: {exc}") from exc
         # The message is out: only now a lost connection may mean it was delivered.
+        return self._final_reply(outcome, accepted)
+
+    def _send_chunked(
+        self, outcome: Outcome, mail: str, rcpts: list[str], recipients: list[str], body: bytes
+    ) -> Outcome:
+        """MAIL, every RCPT and ``BDAT <size> LAST`` with the message, in one write."""
+        try:
+            self._send_group([mail, *rcpts, f"BDAT {len(body)} LAST"], body)
+            mail_reply = self._command_reply()
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            self.close()
+            # The server may have taken the whole group and accepted the message.
+            raise self._lost_after_data(outcome, recipients, exc) from exc
+        try:
+            rcpt_replies = [self._command_reply() for _ in rcpts]
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            self.close()
+            if mail_reply.code >= 300:
+                raise ConnectionLost(f"connection lost: {exc}") from exc
+            raise self._lost_after_data(outcome, recipients, exc) from exc
+        accepted = self._envelope(outcome, recipients, mail_reply, rcpt_replies)
+        if not accepted:
+            try:
+                self._command_reply()  # the expected 503/554 to BDAT, keeping the dialog in step
+            except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                self.close()
+                raise ConnectionLost(f"connection lost: {exc}") from exc
+            return self._refused(outcome, recipients, mail_reply)
+        return self._final_reply(outcome, accepted)
+
+    def _command_reply(self) -> Reply:
+        """The reply to one command; a 421 ends the session (:class:`ConnectionLost`)."""
+        reply = self._reply()
+        if reply.code == 421:
+            self.close()
+            raise ConnectionLost("server closed the session", reply)
+        return reply
+
+    def _envelope(self, outcome: Outcome, recipients: list[str], mail: Reply, rcpts: list[Reply]) -> list[str]:
+        """Record the RCPT replies (when MAIL FROM was accepted); return the accepted recipients."""
+        if mail.code >= 300:
+            return []
+        for address, reply in zip(recipients, rcpts, strict=True):
+            outcome.replies[address] = reply
+        return [address for address in recipients if outcome.status(address) == RecipientStatus.DELIVERED]
+
+    def _refused(self, outcome: Outcome, recipients: list[str], mail: Reply) -> Outcome:
+        """End a transaction in which nobody was accepted: RSET, and settle MAIL FROM's refusal."""
+        self._reset()
+        if mail.code < 300:
+            return outcome  # every RCPT has its own refusal
+        if mail.code >= 500 and not mail_from_concerns_message(mail):
+            raise ServerError("server refused MAIL FROM", mail)
+        return _settle(outcome, recipients, mail)
+
+    def _final_reply(self, outcome: Outcome, accepted: list[str]) -> Outcome:
+        """Wait for the reply that settles the message (after the dot, or to ``BDAT ... LAST``)."""
         sock = self.sock
         previous = sock.gettimeout() if sock else None
         try:
@@ -269,12 +341,7 @@ class DialogSMTP(smtplib.SMTP):
             reply = self._reply()
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self.close()
-            lost = Reply(451, "4.4.2 connection lost after the end of data; the message may have been delivered")
-            raise ConnectionLost(
-                f"no reply after the end of data: {exc}",
-                after_data=True,
-                outcome=self._fail_all(outcome, accepted, lost),
-            ) from exc
+            raise self._lost_after_data(outcome, accepted, exc) from exc
         finally:
             if self.sock:
                 self.sock.settimeout(previous)
@@ -284,18 +351,25 @@ class DialogSMTP(smtplib.SMTP):
                 "server closed the session after the end of data",
                 reply,
                 after_data=True,
-                outcome=self._fail_all(outcome, accepted, reply),
+                outcome=_settle(outcome, accepted, reply),
             )
-        for address in accepted:
-            outcome.replies[address] = reply
+        _settle(outcome, accepted, reply)
         if reply.code >= 300:
             self._reset()
         return outcome
 
-    def _fail_all(self, outcome: Outcome, recipients: list[str], reply: Reply) -> Outcome:
-        for address in recipients:
-            outcome.replies[address] = reply
-        return outcome
+    def _lost_after_data(self, outcome: Outcome, recipients: list[str], exc: Exception) -> ConnectionLost:
+        """The message was sent and its fate is unknown: every recipient not refused yet is deferred."""
+        unknown = [
+            address
+            for address in recipients
+            if address not in outcome.replies or outcome.status(address) == RecipientStatus.DELIVERED
+        ]
+        return ConnectionLost(
+            f"no reply after the end of data: {exc}",
+            after_data=True,
+            outcome=_settle(outcome, unknown, LOST_AFTER_DATA),
+        )
 
     def _reset(self) -> None:
         """RSET after a failed transaction, so the next message starts clean."""

@@ -7,12 +7,22 @@ import ssl
 
 import pytest
 import transaction
+from postfix_server import PostfixSmtpd
+from raw_smtp import RawServer, ScriptedSMTP
 from smtp_sinks import RecordingHandler, Sink, make_certificate
 
 from mq_transaction import MessageQueue, QueuedMailer
 from mq_transaction.sender import Sender
 from mq_transaction.settings import parse_settings
-from mq_transaction.smtp import needs_smtputf8, wire_format
+from mq_transaction.smtp import (
+    TLS_NONE,
+    ConnectionLost,
+    ServerConfig,
+    close_session,
+    needs_smtputf8,
+    open_session,
+    wire_format,
+)
 
 
 def settings_for(queue, port, **extra):
@@ -51,7 +61,7 @@ def test_size_and_8bitmime_are_declared_when_offered(queue, smtp_sink):
     assert "SMTPUTF8" not in options
 
 
-def test_pipelining_sends_mail_and_rcpt_in_one_batch_when_offered(queue, smtp_sink, caplog):
+def test_pipelining_sends_mail_rcpt_and_data_in_one_batch_when_offered(queue, smtp_sink, caplog):
     smtp_sink.handler.offer_pipelining = True
     smtp_sink.behaviour.rcpt_replies["no@example.org"] = "550 5.1.1 unknown"
     send(queue, b"From: a@example.com\nTo: b@example.org, no@example.org, c@example.org\n\nhi\n")
@@ -61,9 +71,9 @@ def test_pipelining_sends_mail_and_rcpt_in_one_batch_when_offered(queue, smtp_si
     assert smtp_sink.received[0].rcpt_tos == ["b@example.org", "c@example.org"]
     dialog = [r.getMessage().split("] ", 1)[1] for r in caplog.records if r.name == "mq_transaction.smtp"]
     mail = next(i for i, line in enumerate(dialog) if line.startswith("C: MAIL FROM"))
-    # the three RCPTs follow MAIL FROM before any reply is read
-    assert [line[:10] for line in dialog[mail + 1 : mail + 4]] == ["C: RCPT TO"] * 3
-    assert dialog[mail + 4].startswith("S: 250")
+    # the three RCPTs and DATA follow MAIL FROM before any reply is read
+    assert [line[:10] for line in dialog[mail + 1 : mail + 5]] == ["C: RCPT TO"] * 3 + ["C: DATA"]
+    assert dialog[mail + 5].startswith("S: 250")
 
 
 def test_dialog_log_records_every_command_and_reply_line(queue, smtp_sink, caplog):
@@ -119,3 +129,220 @@ def test_tls_defaults_to_none_on_loopback_and_starttls_elsewhere():
     remote = parse_settings({"mq.queue_dir": "/q", "mq.smtp_host": "smtp.example.com"})
     assert remote.effective_tls == "starttls" and remote.effective_port == 25
     assert parse_settings({"mq.queue_dir": "/q", "mq.smtp_tls": "ssl"}).effective_port == 465
+
+
+# -- pipelining DATA and BDAT (issue 11), against a raw server that records every write ------------
+
+MESSAGE = b"From: a@example.com\r\nTo: ok@example.org\r\nSubject: grouped\r\n\r\n.a line with a dot\r\nbye\r\n"
+
+
+@pytest.fixture
+def raw_smtp():
+    """``raw_smtp(**ScriptedSMTP options)`` starts a scripted server; returns (script, port)."""
+    servers = []
+
+    def start(**options):
+        script = ScriptedSMTP(**options)
+        server = RawServer(script)
+        servers.append(server)
+        return script, server.port
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def session_to(port, **options):
+    return open_session(ServerConfig(host="127.0.0.1", port=port, tls=TLS_NONE, timeout=5, **options))
+
+
+def statuses(outcome):
+    return {address: outcome.status(address) for address in outcome.replies}
+
+
+def test_pipelining_sends_mail_every_rcpt_and_data_in_one_write(raw_smtp):
+    script, port = raw_smtp(extensions=["PIPELINING", "SIZE 1000000"])
+    session = session_to(port)
+    try:
+        outcome = session.send_message_bytes("a@example.com", ["ok@example.org", "ok2@example.org"], MESSAGE)
+    finally:
+        close_session(session)
+    group = [write for write in script.command_writes() if write[0].startswith("MAIL")]
+    assert group == [
+        [
+            f"MAIL FROM:<a@example.com> SIZE={len(wire_format(MESSAGE))}",
+            "RCPT TO:<ok@example.org>",
+            "RCPT TO:<ok2@example.org>",
+            "DATA",
+        ]
+    ]
+    assert statuses(outcome) == {"ok@example.org": "delivered", "ok2@example.org": "delivered"}
+    assert [(m.command, m.recipients, m.content) for m in script.messages] == [
+        ("DATA", ["ok@example.org", "ok2@example.org"], MESSAGE)
+    ]
+
+
+def test_a_pipelined_group_records_a_refused_and_a_deferred_recipient_each_with_its_own_reply(raw_smtp):
+    script, port = raw_smtp(
+        rcpt_replies={"no@example.org": "550 5.1.1 no such user", "later@example.org": "451 4.2.0 mailbox busy"}
+    )
+    session = session_to(port)
+    try:
+        outcome = session.send_message_bytes(
+            "a@example.com", ["ok@example.org", "no@example.org", "later@example.org"], MESSAGE
+        )
+    finally:
+        close_session(session)
+    assert statuses(outcome) == {
+        "ok@example.org": "delivered",
+        "no@example.org": "failed",
+        "later@example.org": "deferred",
+    }
+    assert str(outcome.replies["no@example.org"]) == "550 5.1.1 no such user"
+    assert str(outcome.replies["later@example.org"]) == "451 4.2.0 mailbox busy"
+    assert str(outcome.replies["ok@example.org"]) == "250 2.0.0 queued"
+    assert [m.recipients for m in script.messages] == [["ok@example.org"]]
+
+
+def test_when_every_pipelined_rcpt_is_refused_data_is_refused_and_no_body_is_sent(raw_smtp, caplog):
+    script, port = raw_smtp(
+        rcpt_replies={"no@example.org": "550 5.1.1 no such user", "later@example.org": "451 4.2.0 busy"}
+    )
+    session = session_to(port)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="mq_transaction.smtp"):
+            refused = session.send_message_bytes("a@example.com", ["no@example.org", "later@example.org"], MESSAGE)
+        # the session stays in step: the next message on it goes through
+        accepted = session.send_message_bytes("a@example.com", ["ok@example.org"], MESSAGE)
+    finally:
+        close_session(session)
+    assert statuses(refused) == {"no@example.org": "failed", "later@example.org": "deferred"}
+    assert statuses(accepted) == {"ok@example.org": "delivered"}
+    dialog = [r.getMessage().split("] ", 1)[1] for r in caplog.records if r.name == "mq_transaction.smtp"]
+    assert "S: 554 5.5.1 no valid recipients" in dialog
+    assert not any(line.startswith("C: [message body") for line in dialog)
+    assert len(script.messages) == 1
+    assert script.commands[script.commands.index("DATA") + 1].upper() == "RSET"
+
+
+def test_without_pipelining_each_command_waits_for_its_reply(raw_smtp):
+    script, port = raw_smtp(extensions=["8BITMIME", "CHUNKING"], rcpt_replies={"no@example.org": "550 5.1.1 no"})
+    session = session_to(port)
+    try:
+        outcome = session.send_message_bytes("a@example.com", ["ok@example.org", "no@example.org"], MESSAGE)
+    finally:
+        close_session(session)
+    transaction_writes = [w for w in script.command_writes() if not w[0].lower().startswith(("ehlo", "quit"))]
+    assert transaction_writes == [
+        ["MAIL FROM:<a@example.com>"],
+        ["RCPT TO:<ok@example.org>"],
+        ["RCPT TO:<no@example.org>"],
+        ["DATA"],
+    ]
+    assert statuses(outcome) == {"ok@example.org": "delivered", "no@example.org": "failed"}
+    assert [m.command for m in script.messages] == ["DATA"]  # CHUNKING without PIPELINING: DATA
+
+
+def test_chunking_sends_bdat_last_and_the_message_in_the_same_write_as_mail_and_rcpt(raw_smtp, caplog):
+    script, port = raw_smtp(
+        extensions=["PIPELINING", "CHUNKING", "SIZE 1000000"], rcpt_replies={"later@example.org": "452 4.2.2 full"}
+    )
+    message = b"Subject: bare LF\n\n.a dot line stays as it is\n"
+    body = b"Subject: bare LF\r\n\r\n.a dot line stays as it is\r\n"  # CRLF, never dot-stuffed
+    session = session_to(port)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="mq_transaction.smtp"):
+            outcome = session.send_message_bytes("a@example.com", ["ok@example.org", "later@example.org"], message)
+    finally:
+        close_session(session)
+    mail_writes = [chunk for chunk in script.chunks if chunk.startswith(b"MAIL")]
+    assert mail_writes == [
+        f"MAIL FROM:<a@example.com> SIZE={len(body)}\r\nRCPT TO:<ok@example.org>\r\nRCPT TO:<later@example.org>\r\n"
+        f"BDAT {len(body)} LAST\r\n".encode()
+        + body
+    ]
+    assert "DATA" not in script.commands
+    assert statuses(outcome) == {"ok@example.org": "delivered", "later@example.org": "deferred"}
+    assert [(m.command, m.recipients, m.content) for m in script.messages] == [("BDAT", ["ok@example.org"], body)]
+    dialog = [r.getMessage().split("] ", 1)[1] for r in caplog.records if r.name == "mq_transaction.smtp"]
+    assert f"C: BDAT {len(body)} LAST" in dialog and f"C: [message body, {len(body)} bytes]" in dialog
+
+
+def test_chunking_with_every_rcpt_refused_keeps_each_refusal_and_the_session_usable(raw_smtp):
+    script, port = raw_smtp(extensions=["PIPELINING", "CHUNKING"], rcpt_replies={"no@example.org": "550 5.1.1 no"})
+    session = session_to(port)
+    try:
+        refused = session.send_message_bytes("a@example.com", ["no@example.org"], MESSAGE)
+        accepted = session.send_message_bytes("a@example.com", ["ok@example.org"], MESSAGE)
+    finally:
+        close_session(session)
+    assert str(refused.replies["no@example.org"]) == "550 5.1.1 no"
+    assert statuses(accepted) == {"ok@example.org": "delivered"}
+    assert [m.recipients for m in script.messages] == [["ok@example.org"]]
+
+
+def test_a_connection_lost_after_a_bdat_group_is_the_duplicate_window(raw_smtp):
+    def drop_after_the_group(connection):
+        connection.sendall(b"220 raw.test\r\n")
+        connection.recv(1000)
+        connection.sendall(b"250-raw.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n")
+        connection.recv(65536)  # the whole group, message included; then the server is gone
+
+    server = RawServer(drop_after_the_group)
+    try:
+        session = session_to(server.port)
+        with pytest.raises(ConnectionLost) as lost:
+            session.send_message_bytes("a@example.com", ["ok@example.org"], MESSAGE)
+    finally:
+        server.stop()
+    assert lost.value.after_data
+    assert lost.value.outcome.status("ok@example.org") == "deferred"
+    assert "may have been delivered" in str(lost.value.outcome.replies["ok@example.org"])
+
+
+# -- BDAT against a real server that offers CHUNKING: Debian's Postfix smtpd ---------------------
+
+
+@pytest.fixture
+def postfix(smtp_sink):
+    """Postfix smtpd on 127.0.0.1, handing each transaction to ``smtp_sink`` (its before-queue proxy)."""
+    server = PostfixSmtpd(proxy_port=smtp_sink.port)
+    yield server
+    server.stop()
+
+
+def test_bdat_against_postfix_smtpd_delivers_exact_bytes_with_each_recipient_own_reply(postfix, smtp_sink, caplog):
+    smtp_sink.behaviour.rcpt_replies.update(
+        {"no@example.org": "550 5.1.1 no such user", "later@example.org": "451 4.2.0 mailbox busy"}
+    )
+    message = b"From: a@example.com\nTo: ok@example.org\nSubject: chunked\n\n.dot line\ncaf\xc3\xa9\n"
+    with caplog.at_level(logging.DEBUG, logger="mq_transaction.smtp"):
+        session = session_to(postfix.port)
+        try:
+            outcome = session.send_message_bytes(
+                "a@example.com", ["ok@example.org", "no@example.org", "later@example.org"], message
+            )
+            refused = session.send_message_bytes("a@example.com", ["no@example.org"], message)
+            again = session.send_message_bytes("a@example.com", ["ok2@example.org"], message)
+        finally:
+            close_session(session)
+    dialog = [r.getMessage().split("] ", 1)[1] for r in caplog.records if r.name == "mq_transaction.smtp"]
+    assert "S: 250 CHUNKING" in dialog, postfix.log()
+    assert not any(line == "C: DATA" for line in dialog)
+    assert sum(line.startswith("C: BDAT ") and line.endswith(" LAST") for line in dialog) == 3
+    assert statuses(outcome) == {
+        "ok@example.org": "delivered",
+        "no@example.org": "failed",
+        "later@example.org": "deferred",
+    }
+    assert str(outcome.replies["no@example.org"]) == "550 5.1.1 no such user"
+    assert str(outcome.replies["later@example.org"]) == "451 4.2.0 mailbox busy"
+    # every RCPT refused: Postfix answers BDAT with its 554, and the session goes on
+    assert statuses(refused) == {"no@example.org": "failed"}
+    assert "S: 554 5.5.1 Error: no valid recipients" in dialog
+    assert statuses(again) == {"ok2@example.org": "delivered"}
+    assert [r.rcpt_tos for r in smtp_sink.received] == [["ok@example.org"], ["ok2@example.org"]]
+    # what Postfix passed on: its Received header, then exactly our bytes with CRLF line endings
+    for received in smtp_sink.received:
+        assert received.content.startswith(b"Received: from ")
+        assert received.content.endswith(message.replace(b"\n", b"\r\n"))
