@@ -212,13 +212,13 @@ def test_when_every_pipelined_rcpt_is_refused_data_is_refused_and_no_body_is_sen
     try:
         with caplog.at_level(logging.DEBUG, logger="mq_transaction.smtp"):
             refused = session.send_message_bytes("a@example.com", ["no@example.org", "later@example.org"], MESSAGE)
+        dialog = [r.getMessage().split("] ", 1)[1] for r in caplog.records if r.name == "mq_transaction.smtp"]
         # the session stays in step: the next message on it goes through
         accepted = session.send_message_bytes("a@example.com", ["ok@example.org"], MESSAGE)
     finally:
         close_session(session)
     assert statuses(refused) == {"no@example.org": "failed", "later@example.org": "deferred"}
     assert statuses(accepted) == {"ok@example.org": "delivered"}
-    dialog = [r.getMessage().split("] ", 1)[1] for r in caplog.records if r.name == "mq_transaction.smtp"]
     assert "S: 554 5.5.1 no valid recipients" in dialog
     assert not any(line.startswith("C: [message body") for line in dialog)
     assert len(script.messages) == 1
