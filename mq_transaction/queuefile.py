@@ -68,8 +68,12 @@ class Envelope:
         """Serialise to one line of JSON (times as ISO 8601 UTC).
 
         Written out by hand (every string through json's own escaping) because it runs
-        once per queued message; it equals ``json.dumps`` of the same fields, in order,
-        with ``ensure_ascii=False`` and no spaces.
+        once per queued message and again at every attempt; it equals ``json.dumps`` of the
+        same fields, in order, with ``ensure_ascii=False`` and no spaces
+        (tests/test_hand_written_parts.py checks it on random envelopes). Measured (CPU time,
+        best of 15): 3 recipients 3.9 us, against 7.1 us for the encoder on a dict and 7.6 us
+        for ``json.dumps``; 100 recipients 31 us against 74 us. That is about 5 us, 3 %, of a
+        ``send()`` and commit with fsync off (162 against 167 us, median of 10 runs of 2,000).
         """
         text = _string
         recipients = ",".join(
