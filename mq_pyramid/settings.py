@@ -9,6 +9,7 @@ import pyramid.exceptions
 
 from mq_transaction import errors
 from mq_transaction.errors import QueueWriteError
+from mq_transaction.preflight import check_app_start
 from mq_transaction.queue import MessageQueue
 from mq_transaction.settings import Settings, key, parse_settings, resolve_callable
 
@@ -37,10 +38,13 @@ def open_queue(settings: Settings) -> MessageQueue:
     if not settings.queue_dir:
         raise ConfigurationError("mq.queue_dir", "missing: set it to the queue directory")
     try:
+        check_app_start(settings)
         queue = MessageQueue(settings.queue_dir, group_access=settings.group_access, fsync=settings.fsync)
         queue.check_writable()
     except QueueWriteError as exc:
         raise ConfigurationError("mq.queue_dir", str(exc)) from None
+    except errors.ConfigurationError as exc:
+        raise ConfigurationError(exc.key, exc.problem) from None
     return queue
 
 

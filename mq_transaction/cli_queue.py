@@ -23,6 +23,7 @@ from .config import load_settings, setup_logging
 from .durations import parse_duration
 from .errors import ConfigurationError, MailQueueError
 from .interfaces import IMailQueue
+from .preflight import check_operator_start
 from .sender import open_queue
 from .settings import Settings, key
 from .states import STATES, MessageState
@@ -30,6 +31,8 @@ from .states import STATES, MessageState
 EX_OK, EX_PROBLEM, EX_USAGE = 0, 1, 2
 #: The subcommands, as build_parser() declares them.
 COMMANDS = ("status", "list", "show", "retry", "hold", "release", "discard")
+#: The subcommands that only read the queue (the others move or remove messages).
+READ_ONLY_COMMANDS = ("status", "list", "show")
 
 DESCRIPTION = """See and steer the mail queue of mq_transaction.
 
@@ -128,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("retry needs IDs, --all-failed or --all-deferred")
     try:
         settings = load_settings(args.config_uri, {key("queue_dir"): args.queue_dir})
+        check_operator_start(settings, write=args.command not in READ_ONLY_COMMANDS)
         setup_logging(args.config_uri, 0)
         queue = open_queue(settings)
         return args.run(queue, settings, args)

@@ -12,6 +12,7 @@ from .daemon import Daemon
 from .errors import ConfigurationError, MailQueueError
 from .exit_status import SendExit, help_text
 from .metrics import Metrics
+from .preflight import check_sender_start
 from .sender import Sender, open_queue
 from .settings import LOG_FORMATS, key
 from .smtp import TLS_MODES
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     verbosity = 1 if args.verbose else -1 if args.quiet else 0
     try:
         settings = load_settings(args.config_uri, overrides_from(args))
+        check_sender_start(settings, daemon=args.daemon)
         setup_logging(args.config_uri, verbosity)
         if settings.smtp_log:
             attach_smtp_log(settings.smtp_log, propagate=verbosity > 0, mode=0o640 if settings.group_access else 0o600)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import logging
 import os
 from collections.abc import Mapping
@@ -9,11 +10,17 @@ from collections.abc import Mapping
 from .durations import iso_utc
 from .errors import ConfigurationError
 from .logfiles import LogFileHandler
-from .settings import Settings, parse_settings
+from .settings import SECRET_KEYS, Settings, parse_settings
 
 
 def read_config_uri(config_uri: str) -> dict[str, str]:
-    """The settings of ``[app:main]`` (or ``[app:NAME]`` for ``file.ini#NAME``) in an ini file."""
+    """The settings of ``[app:main]`` (or ``[app:NAME]`` for ``file.ini#NAME``) in an ini file.
+
+    Values are read as ``pserve`` reads them (PasteDeploy: ``%(here)s`` and other ``%(name)s``
+    references are replaced, and a literal ``%`` is written ``%%``), so the app and the
+    command-line tools see the same values. A section that does not exist is an error that
+    lists the file's ``[app:*]`` sections; an error in a secret's value never shows the value.
+    """
     import plaster
 
     path = config_uri.split("#", 1)[0]
@@ -22,9 +29,38 @@ def read_config_uri(config_uri: str) -> dict[str, str]:
     try:
         name = plaster.parse_uri(config_uri).fragment or "main"
         loader = plaster.get_loader(config_uri, protocols=["wsgi"])
-        return dict(loader.get_settings(f"app:{name}"))
+        sections = loader.get_sections()
     except Exception as exc:  # noqa: BLE001 - plaster and configparser raise many kinds
         raise ConfigurationError("CONFIG_URI", f"cannot read {config_uri}: {exc}") from None
+    section = f"app:{name}"
+    if section not in sections:
+        raise ConfigurationError("CONFIG_URI", missing_section_problem(path, section, sections))
+    try:
+        return dict(loader.get_settings(section))
+    except configparser.InterpolationError as exc:
+        raise ConfigurationError(exc.option, interpolation_problem(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - plaster and configparser raise many kinds
+        raise ConfigurationError("CONFIG_URI", f"cannot read {config_uri}: {exc}") from None
+
+
+def missing_section_problem(path: str, section: str, sections: list[str]) -> str:
+    """``[app:foo]`` is not in the file: say so, and which ``[app:*]`` sections it has."""
+    apps = [name for name in sections if name.startswith("app:")]
+    if not apps:
+        return f"{path} has no [{section}] section, and no [app:*] section at all (mq.* settings go in one)"
+    listed = ", ".join(f"[{name}]" for name in apps)
+    example = f"{path}#{apps[0][len('app:') :]}"
+    return f"{path} has no [{section}] section; its app sections are {listed} (choose one as {example})"
+
+
+def interpolation_problem(exc: configparser.InterpolationError) -> str:
+    """What is wrong with a ``%`` in a value; a secret's value is never quoted."""
+    if exc.option in SECRET_KEYS:
+        return (
+            f"its value in [{exc.section}] holds a '%' that is not a valid %(name)s reference; in an ini file write a "
+            "literal '%' as '%%' (the value is not shown)"
+        )
+    return f"{exc.message.split(': ', 1)[-1]}; in an ini file write a literal '%' as '%%'"
 
 
 class UTCFormatter(logging.Formatter):

@@ -19,7 +19,7 @@ from paste.deploy.converters import asbool
 from .addresses import envelope_address
 from .durations import parse_duration
 from .errors import ConfigurationError, InvalidAddressError
-from .smtp import TLS_MODES  # the one definition, beside the client that implements them
+from .smtp import TLS_MODES, TLS_NONE, TLS_SSL, TLS_STARTTLS  # defined once, beside the client
 
 PREFIX = "mq."
 LOG_FORMATS = ("logfmt", "json")
@@ -116,6 +116,7 @@ class Settings:
     smtp_username: str | None = _setting(_optional_text, None)
     smtp_password: str | None = _setting(str, None, secret=True)
     smtp_password_file: str | None = _setting(_optional_text, None)
+    smtp_allow_plaintext_auth: bool = _setting(_boolean, False)
     smtp_timeout: float = _setting(_duration, 30.0)
     smtp_data_timeout: float = _setting(_duration, 600.0)
     smtp_helo: str | None = _setting(_optional_text, None)
@@ -140,14 +141,14 @@ class Settings:
         """The TLS mode in force: the setting, else ``none`` for loopback, ``starttls`` otherwise."""
         if self.smtp_tls:
             return self.smtp_tls
-        return "none" if is_loopback(self.smtp_host) else "starttls"
+        return TLS_NONE if is_loopback(self.smtp_host) else TLS_STARTTLS
 
     @property
     def effective_port(self) -> int:
         """The SMTP port in force: the setting, else 465 for ``ssl`` and 25 otherwise."""
         if self.smtp_port:
             return self.smtp_port
-        return 465 if self.effective_tls == "ssl" else 25
+        return 465 if self.effective_tls == TLS_SSL else 25
 
     def read_password(self) -> str | None:
         """The SMTP password: ``smtp_password``, else the password file without its newline."""
@@ -166,6 +167,8 @@ class Settings:
 
 #: Every setting's name (without the ``mq.`` prefix) and the function that parses its value.
 KEYS: dict[str, Callable[[Any], Any]] = {f.name: f.metadata["parse"] for f in fields(Settings)}
+#: The ini keys whose values are secrets: no message, log line or repr() shows them.
+SECRET_KEYS = frozenset(PREFIX + f.name for f in fields(Settings) if f.metadata["secret"])
 
 
 def key(name: str) -> str:
@@ -226,6 +229,18 @@ def check_settings(settings: Settings, require_queue_dir: bool = True) -> None:
         )
     if not settings.smtp_host:
         raise ConfigurationError("mq.smtp_host", "is empty")
+    if (
+        settings.smtp_username
+        and settings.effective_tls == TLS_NONE
+        and not is_loopback(settings.smtp_host)
+        and not settings.smtp_allow_plaintext_auth
+    ):
+        raise ConfigurationError(
+            key("smtp_tls"),
+            f"is none and {key('smtp_username')} is set: the password would cross the network to "
+            f"{settings.smtp_host} in clear. Use {key('smtp_tls')} = starttls or ssl, or, on a network you trust, "
+            f"set {key('smtp_allow_plaintext_auth')} = true",
+        )
 
 
 def is_loopback(host: str) -> bool:

@@ -169,6 +169,25 @@ def test_value_types_state_the_words_the_parsers_accept():
     assert tuple(choices["delivery_log_format"]) == settings.LOG_FORMATS
 
 
+def test_the_error_examples_for_settings_are_the_real_messages():
+    examples = re.findall(r"^ *mq-send: error: (mq\.\w+: .*)$", page("configuration") + page("mq-send"), re.MULTILINE)
+    checked = 0
+    for example in examples:
+        typo = re.match(r"(mq\.\w+): unknown setting", example)
+        if typo:
+            raw = {"mq.queue_dir": "/q", typo.group(1): "x"}
+        elif example.startswith("mq.smtp_tls: is none and mq.smtp_username is set"):
+            host = re.search(r"network to (\S+) in clear", example).group(1)
+            raw = {"mq.queue_dir": "/q", "mq.smtp_host": host, "mq.smtp_tls": "none", "mq.smtp_username": "app"}
+        else:
+            continue
+        with pytest.raises(settings.ConfigurationError) as caught:
+            settings.parse_settings(raw)
+        assert str(caught.value) == example, f"the docs show {example!r}, mq-send says {str(caught.value)!r}"
+        checked += 1
+    assert checked >= 3, "the unknown-key and plaintext-AUTH examples are gone from the docs"
+
+
 def test_core_pages_name_no_setting_that_does_not_exist():
     real = set(settings.KEYS) | TYPO_EXAMPLES
     for name in CORE_PAGES:
