@@ -217,6 +217,7 @@ def test_sighup_reopens_the_delivery_log(queue_dir, smtp_sink, tmp_path):
         assert daemon.wait(timeout=10) == 0
 
 
+@pytest.mark.slow
 def test_rotated_delivery_and_dialog_logs_are_reopened_without_a_signal(queue_dir, smtp_sink, tmp_path):
     delivery_log, dialog_log = tmp_path / "delivery.log", tmp_path / "smtp.log"
     daemon = start_daemon(queue_dir, smtp_sink.port, "--delivery-log", str(delivery_log), "--smtp-log", str(dialog_log))

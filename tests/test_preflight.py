@@ -59,6 +59,7 @@ def commit_one(queue_dir):
 # -- permissions (issue 10 item 11) ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_mq_send_on_a_queue_it_cannot_read_names_path_owner_mode_user_and_what_to_do(shared_dir):
     queue_dir = os.path.join(shared_dir, "q")
     commit_one(queue_dir)  # created by root, 0700
@@ -69,6 +70,7 @@ def test_mq_send_on_a_queue_it_cannot_read_names_path_owner_mode_user_and_what_t
     assert "Run mq-send as root" in done.stderr
 
 
+@pytest.mark.slow
 def test_mq_send_names_the_state_directory_it_cannot_use(shared_dir):
     queue_dir = os.path.join(shared_dir, "q")
     commit_one(queue_dir)
@@ -77,6 +79,7 @@ def test_mq_send_names_the_state_directory_it_cannot_use(shared_dir):
     assert_configuration_error(done, "mq.queue_dir", f"{queue_dir}/", "mode 0700", "nobody")
 
 
+@pytest.mark.slow
 def test_mq_queue_on_a_queue_it_cannot_read_says_who_and_what_not_an_errno(shared_dir):
     queue_dir = os.path.join(shared_dir, "q")
     commit_one(queue_dir)
@@ -86,6 +89,7 @@ def test_mq_queue_on_a_queue_it_cannot_read_says_who_and_what_not_an_errno(share
     assert "Errno" not in done.stderr
 
 
+@pytest.mark.slow
 def test_mq_queue_reading_commands_need_no_write_access(shared_dir):
     queue_dir = os.path.join(shared_dir, "q")
     commit_one(queue_dir)
@@ -101,6 +105,7 @@ def test_mq_queue_reading_commands_need_no_write_access(shared_dir):
     assert_configuration_error(held, "mq.queue_dir", "cannot read and write", "nobody")
 
 
+@pytest.mark.slow
 def test_the_documented_group_setting_lets_a_second_user_send(shared_dir, smtp_sink):
     queue_dir = os.path.join(shared_dir, "q")
     queue = MessageQueue(queue_dir, group_access=True, fsync=False)
@@ -143,6 +148,7 @@ def test_config_include_creates_missing_parent_directories_of_the_queue(tmp_path
     assert oct(os.stat(queue_dir).st_mode & 0o777) == oct(0o700)
 
 
+@pytest.mark.slow
 def test_config_include_as_another_user_names_owner_mode_and_user(shared_dir):
     queue_dir = os.path.join(shared_dir, "q")
     MessageQueue(queue_dir)  # created by root, 0700
@@ -160,6 +166,7 @@ def test_config_include_as_another_user_names_owner_mode_and_user(shared_dir):
         assert needle in done.stdout, (needle, done.stdout)
 
 
+@pytest.mark.slow
 def test_config_include_names_a_parent_it_cannot_create(shared_dir):
     locked = os.path.join(shared_dir, "locked")
     os.mkdir(locked, 0o755)
@@ -193,12 +200,14 @@ def mq_send_with(queue_dir, tmp_path, settings: dict, *flags, as_nobody=False):
     return run(MQ_SEND, ini, *flags, as_nobody=as_nobody)
 
 
+@pytest.mark.slow
 def test_a_missing_ca_file_is_a_configuration_error_not_an_outage(queue_dir, tmp_path):
     commit_one(queue_dir)
     done = mq_send_with(queue_dir, tmp_path, {"mq.smtp_ca_file": tmp_path / "nope.pem"})
     assert_configuration_error(done, "mq.smtp_ca_file", tmp_path / "nope.pem", "does not exist")
 
 
+@pytest.mark.slow
 def test_a_ca_file_that_holds_no_certificate_is_refused_at_start_up(queue_dir, tmp_path):
     bogus = tmp_path / "ca.pem"
     bogus.write_text("this is not a certificate\n")
@@ -206,6 +215,7 @@ def test_a_ca_file_that_holds_no_certificate_is_refused_at_start_up(queue_dir, t
     assert_configuration_error(done, "mq.smtp_ca_file", bogus, "no CA certificate")
 
 
+@pytest.mark.slow
 def test_a_real_ca_file_passes(queue_dir, tmp_path):
     from smtp_sinks import make_certificate
 
@@ -214,6 +224,7 @@ def test_a_real_ca_file_passes(queue_dir, tmp_path):
     assert done.returncode == 0, done.stderr  # nothing queued: nothing to send
 
 
+@pytest.mark.slow
 def test_an_unreadable_ca_file_names_its_owner_mode_and_the_user(shared_dir):
     queue_dir = os.path.join(shared_dir, "q")
     os.mkdir(queue_dir, 0o777)
@@ -235,18 +246,21 @@ def test_an_unreadable_ca_file_names_its_owner_mode_and_the_user(shared_dir):
     assert_configuration_error(done, "mq.smtp_ca_file", ca_file, "owned by root", "mode 0600", "nobody")
 
 
+@pytest.mark.slow
 def test_an_unreadable_password_file_is_named_at_start_up(queue_dir, tmp_path):
     done = mq_send_with(queue_dir, tmp_path, {"mq.smtp_username": "u", "mq.smtp_password_file": tmp_path / "pw"})
     assert_configuration_error(done, "mq.smtp_password_file", tmp_path / "pw", "does not exist")
 
 
 @pytest.mark.parametrize("name", ["mq.delivery_log", "mq.smtp_log"])
+@pytest.mark.slow
 def test_a_log_file_in_a_missing_directory_is_named_at_start_up(queue_dir, tmp_path, name):
     path = tmp_path / "absent" / "x.log"
     done = mq_send_with(queue_dir, tmp_path, {name: path})
     assert_configuration_error(done, name, path, "does not exist")
 
 
+@pytest.mark.slow
 def test_a_log_path_that_is_a_directory_is_named_at_start_up(queue_dir, tmp_path):
     done = mq_send_with(queue_dir, tmp_path, {"mq.delivery_log": tmp_path})
     assert_configuration_error(done, "mq.delivery_log", "is a directory")
@@ -255,6 +269,7 @@ def test_a_log_path_that_is_a_directory_is_named_at_start_up(queue_dir, tmp_path
 # -- AUTH over plaintext (issue 10 item 7) -----------------------------------------------
 
 
+@pytest.mark.slow
 def test_auth_in_clear_to_a_remote_host_is_refused_naming_the_settings(queue_dir):
     done = run(
         MQ_SEND,
@@ -299,6 +314,7 @@ def test_config_include_refuses_auth_in_clear_too(tmp_path):
 # -- sections and keys (issue 10 items 9, 10) --------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_missing_section_is_named_with_the_app_sections_the_file_has(tmp_path, queue_dir):
     ini = tmp_path / "dev.ini"
     ini.write_text(f"[app:main]\nmq.queue_dir = {queue_dir}\n\n[app:mailer]\nmq.queue_dir = {queue_dir}\n")
@@ -309,6 +325,7 @@ def test_a_missing_section_is_named_with_the_app_sections_the_file_has(tmp_path,
         assert "mq.queue_dir" not in done.stderr
 
 
+@pytest.mark.slow
 def test_an_ini_whose_app_is_not_main_says_which_sections_it_has(tmp_path, queue_dir):
     ini = tmp_path / "dev.ini"
     ini.write_text(f"[app:signupapp]\nuse = egg:signupapp\nmq.queue_dir = {queue_dir}\n")
@@ -317,6 +334,7 @@ def test_an_ini_whose_app_is_not_main_says_which_sections_it_has(tmp_path, queue
 
 
 @pytest.mark.parametrize("command", [MQ_SEND, MQ_QUEUE])
+@pytest.mark.slow
 def test_an_unknown_key_names_the_closest_known_one_in_both_tools(tmp_path, queue_dir, command):
     ini = tmp_path / "dev.ini"
     ini.write_text(f"[app:main]\nmq.queue_dir = {queue_dir}\nmq.smtp_hots = mail.example.org\n")
@@ -333,6 +351,7 @@ def test_config_include_names_the_closest_known_key(tmp_path):
 # -- the password in an ini file (issue 12 item 7) ---------------------------------------
 
 
+@pytest.mark.slow
 def test_a_password_with_a_bare_percent_is_an_error_that_never_shows_it(tmp_path, queue_dir):
     ini = tmp_path / "app.ini"
     ini.write_text(f"[app:main]\nmq.queue_dir = {queue_dir}\nmq.smtp_password = Xy%(zz-secret\n")
@@ -347,6 +366,7 @@ def test_a_percent_in_a_password_is_written_doubled_as_everywhere_in_the_ini(tmp
     assert load_settings(str(ini), {}).smtp_password == "a%(here)s%b"
 
 
+@pytest.mark.slow
 def test_a_password_with_percent_signs_authenticates_with_exactly_those_characters(tmp_path, queue_dir):
     from aiosmtpd.smtp import AuthResult
 
@@ -371,6 +391,7 @@ def test_a_password_with_percent_signs_authenticates_with_exactly_those_characte
 
 
 @pytest.mark.parametrize("where", ["ini", "file"])
+@pytest.mark.slow
 def test_a_non_ascii_password_is_a_configuration_error_not_a_traceback(tmp_path, queue_dir, where):
     commit_one(queue_dir)
     if where == "ini":
