@@ -21,7 +21,7 @@ class SendExit(IntEnum):
 #: One short phrase per status, as ``mq-send --help`` prints it.
 MEANINGS: dict[SendExit, str] = {
     SendExit.OK: "every due message delivered (or none due)",
-    SendExit.FAILED: "a message failed permanently or was corrupt",
+    SendExit.FAILED: "a recipient was refused for good, or a message failed or was corrupt (1 wins over 75)",
     SendExit.TEMPFAIL: "a message was deferred or the SMTP server could not be used",
     SendExit.USAGE: "usage or configuration error",
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .states import RecipientStatus
@@ -31,13 +32,35 @@ def recipient_status(reply: Reply) -> RecipientStatus:
     """``delivered``, ``deferred`` or ``failed`` for a reply to RCPT TO or to the final dot.
 
     2xx delivered; 4xx deferred; 552 "too many recipients" (RFC 5321 4.5.3.1.10, often
-    sent with 5.5.3) is temporary too; any other 5xx fails the recipient for good.
+    sent with 5.5.3) is temporary too, and so is 530 "authentication required" (RFC 4954:
+    about our configuration, never about the recipient); any other 5xx fails the
+    recipient for good.
     """
     if 200 <= reply.code < 300:
         return RecipientStatus.DELIVERED
-    if 400 <= reply.code < 500 or is_too_many_recipients(reply):
+    if 400 <= reply.code < 500 or is_too_many_recipients(reply) or reply.code == AUTH_REQUIRED:
         return RecipientStatus.DEFERRED
     return RecipientStatus.FAILED
+
+
+#: RFC 4954: "530 5.7.0 Authentication required".
+AUTH_REQUIRED = 530
+
+
+def is_relay_refusal(replies: Sequence[Reply], authenticated: bool) -> bool:
+    """True when the RCPT replies of one transaction say the server will not relay for us.
+
+    That is a problem of our configuration (credentials, TLS), not of the recipients:
+    the rule holds when no recipient was accepted or deferred and either a reply is
+    ``530`` (authentication required), or we are not authenticated and every recipient
+    was refused with a ``5.7.x`` (security or policy) enhanced code, as in Postfix's
+    ``554 5.7.1 <ann@example.org>: Relay access denied``.
+    """
+    if not replies or any(reply.code < 500 for reply in replies):
+        return False
+    if any(reply.code == AUTH_REQUIRED for reply in replies):
+        return True
+    return not authenticated and all((reply.enhanced or "").startswith("5.7.") for reply in replies)
 
 
 def is_too_many_recipients(reply: Reply) -> bool:

@@ -26,7 +26,7 @@ from .interfaces import IMailQueue
 from .policy import RetryPolicy, expiry_note, settle
 from .queue import MessageQueue
 from .records import Claim
-from .replies import reply_class
+from .replies import AUTH_REQUIRED, Reply, is_relay_refusal, reply_class
 from .settings import Settings
 from .smtp import ConnectionLost, DialogSMTP, Outcome, ServerConfig, ServerError, close_session, open_session
 from .states import AttemptResult, RecipientStatus
@@ -42,6 +42,8 @@ class RunResult:
     deferred: int = 0
     failed: int = 0
     corrupt: int = 0
+    #: recipients refused for good (a 5xx) in this run, whatever became of their message
+    refused: int = 0
     attempts: int = 0
     connections: int = 0
     recovered: int = 0
@@ -52,7 +54,7 @@ class RunResult:
 
     def merge(self, other: RunResult) -> None:
         """Add another run's counts to this one (parallel sessions)."""
-        for name in ("delivered", "deferred", "failed", "corrupt", "attempts", "connections", "recovered"):
+        for name in ("delivered", "deferred", "failed", "corrupt", "refused", "attempts", "connections", "recovered"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.connection_errors += other.connection_errors
         self.outcomes.update(other.outcomes)
@@ -60,9 +62,9 @@ class RunResult:
 
     @property
     def exit_status(self) -> SendExit:
-        """1 if any message failed or was corrupt, else 75 if any was deferred or the
-        server could not be used, else 0."""
-        if self.failed or self.corrupt:
+        """1 if a recipient was refused for good, or a message failed or was corrupt; else
+        75 if a message was deferred or the server could not be used; else 0."""
+        if self.failed or self.corrupt or self.refused:
             return SendExit.FAILED
         if self.deferred or self.server_error:
             return SendExit.TEMPFAIL
@@ -126,6 +128,9 @@ class Sender:
         self.clock = clock
         self.session: DialogSMTP | None = None
         self._session_messages = 0
+        #: True once the server accepted a recipient from us (reset by a server-level failure)
+        self._relays_for_us = False
+        self._relay_suspects: list[tuple[str, ServerError]] = []
         self.progress: Callable[[int, int], None] | None = None
         #: The daemon lowers this and logs outages once per state change instead.
         self.server_error_level = logging.ERROR
@@ -193,13 +198,18 @@ class Sender:
     ) -> RunResult:
         """Try each message in ``queue_ids`` (oldest first); stop at a server-level failure."""
         total = len(queue_ids)
-        for index, queue_id in enumerate(queue_ids):
+        pending = collections.deque(queue_ids)
+        self._relay_suspects = []
+        done = 0
+        while pending:
             if max_messages is not None and result.attempts >= max_messages:
                 break
             if should_stop is not None and should_stop():
                 break
             if self.progress:
-                self.progress(index, total)
+                self.progress(done, total)
+            queue_id = pending.popleft()
+            done += 1
             try:
                 claim = self.queue.claim(queue_id)
             except CorruptMessageError as exc:
@@ -214,6 +224,15 @@ class Sender:
             except Exception as exc:  # noqa: BLE001 - never lose the claim to a surprise
                 self._unexpected(claim, result, exc)
                 break
+            if self._relays_for_us and self._relay_suspects:
+                # The server relays for us after all: the suspects' refusals were about
+                # their recipients; try them again, now judged like any other reply.
+                pending.extendleft(reversed([queue_id for queue_id, _error in self._relay_suspects]))
+                self._relay_suspects = []
+        else:
+            if self._relay_suspects:
+                self._relay_refused(result, self._relay_suspects[0][1])
+        self._relay_suspects = []
         if self.progress:
             self.progress(total, total)
         return result
@@ -263,9 +282,43 @@ class Sender:
                 return self._server_failed(claim, result, exc)
         else:
             outcome = Outcome()
+        replies = list(outcome.rcpt_replies.values())
+        if any(reply.code < 300 for reply in replies):
+            self._relays_for_us = True
+        elif is_relay_refusal(replies, authenticated=bool(self.server.username)) and (
+            not self._relays_for_us or any(reply.code == AUTH_REQUIRED for reply in replies)
+        ):
+            return self._relay_refusal(claim, result, replies)
         self._record(claim, targets, outcome, result)
         self.last_activity = self.clock()
         return True
+
+    def _relay_refusal(self, claim: Claim, result: RunResult, replies: list[Reply]) -> bool:
+        """The server refused every recipient as it refuses to relay: keep the message.
+
+        A ``530`` says so plainly: a server-level failure. A ``5.7.x`` refusal may still be
+        about these recipients, so the message waits aside while the next one is tried: if
+        the server accepts someone, it relays for us and the message is tried again; if it
+        refuses the next message the same way (or nothing else is due), the run stops.
+        """
+        self.queue.unclaim(claim)
+        reply = next((r for r in replies if r.code == AUTH_REQUIRED), replies[0])
+        error = ServerError(
+            "the server refuses to relay for us (every recipient refused"
+            f"{', not authenticated' if not self.server.username else ''}); "
+            "check mq.smtp_username and mq.smtp_password_file, and mq.smtp_tls "
+            "(many servers offer AUTH only over TLS)",
+            reply,
+        )
+        if reply.code == AUTH_REQUIRED or self._relay_suspects:
+            self._relay_suspects = []
+            return self._relay_refused(result, error)
+        self._relay_suspects.append((claim.queue_id, error))
+        return True
+
+    def _relay_refused(self, result: RunResult, error: ServerError) -> bool:
+        self.close()
+        return self._server_failed(None, result, error)
 
     def _unexpected(self, claim: Claim, result: RunResult, exc: Exception) -> None:
         """An error nobody planned for: keep the message queued and stop this run."""
@@ -281,8 +334,10 @@ class Sender:
         except OSError:
             claim.release()  # left in sending/: the next run recovers it
 
-    def _server_failed(self, claim: Claim, result: RunResult, exc: ServerError) -> bool:
-        self.queue.unclaim(claim)
+    def _server_failed(self, claim: Claim | None, result: RunResult, exc: ServerError) -> bool:
+        if claim is not None:
+            self.queue.unclaim(claim)
+        self._relays_for_us = False
         result.server_error = str(exc)
         result.connection_errors += 1
         log.log(
@@ -305,6 +360,8 @@ class Sender:
                 recipient.status = outcome.status(recipient.address)
                 recipient.reply = str(reply)
                 result.outcomes[recipient.status, reply_class(reply.code)] += 1
+                if recipient.status == RecipientStatus.FAILED:
+                    result.refused += 1
         attempt = len(envelope.attempts) + 1
         settlement = settle((r.status for r in envelope.recipients), envelope.queued_at, now, self.policy)
         if settlement.expired:
@@ -367,6 +424,8 @@ class Sender:
             AttemptResult.DEFERRED: logging.WARNING,
             AttemptResult.FAILED: logging.ERROR,
         }[AttemptResult(event.state)]
+        if any(r.tried and r.status == RecipientStatus.FAILED for r in event.recipients):
+            level = logging.ERROR  # a refusal is reported now, not when the message finally fails
         log.log(
             level,
             "queue id %s (Message-ID %s) attempt %d: %s; %s",

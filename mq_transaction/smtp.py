@@ -80,6 +80,9 @@ class Outcome:
     """What one SMTP transaction did: each recipient's reply, and message-level facts."""
 
     replies: dict[str, Reply] = field(default_factory=dict)
+    #: each recipient's reply to RCPT TO (empty when MAIL FROM was refused); the sender's
+    #: relay-refusal rule reads these, not the replies to DATA
+    rcpt_replies: dict[str, Reply] = field(default_factory=dict)
 
     def status(self, address: str) -> RecipientStatus:
         """``delivered``, ``deferred`` or ``failed`` for one recipient."""
@@ -320,6 +323,7 @@ class DialogSMTP(smtplib.SMTP):
             return []
         for address, reply in zip(recipients, rcpts, strict=True):
             outcome.replies[address] = reply
+        outcome.rcpt_replies = dict(outcome.replies)
         return [address for address in recipients if outcome.status(address) == RecipientStatus.DELIVERED]
 
     def _refused(self, outcome: Outcome, recipients: list[str], mail: Reply) -> Outcome:

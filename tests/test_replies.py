@@ -6,6 +6,7 @@ import pytest
 
 from mq_transaction.replies import (
     Reply,
+    is_relay_refusal,
     is_too_many_recipients,
     mail_from_concerns_message,
     recipient_status,
@@ -63,3 +64,31 @@ def test_enhanced_status_and_str():
 @pytest.mark.parametrize(("code", "label"), [(250, "2xx"), (451, "4xx"), (554, "5xx"), (-1, "other")])
 def test_reply_class(code, label):
     assert reply_class(code) == label
+
+
+def test_530_to_rcpt_defers_the_recipient():
+    assert recipient_status(Reply(530, "5.7.0 Authentication required")) == "deferred"
+
+
+RELAY_DENIED = Reply(554, "5.7.1 <ann@example.org>: Relay access denied")
+AUTH_REQUIRED = Reply(530, "5.7.0 Authentication required")
+UNKNOWN_USER = Reply(550, "5.1.1 no such user")
+
+
+@pytest.mark.parametrize(
+    ("replies", "authenticated", "relay_refusal"),
+    [
+        ([RELAY_DENIED, RELAY_DENIED], False, True),
+        ([RELAY_DENIED], True, False),  # authenticated: the refusal is about the recipient
+        ([AUTH_REQUIRED], False, True),
+        ([AUTH_REQUIRED], True, True),
+        ([RELAY_DENIED, UNKNOWN_USER], False, False),  # not every refusal is 5.7.x
+        ([RELAY_DENIED, Reply(250, "2.1.5 OK")], False, False),  # someone was accepted
+        ([RELAY_DENIED, Reply(451, "4.3.0 later")], False, False),
+        ([AUTH_REQUIRED, Reply(250, "2.1.5 OK")], False, False),
+        ([Reply(554, "Relay access denied")], False, False),  # no enhanced code: no rule
+        ([], False, False),
+    ],
+)
+def test_relay_refusal_rule(replies, authenticated, relay_refusal):
+    assert is_relay_refusal(replies, authenticated) is relay_refusal

@@ -467,3 +467,56 @@ def test_message_with_nobody_left_to_try_is_settled_without_smtp(queue, smtp_sin
     result = Sender(make_settings(queue.path, smtp_sink.port)).run()
     assert result.failed == 1 and result.connections == 0
     assert queue.find(queue_id).state == MessageState.FAILED
+
+
+def test_a_refusal_beside_a_deferral_makes_the_run_exit_1_and_is_logged_at_error(queue, smtp_sink, caplog):
+    (queue_id,) = queue_messages(queue, 1, to=("bad@example.org", "busy@example.org"))
+    smtp_sink.behaviour.rcpt_replies["bad@example.org"] = "550 5.1.1 no such user"
+    smtp_sink.behaviour.rcpt_replies["busy@example.org"] = "451 4.3.0 try later"
+    with caplog.at_level("INFO", logger="mq_transaction"):
+        result = Sender(make_settings(queue.path, smtp_sink.port)).run()
+    assert queue.find(queue_id).state == MessageState.DEFERRED  # still waiting for busy@
+    assert result.refused == 1
+    assert result.exit_status == 1  # 1 wins over 75
+    [line] = [r for r in caplog.records if queue_id in r.getMessage()]
+    assert line.levelname == "ERROR" and "550 5.1.1 no such user" in line.getMessage()
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    ["554 5.7.1 <x@example.org>: Relay access denied", "530 5.7.0 Authentication required"],
+)
+def test_a_relay_that_refuses_to_relay_keeps_every_message_queued_and_exits_75(queue, smtp_sink, caplog, refusal):
+    ids = queue_messages(queue, 3, to=("ann@example.org", "bob@example.org"))
+    smtp_sink.behaviour.rcpt_default = refusal
+    with caplog.at_level("ERROR", logger="mq_transaction"):
+        result = Sender(make_settings(queue.path, smtp_sink.port)).run()
+    assert result.exit_status == 75
+    assert result.failed == result.refused == result.attempts == 0
+    assert states(queue) == {MessageState.QUEUED: 3}
+    for queue_id in ids:  # untouched: no attempt recorded, nobody marked failed
+        envelope, _ = queue.read(queue.find(queue_id))
+        assert envelope.attempts == [] and {r.status for r in envelope.recipients} == {"pending"}
+    assert "mq.smtp_username" in result.server_error and "mq.smtp_tls" in result.server_error
+    assert any("mq.smtp_username" in r.getMessage() for r in caplog.records)
+    smtp_sink.behaviour.rcpt_default = None
+    assert Sender(make_settings(queue.path, smtp_sink.port)).run().exit_status == 0
+    assert len(smtp_sink.received) == 3
+
+
+def test_a_policy_refusal_of_one_message_is_judged_once_the_server_relays_for_us(queue, smtp_sink):
+    (blocked,) = queue_messages(queue, 1, to=("blocked@example.org",))
+    (fine,) = queue_messages(queue, 1, to=("ann@example.org",))
+    smtp_sink.behaviour.rcpt_replies["blocked@example.org"] = "554 5.7.1 <blocked@example.org>: Access denied"
+    result = Sender(make_settings(queue.path, smtp_sink.port)).run()
+    assert result.exit_status == 1 and result.delivered == 1 and result.failed == 1
+    assert queue.find(blocked).state == MessageState.FAILED
+    envelope, _ = queue.read(queue.find(blocked))
+    assert envelope.recipients[0].reply == "554 5.7.1 <blocked@example.org>: Access denied"
+
+
+def test_a_lone_policy_refusal_without_proof_that_the_server_relays_keeps_the_message(queue, smtp_sink):
+    (blocked,) = queue_messages(queue, 1, to=("blocked@example.org",))
+    smtp_sink.behaviour.rcpt_replies["blocked@example.org"] = "554 5.7.1 <blocked@example.org>: Access denied"
+    result = Sender(make_settings(queue.path, smtp_sink.port)).run()
+    assert result.exit_status == 75 and queue.find(blocked).state == MessageState.QUEUED
