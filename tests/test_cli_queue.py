@@ -170,6 +170,7 @@ def test_list_json_of_every_state_matches_the_documented_schema(capsys, built):
         assert list(record) == list(queue_admin.LIST_FIELDS)
 
 
+@pytest.mark.slow
 def test_list_json_from_an_ini_file_in_a_subprocess(tmp_path, built):
     ini = tmp_path / "app.ini"
     ini.write_text(f"[app:main]\nuse = egg:nothing\nmq.queue_dir = {built.queue.path}\n")
@@ -225,6 +226,7 @@ def test_status_exits_1_when_a_waiting_message_is_older_than_warn_age(capsys, bu
     assert run(capsys, built, "status", "--warn-age", "1h", "--json")[0] == 0
 
 
+@pytest.mark.slow
 def test_status_as_a_monitoring_check_in_a_subprocess(built):
     done = run_mq_queue("--queue-dir", built.queue.path, "status", "--warn-age", "0")
     assert done.returncode == 1
@@ -282,6 +284,7 @@ def test_status_counts_no_file_that_is_not_a_message_and_names_each(capsys, buil
     assert report["not_messages"] == sorted(strays) and report["total"] == 6
 
 
+@pytest.mark.slow
 def test_files_that_are_not_messages_in_a_subprocess_give_no_traceback(built):
     strays = write_stray_files(built)
     for command in ("list", "status"):
@@ -329,6 +332,7 @@ def test_show_raw_prints_the_stored_message_byte_for_byte(capsysbinary, built):
     assert capsysbinary.readouterr().out == message
 
 
+@pytest.mark.slow
 def test_show_raw_in_a_subprocess_with_a_config_uri_fragment(tmp_path, built):
     ini = tmp_path / "app.ini"
     mail_section = f"[app:mail]\nuse = egg:x\nmq.queue_dir = {built.queue.path}\n"

@@ -50,6 +50,7 @@ def test_reads_mq_settings_from_app_main_and_delivers(tmp_path, smtp_sink):
     assert len((tmp_path / "delivery.log").read_text().splitlines()) == 3
 
 
+@pytest.mark.slow
 def test_config_uri_fragment_selects_another_app_section_and_flags_override(tmp_path, smtp_sink):
     fill_queue(tmp_path / "q", 1)
     ini = write_ini(
@@ -62,6 +63,7 @@ def test_config_uri_fragment_selects_another_app_section_and_flags_override(tmp_
     assert len(smtp_sink.received) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("setting", "key"),
     [

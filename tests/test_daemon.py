@@ -250,6 +250,7 @@ def test_metrics_writer_is_atomic_and_keeps_counters(tmp_path, queue_dir):
     assert [p for p in os.listdir(tmp_path) if p.startswith(".mq-metrics")] == []
 
 
+@pytest.mark.slow
 def test_metrics_file_in_a_missing_directory_is_a_configuration_error(queue_dir, tmp_path):
     done = subprocess.run(
         [*MQ_SEND, "--queue-dir", str(queue_dir), "--metrics-file", str(tmp_path / "absent" / "m.prom")],
@@ -261,6 +262,7 @@ def test_metrics_file_in_a_missing_directory_is_a_configuration_error(queue_dir,
     assert "mq.metrics_file" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_daemon_refuses_one_shot_flags(queue_dir):
     done = subprocess.run(
         [*MQ_SEND, "--daemon", "--flush", "--queue-dir", str(queue_dir)], capture_output=True, text=True

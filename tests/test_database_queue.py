@@ -139,6 +139,7 @@ def test_a_url_of_another_database_is_a_configuration_error():
         DatabaseQueue("sqlite:///x.db")
 
 
+@pytest.mark.slow
 def test_importing_the_package_does_not_import_sqlalchemy():
     code = (
         "import sys, mq_transaction\n"
@@ -274,6 +275,7 @@ def test_unclaim_gives_the_message_back_due_at_once(db_queue, other_sender):
     assert other_sender.claim(queue_id) is not None
 
 
+@pytest.mark.slow
 def test_a_dead_senders_claim_goes_back_to_the_queue_once_its_lease_ran_out(postgres_url, other_sender):
     dying = DatabaseQueue(postgres_url, claim_timeout=1)
     dying.init_db()
@@ -293,6 +295,7 @@ def test_a_dead_senders_claim_goes_back_to_the_queue_once_its_lease_ran_out(post
     dying.dispose()
 
 
+@pytest.mark.slow
 def test_a_live_senders_long_delivery_keeps_its_claim(postgres_url, other_sender):
     slow = DatabaseQueue(postgres_url, claim_timeout=1)
     slow.init_db()

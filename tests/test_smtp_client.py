@@ -311,6 +311,7 @@ def postfix(smtp_sink):
     server.stop()
 
 
+@pytest.mark.slow
 def test_bdat_against_postfix_smtpd_delivers_exact_bytes_with_each_recipient_own_reply(postfix, smtp_sink, caplog):
     smtp_sink.behaviour.rcpt_replies.update(
         {"no@example.org": "550 5.1.1 no such user", "later@example.org": "451 4.2.0 mailbox busy"}

@@ -79,6 +79,7 @@ def test_threads_that_abort_half_their_transactions_publish_exactly_the_other_ha
     assert os.listdir(os.path.join(queue.path, "tmp")) == []
 
 
+@pytest.mark.slow
 def test_threads_each_with_an_explicit_manager_publish_every_committed_message(tmp_path):
     queue = MessageQueue(tmp_path / "queue", fsync=False)
     committed: list[str] = []
