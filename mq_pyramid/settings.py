@@ -36,13 +36,13 @@ def read_settings(raw: Mapping[str, Any] | None, require_queue_dir: bool = True)
 def open_queue(settings: Settings) -> MessageQueue:
     """Create (when missing) the queue at ``mq.queue_dir`` and check this process can write it."""
     if not settings.queue_dir:
-        raise ConfigurationError("mq.queue_dir", "missing: set it to the queue directory")
+        raise ConfigurationError(key("queue_dir"), "missing: set it to the queue directory")
     try:
         check_app_start(settings)
         queue = MessageQueue(settings.queue_dir, group_access=settings.group_access, fsync=settings.fsync)
         queue.check_writable()
     except QueueWriteError as exc:
-        raise ConfigurationError("mq.queue_dir", str(exc)) from None
+        raise ConfigurationError(key("queue_dir"), str(exc)) from None
     except errors.ConfigurationError as exc:
         raise ConfigurationError(exc.key, exc.problem) from None
     return queue

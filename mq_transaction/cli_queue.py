@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 
 from . import queue_admin
 from .cli_format import (
@@ -22,26 +23,27 @@ from .cli_format import (
 from .config import load_settings, setup_logging
 from .durations import parse_duration
 from .errors import ConfigurationError, MailQueueError
+from .exit_status import QUEUE_MEANINGS, QueueExit, help_text
 from .interfaces import IMailQueue
 from .preflight import check_operator_start
 from .sender import open_queue
 from .settings import Settings, key
 from .states import STATES, MessageState
 
-EX_OK, EX_PROBLEM, EX_USAGE = 0, 1, 2
 #: The subcommands, as build_parser() declares them.
 COMMANDS = ("status", "list", "show", "retry", "hold", "release", "discard")
 #: The subcommands that only read the queue (the others move or remove messages).
 READ_ONLY_COMMANDS = ("status", "list", "show")
 
-DESCRIPTION = """See and steer the mail queue of mq_transaction.
+DESCRIPTION = f"""See and steer the mail queue of mq_transaction.
 
-Reads the mq.* settings from CONFIG_URI (an ini file; its [app:main] section, or
-[app:NAME] for file.ini#NAME), as mq-send does; --queue-dir overrides the file.
-Exit status: 0 done; 1 status --warn-age exceeded, or an id was not in the queue,
-busy, or in a state the command does not apply to (the other ids were done), or
-discard was not confirmed; 2 usage or configuration error, or an argument that is
-not a queue id (then nothing was done)."""
+{
+    textwrap.fill(
+        "Reads the mq.* settings from CONFIG_URI (an ini file; its [app:main] section, or [app:NAME] for"
+        " file.ini#NAME), as mq-send does; --queue-dir overrides the file. " + help_text(QUEUE_MEANINGS, "; "),
+        80,
+    )
+}"""
 
 
 ID_HELP = "a queue id, as send() returned it"
@@ -138,13 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # The reader stopped early (mq-queue list | head): no traceback, no error line.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EX_PROBLEM
+        return QueueExit.PROBLEM
     except queue_admin.MessageNotFoundError as exc:
         print(f"mq-queue: error: {exc}", file=sys.stderr)
-        return EX_PROBLEM
+        return QueueExit.PROBLEM
     except (ConfigurationError, MailQueueError, OSError) as exc:
         print(f"mq-queue: error: {exc}", file=sys.stderr)
-        return EX_USAGE
+        return QueueExit.USAGE
 
 
 def _warn_not_messages(paths: list[str] | tuple[str, ...]) -> None:
@@ -159,7 +161,7 @@ def _status(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> 
         print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
     else:
         print(format_status(report, tty=sys.stdout.isatty()))
-    return EX_PROBLEM if report.over_warn_age else EX_OK
+    return QueueExit.PROBLEM if report.over_warn_age else QueueExit.OK
 
 
 def _list(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> int:
@@ -171,7 +173,7 @@ def _list(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> in
         print(format_list_table(records))
     elif records:
         print(format_list_lines(records))
-    return EX_OK
+    return QueueExit.OK
 
 
 def _show(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> int:
@@ -182,7 +184,7 @@ def _show(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> in
         sys.stdout.buffer.flush()
     else:
         print(format_details(queue_admin.details(queue, args.id)))
-    return EX_OK
+    return QueueExit.OK
 
 
 def _report(results: list[queue_admin.ChangeResult], nothing: str = "") -> int:
@@ -194,7 +196,7 @@ def _report(results: list[queue_admin.ChangeResult], nothing: str = "") -> int:
             print(visible(result.text))
         else:
             print(f"mq-queue: {visible(result.text)}", file=sys.stderr)
-    return EX_OK if all(result.done for result in results) else EX_PROBLEM
+    return QueueExit.OK if all(result.done for result in results) else QueueExit.PROBLEM
 
 
 def _retry(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> int:
@@ -224,7 +226,7 @@ def _discard(queue: IMailQueue, settings: Settings, args: argparse.Namespace) ->
                 "pass --yes. Nothing was removed.",
                 file=sys.stderr,
             )
-            return EX_USAGE
+            return QueueExit.USAGE
         found = queue_admin.list_given(queue, ids)
         if found:  # ids of no message are reported below, with nothing to confirm
             print(format_list_lines(found))
@@ -234,7 +236,7 @@ def _discard(queue: IMailQueue, settings: Settings, args: argparse.Namespace) ->
                 answer = ""
             if answer.strip().lower() not in ("y", "yes"):
                 print("Nothing was removed.")
-                return EX_PROBLEM
+                return QueueExit.PROBLEM
     return _report(queue_admin.discard(queue, ids))
 
 

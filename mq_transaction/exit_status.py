@@ -1,4 +1,4 @@
-"""The exit statuses of ``mq-send``, defined once.
+"""The exit statuses of ``mq-send`` and ``mq-queue``, defined once.
 
 The sender computes them, the command line returns them, its ``--help`` describes them
 from :data:`MEANINGS`, and ``tests/test_docs.py`` checks the reference page against both.
@@ -6,6 +6,7 @@ from :data:`MEANINGS`, and ``tests/test_docs.py`` checks the reference page agai
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import IntEnum
 
 
@@ -27,6 +28,26 @@ MEANINGS: dict[SendExit, str] = {
 }
 
 
-def help_text() -> str:
-    """``Exit status: 0 ..., 1 ..., 75 ..., 2 ...`` for ``--help``."""
-    return "Exit status: " + ", ".join(f"{int(status)} {meaning}" for status, meaning in MEANINGS.items()) + "."
+class QueueExit(IntEnum):
+    """How an ``mq-queue`` command ended."""
+
+    OK = 0
+    PROBLEM = 1
+    USAGE = 2
+
+
+#: One phrase per status, as ``mq-queue --help`` prints it.
+QUEUE_MEANINGS: dict[QueueExit, str] = {
+    QueueExit.OK: "done",
+    QueueExit.PROBLEM: (
+        "status --warn-age exceeded, or an id was not in the queue, busy, or in a state the command does not"
+        " apply to (the other ids were done), or discard was not confirmed"
+    ),
+    QueueExit.USAGE: "usage or configuration error, or an argument that is not a queue id (then nothing was done)",
+}
+
+
+def help_text(meanings: Mapping[SendExit, str] | Mapping[QueueExit, str] | None = None, separator: str = ", ") -> str:
+    """``Exit status: 0 ..., 1 ..., 75 ..., 2 ...`` for ``--help`` (``mq-send``'s by default)."""
+    pairs = (MEANINGS if meanings is None else meanings).items()
+    return "Exit status: " + separator.join(f"{int(status)} {meaning}" for status, meaning in pairs) + "."

@@ -160,7 +160,7 @@ class Settings:
                     return handle.read().rstrip("\r\n")
             except OSError as exc:
                 raise ConfigurationError(
-                    "mq.smtp_password_file", f"cannot read {self.smtp_password_file}: {exc.strerror}"
+                    key("smtp_password_file"), f"cannot read {self.smtp_password_file}: {exc.strerror}"
                 ) from None
         return None
 
@@ -216,19 +216,19 @@ def unknown_key_problem(name: str) -> str:
 def check_settings(settings: Settings, require_queue_dir: bool = True) -> None:
     """Check rules that span keys; raise :class:`ConfigurationError` naming the key."""
     if require_queue_dir and not settings.queue_dir:
-        raise ConfigurationError("mq.queue_dir", "missing: set it to the queue directory")
+        raise ConfigurationError(key("queue_dir"), "missing: set it to the queue directory")
     if settings.tmp_max_age < 3600:
         raise ConfigurationError(
-            "mq.tmp_max_age", "must be at least 1h: younger files may belong to transactions still running"
+            key("tmp_max_age"), "must be at least 1h: younger files may belong to transactions still running"
         )
     if settings.min_backoff > settings.max_backoff:
-        raise ConfigurationError("mq.min_backoff", "is greater than mq.max_backoff")
+        raise ConfigurationError(key("min_backoff"), "is greater than mq.max_backoff")
     if settings.smtp_password is not None and settings.smtp_password_file:
         raise ConfigurationError(
-            "mq.smtp_password_file", "set either mq.smtp_password or mq.smtp_password_file, not both"
+            key("smtp_password_file"), "set either mq.smtp_password or mq.smtp_password_file, not both"
         )
     if not settings.smtp_host:
-        raise ConfigurationError("mq.smtp_host", "is empty")
+        raise ConfigurationError(key("smtp_host"), "is empty")
     if (
         settings.smtp_username
         and settings.effective_tls == TLS_NONE
