@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from transaction.interfaces import IDataManagerSavepoint, ISavepointDataManager
+from zope.interface import implementer
+
 from .errors import QueueWriteError
 from .interfaces import IMailQueue
 
@@ -16,6 +19,7 @@ log = logging.getLogger("mq_transaction")
 SORT_KEY_PREFIX = "mq_transaction"
 
 
+@implementer(ISavepointDataManager)
 class MailDataManager:
     """Holds the messages one transaction queued; publishes them on commit.
 
@@ -84,17 +88,24 @@ class MailDataManager:
         """Sort before zope.sqlalchemy (``~sqlalchemy``); see :data:`SORT_KEY_PREFIX`."""
         return f"{SORT_KEY_PREFIX}:{id(self)}"
 
-    def savepoint(self) -> _Savepoint:
+    def savepoint(self) -> MailSavepoint:
         """Remember which messages exist now, so a rollback removes the later ones."""
-        return _Savepoint(self, len(self.queue_ids))
+        return MailSavepoint(self)
 
 
-class _Savepoint:
-    def __init__(self, manager: MailDataManager, count: int) -> None:
+@implementer(IDataManagerSavepoint)
+class MailSavepoint:
+    """A point in a transaction's mail: rolling back removes the messages queued since,
+    and forgets a write that failed since (the transaction may then commit)."""
+
+    def __init__(self, manager: MailDataManager) -> None:
         self.manager = manager
-        self.count = count
+        self.count = len(manager.queue_ids)
+        self.write_error = manager.write_error
 
     def rollback(self) -> None:
+        """Discard the messages queued after this savepoint; restore its write error."""
         later = self.manager.queue_ids[self.count :]
         del self.manager.queue_ids[self.count :]
+        self.manager.write_error = self.write_error
         self.manager._discard(later)

@@ -299,3 +299,64 @@ def test_enqueue_withdraws_a_message_whose_publication_was_not_durable(tmp_path,
     with pytest.raises(QueueWriteError):
         mailer.enqueue(b"From: a@example.com\nTo: b@example.org\n\nx\n")
     assert list(queue.entries()) == []
+
+
+def test_rollback_to_a_savepoint_before_a_failed_send_clears_the_veto(tmp_path, monkeypatch):
+    """Issue 10 item 16: the savepoint restores the write error it saw (none), so the
+    transaction commits the mail sent before it, without the failed one."""
+    import errno
+
+    import transaction as txn_module
+
+    from mq_transaction import MessageQueue, QueuedMailer, QueueWriteError
+
+    queue = MessageQueue(tmp_path / "q")
+    manager = txn_module.TransactionManager(explicit=True)
+    mailer = QueuedMailer(queue, transaction_manager=manager)
+    txn = manager.begin()
+    kept = mailer.send(b"From: a@example.com\nTo: b@example.org\n\nfirst\n")
+    savepoint = txn.savepoint()
+    real_write = os.write
+
+    def full_disk(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(QueueWriteError):
+        mailer.send(b"From: a@example.com\nTo: b@example.org\n\nsecond\n")
+    monkeypatch.setattr(os, "write", real_write)
+    savepoint.rollback()
+    manager.commit()
+    assert [entry.queue_id for entry in queue.entries()] == [kept]
+    assert os.listdir(os.path.join(queue.path, "tmp")) == []
+
+
+def test_a_failed_send_after_the_savepoint_it_rolls_back_past_still_vetoes(tmp_path, monkeypatch):
+    """A savepoint taken after the failed write keeps the veto when rolled back to."""
+    import errno
+
+    import transaction as txn_module
+
+    from mq_transaction import MessageQueue, QueuedMailer, QueueWriteError
+
+    queue = MessageQueue(tmp_path / "q")
+    manager = txn_module.TransactionManager(explicit=True)
+    mailer = QueuedMailer(queue, transaction_manager=manager)
+    txn = manager.begin()
+    mailer.send(b"From: a@example.com\nTo: b@example.org\n\nfirst\n")
+    real_write = os.write
+
+    def full_disk(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(QueueWriteError):
+        mailer.send(b"From: a@example.com\nTo: b@example.org\n\nsecond\n")
+    monkeypatch.setattr(os, "write", real_write)
+    savepoint = txn.savepoint()
+    mailer.send(b"From: a@example.com\nTo: b@example.org\n\nthird\n")
+    savepoint.rollback()
+    with pytest.raises(QueueWriteError, match="vetoed"):
+        manager.commit()
+    manager.abort()
+    assert list(queue.entries()) == []

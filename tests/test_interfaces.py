@@ -58,3 +58,14 @@ def test_a_second_daemon_lock_on_one_directory_queue_is_refused(tmp_path):
     first.daemon_lock()  # the holder may ask again
     with pytest.raises(DaemonAlreadyRunning, match="already running"):
         MessageQueue(tmp_path / "queue").daemon_lock()
+
+
+def test_the_data_manager_and_its_savepoint_provide_what_transaction_expects(tmp_path):
+    import transaction as txn_module
+    from transaction.interfaces import IDataManagerSavepoint, ISavepointDataManager
+
+    from mq_transaction.datamanager import MailDataManager
+
+    manager = MailDataManager(MessageQueue(tmp_path / "queue"), txn_module.TransactionManager())
+    assert verifyObject(ISavepointDataManager, manager)
+    assert verifyObject(IDataManagerSavepoint, manager.savepoint())
