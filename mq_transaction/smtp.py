@@ -20,6 +20,7 @@ import re
 import smtplib
 import socket
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,12 @@ log = logging.getLogger("mq_transaction.smtp")
 TLS_NONE, TLS_STARTTLS, TLS_SSL = "none", "starttls", "ssl"
 TLS_MODES: tuple[str, ...] = (TLS_NONE, TLS_STARTTLS, TLS_SSL)
 
+#: The most bytes one reply may have, all its lines together: far above any real reply (an
+#: EHLO reply is well under 1 KiB), low enough that a server streaming an endless reply
+#: cannot make the sender hold much memory or wait long.
+MAX_REPLY_BYTES = 64 * 1024
+
+_REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])([ -]|\r?\n|$)")
 _EOL = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 _connection_numbers = itertools.count(1)
@@ -54,6 +61,14 @@ class ServerError(Exception):
         self.description = description
         self.reply = reply
         super().__init__(f"{description}: {reply}" if reply else description)
+
+
+class BadReply(smtplib.SMTPServerDisconnected):
+    """The server's reply cannot be used: not complete within the deadline, too long, or not SMTP.
+
+    The connection is closed: what comes next on it cannot be trusted. Everywhere it is
+    handled as a lost connection (after the message: the duplicate window).
+    """
 
 
 class ConnectionLost(ServerError):
@@ -154,6 +169,9 @@ class DialogSMTP(smtplib.SMTP):
         self.number = next(_connection_numbers)
         self.peer = f"{host}:{port}"
         self._in_auth = False
+        self._reply_timeout: float | None = None  # None: the command timeout
+        self._buffer = b""
+        self._buffered_sock: socket.socket | None = None
         super().__init__(host, port, local_hostname=local_hostname, timeout=timeout, **smtplib_options)
 
     # -- the dialog log ----------------------------------------------------------------
@@ -194,16 +212,73 @@ class DialogSMTP(smtplib.SMTP):
         return line
 
     def getreply(self) -> tuple[int, bytes]:
-        """Read one reply as smtplib does, and log each of its lines."""
-        code, text = super().getreply()
+        """Read one whole reply within the reply deadline, logging each line; smtplib's contract.
+
+        The deadline bounds the whole reply, not each read: ``timeout`` for a command,
+        ``data_timeout`` for the reply after the message. A reply that misses it, that is
+        longer than :data:`MAX_REPLY_BYTES`, or that is not an SMTP reply closes the
+        connection and raises :class:`BadReply` (an ``SMTPServerDisconnected``).
+        """
+        if self._reply_timeout is not None:
+            limit, setting = self._reply_timeout, "mq.smtp_data_timeout"
+        else:
+            limit, setting = self.timeout, "mq.smtp_timeout"
+        deadline = time.monotonic() + limit if isinstance(limit, (int, float)) else None
+        late = f"no complete reply within {limit:g}s ({setting}): the server is too slow, or a tarpit"
+        texts = []
+        size = 0
+        while True:
+            line = self._read_line(deadline, late, MAX_REPLY_BYTES - size)
+            size += len(line)
+            shown = line.rstrip(b"\r\n").decode("utf-8", "replace")
+            if log.isEnabledFor(logging.DEBUG):
+                self._log_line("S:", shown)
+            match = _REPLY_LINE.match(line)
+            if match is None:
+                self.close()
+                raise BadReply(f"unreadable reply {shown[:80]!r}")
+            texts.append(line[4:].strip(b" \t\r\n"))
+            if match.group(2) != b"-":
+                break
+        code = int(match.group(1))
         if code != 334:
             self._in_auth = False
-        if log.isEnabledFor(logging.DEBUG):
-            lines = text.split(b"\n") or [b""]
-            for index, line in enumerate(lines):
-                separator = " " if index == len(lines) - 1 else "-"
-                self._log_line("S:", f"{code}{separator}{line.decode('utf-8', 'replace')}")
-        return code, text
+        return code, b"\n".join(texts)
+
+    def _read_line(self, deadline: float | None, late: str, room: int) -> bytes:
+        """One line from the socket, buffered here so that a deadline can bound the whole reply."""
+        if self._buffered_sock is not self.sock:
+            self._buffer, self._buffered_sock = b"", self.sock  # a new socket (STARTTLS) starts empty
+        while True:
+            end = self._buffer.find(b"\n", 0, room)
+            if end >= 0:
+                line, self._buffer = self._buffer[: end + 1], self._buffer[end + 1 :]
+                return line
+            if len(self._buffer) >= room:
+                self.close()
+                raise BadReply(f"reply longer than {MAX_REPLY_BYTES} bytes")
+            if self.sock is None:
+                raise smtplib.SMTPServerDisconnected("please run connect() first")
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                self.close()
+                raise BadReply(late)
+            try:
+                self.sock.settimeout(remaining)
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                self.close()
+                raise BadReply(late) from None
+            except OSError as exc:
+                self.close()
+                raise smtplib.SMTPServerDisconnected(f"Connection unexpectedly closed: {exc}") from None
+            finally:
+                if self.sock is not None:
+                    self.sock.settimeout(self.timeout)
+            if not data:
+                self.close()
+                raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+            self._buffer += data
 
     def _reply(self) -> Reply:
         code, text = self.getreply()
@@ -337,18 +412,15 @@ class DialogSMTP(smtplib.SMTP):
 
     def _final_reply(self, outcome: Outcome, accepted: list[str]) -> Outcome:
         """Wait for the reply that settles the message (after the dot, or to ``BDAT ... LAST``)."""
-        sock = self.sock
-        previous = sock.gettimeout() if sock else None
+        self._reply_timeout = self.data_timeout
         try:
-            if sock:
-                sock.settimeout(self.data_timeout)
             reply = self._reply()
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            # Lost, too slow, too long or unreadable: nobody knows whether the server took it.
             self.close()
             raise self._lost_after_data(outcome, accepted, exc) from exc
         finally:
-            if self.sock:
-                self.sock.settimeout(previous)
+            self._reply_timeout = None
         if reply.code == 421:
             self.close()
             raise ConnectionLost(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
+import time
 
 import pytest
 import transaction
@@ -15,9 +17,12 @@ from mq_transaction import MessageQueue, QueuedMailer
 from mq_transaction.sender import Sender
 from mq_transaction.settings import parse_settings
 from mq_transaction.smtp import (
+    LOST_AFTER_DATA,
+    MAX_REPLY_BYTES,
     TLS_NONE,
     ConnectionLost,
     ServerConfig,
+    ServerError,
     close_session,
     needs_smtputf8,
     open_session,
@@ -153,7 +158,8 @@ def raw_smtp():
 
 
 def session_to(port, **options):
-    return open_session(ServerConfig(host="127.0.0.1", port=port, tls=TLS_NONE, timeout=5, **options))
+    options.setdefault("timeout", 5)
+    return open_session(ServerConfig(host="127.0.0.1", port=port, tls=TLS_NONE, **options))
 
 
 def statuses(outcome):
@@ -347,3 +353,136 @@ def test_bdat_against_postfix_smtpd_delivers_exact_bytes_with_each_recipient_own
     for received in smtp_sink.received:
         assert received.content.startswith(b"Received: from ")
         assert received.content.endswith(message.replace(b"\n", b"\r\n"))
+
+
+# -- servers that misbehave: tarpits, endless or garbage replies (issue 12 items 2 and 4) ----------
+
+
+def trickle(payload: bytes, pause: float):
+    """A ``RawServer`` handler that sends ``payload`` one byte at a time, forever, until the client leaves."""
+
+    def serve(connection):
+        while True:
+            for byte in payload:
+                connection.sendall(bytes([byte]))
+                time.sleep(pause)
+
+    return serve
+
+
+def open_in_a_thread(port, timeout):
+    """open_session() in a thread, so that a client that hangs fails the test instead of hanging it."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["session"] = session_to(port, timeout=timeout)
+        except ServerError as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "the client hung on a tarpit"
+    return outcome
+
+
+@pytest.mark.slow
+def test_a_greeting_trickled_byte_by_byte_ends_at_the_command_timeout_with_a_server_level_error():
+    server = RawServer(trickle(b"220 a very slow greeting that never seems to end", 0.2))
+    try:
+        outcome = open_in_a_thread(server.port, timeout=1)
+    finally:
+        server.stop()
+    assert "no complete reply within 1s (mq.smtp_timeout)" in str(outcome["error"])
+    assert "tarpit" in str(outcome["error"])
+
+
+@pytest.mark.slow
+def test_an_endless_multiline_reply_ends_at_the_command_timeout():
+    server = RawServer(trickle(b"220-still greeting you\r\n", 0.01))
+    try:
+        outcome = open_in_a_thread(server.port, timeout=1)
+    finally:
+        server.stop()
+    assert "no complete reply within 1s" in str(outcome["error"])
+
+
+def test_a_reply_over_64_kib_is_refused_before_the_timeout():
+    def flood(connection):
+        line = b"220-" + b"x" * 1000 + b"\r\n"
+        while True:
+            connection.sendall(line * 16)
+
+    server = RawServer(flood)
+    try:
+        outcome = open_in_a_thread(server.port, timeout=600)
+    finally:
+        server.stop()
+    assert f"reply longer than {MAX_REPLY_BYTES} bytes" in str(outcome["error"])
+    assert MAX_REPLY_BYTES == 64 * 1024
+
+
+def test_a_reply_that_is_not_smtp_is_a_server_level_error():
+    server = RawServer(lambda connection: (connection.sendall(b"HTTP/1.1 400 Bad Request\r\n"), connection.recv(100)))
+    try:
+        outcome = open_in_a_thread(server.port, timeout=5)
+    finally:
+        server.stop()
+    assert "unreadable reply 'HTTP/1.1 400 Bad Request'" in str(outcome["error"])
+
+
+def test_a_long_but_complete_reply_within_the_limits_is_read_whole(raw_smtp):
+    script, port = raw_smtp(extensions=["PIPELINING", *(f"X-EXTENSION-{n} {'y' * 200}" for n in range(100))])
+    session = session_to(port)
+    try:
+        assert session.has_extn("x-extension-99") and session.has_extn("pipelining")
+        outcome = session.send_message_bytes("a@example.com", ["ok@example.org"], MESSAGE)
+    finally:
+        close_session(session)
+    assert statuses(outcome) == {"ok@example.org": "delivered"}
+
+
+def test_a_garbage_reply_after_the_data_is_the_duplicate_window_never_a_failure(raw_smtp, queue, caplog):
+    script, port = raw_smtp(final_reply=b"-1 HANKS\r\n")
+    send(queue, b"From: a@example.com\nTo: ok@example.org\nMessage-ID: <hanks@example.com>\n\nhi\n")
+    result = Sender(settings_for(queue, port)).run()
+    assert (result.failed, result.deferred, result.exit_status) == (0, 1, 75)
+    assert len(script.messages) == 1  # the server had the message
+    warning = next(r.getMessage() for r in caplog.records if "may be delivered twice" in r.getMessage())
+    assert "unreadable reply '-1 HANKS'" in warning and "<hanks@example.com>" in warning
+    # the retry sends the same message again (same Message-ID), and this time it is accepted
+    script.final_reply = None
+    again = Sender(settings_for(queue, port)).run(flush=True)
+    assert (again.delivered, again.exit_status) == (1, 0)
+    assert [b"<hanks@example.com>" in m.content for m in script.messages] == [True, True]
+
+
+def test_a_garbage_reply_after_the_data_defers_every_accepted_recipient(raw_smtp):
+    script, port = raw_smtp(final_reply=b"-1 HANKS\r\n", rcpt_replies={"no@example.org": "550 5.1.1 no"})
+    session = session_to(port)
+    with pytest.raises(ConnectionLost) as lost:
+        session.send_message_bytes("a@example.com", ["ok@example.org", "no@example.org"], MESSAGE)
+    close_session(session)
+    assert lost.value.after_data
+    assert statuses(lost.value.outcome) == {"ok@example.org": "deferred", "no@example.org": "failed"}
+    assert lost.value.outcome.replies["ok@example.org"] == LOST_AFTER_DATA
+
+
+def test_a_garbage_reply_before_the_data_keeps_the_message_queued_as_a_server_level_failure(queue):
+    def garbage_to_mail(connection):
+        connection.sendall(b"220 raw.test\r\n")
+        connection.recv(1000)
+        connection.sendall(b"250 raw.test\r\n")
+        connection.recv(1000)
+        connection.sendall(b"2.1.0 Sender OK\r\n")
+        connection.recv(1000)
+
+    server = RawServer(garbage_to_mail)
+    try:
+        send(queue, b"From: a@example.com\nTo: ok@example.org\n\nhi\n")
+        result = Sender(settings_for(queue, server.port)).run()
+    finally:
+        server.stop()
+    assert (result.failed, result.deferred, result.delivered, result.exit_status) == (0, 0, 0, 75)
+    assert "unreadable reply '2.1.0 Sender OK'" in result.server_error
