@@ -32,6 +32,13 @@ from .watcher import DirectoryWatcher
 
 log = logging.getLogger("mq_transaction.queue")
 
+#: A commit record in ``tmp/``: the ids of a transaction's messages, one per line, then this end line.
+COMMIT_RECORD_PREFIX = ".commit-"
+COMMIT_RECORD_END = "end"
+#: An unlocked commit record without its end line is removed once this old (seconds): its
+#: process died while writing it, before any of its messages was published.
+INCOMPLETE_RECORD_MAX_AGE = 600.0
+
 #: Where a message lies: a state, or ``TMP_DIR`` while its transaction has not committed.
 _Place = MessageState | str
 
@@ -178,6 +185,104 @@ class MessageQueue:
                 raise
 
     def _publish(self, queue_ids: list[str]) -> list[tuple[str, OSError]]:
+        """Publish a transaction's messages; with more than one, under a commit record.
+
+        The renames of several messages are not atomic together, so a process killed among
+        them would publish a part of a committed transaction. Before the first rename, the
+        ids are written durably to a commit record in ``tmp/``, locked while the renames
+        run; ``cleanup()`` finishes the renames of a record whose process died (roll
+        forward). If the record cannot be written (a full disk), the messages are
+        published without it, as a single message always is (one rename is atomic).
+        """
+        record = None
+        if len(queue_ids) > 1:
+            try:
+                record = self._write_commit_record(queue_ids)
+            except QueueWriteError as exc:
+                log.warning(
+                    "cannot record the commit of %d messages before publishing them (%s); publishing "
+                    "them without it: a crash during the renames would leave some in %s",
+                    len(queue_ids),
+                    exc,
+                    self._dirs[TMP_DIR],
+                )
+        try:
+            failures = self._rename_into_new(queue_ids)
+        finally:
+            if record is not None:
+                path, fd = record
+                if not any(os.path.lexists(self._file(TMP_DIR, queue_id)) for queue_id in queue_ids):
+                    _unlink_quietly(path)  # done; a rename that failed is retried by cleanup()
+                os.close(fd)
+        return failures
+
+    def _write_commit_record(self, queue_ids: list[str]) -> tuple[str, int]:
+        """Write the ids and an end line to ``tmp/.commit-<first id>``, durably; return it locked."""
+        path = os.path.join(self._dirs[TMP_DIR], COMMIT_RECORD_PREFIX + queue_ids[0])
+        content = "".join(f"{queue_id}\n" for queue_id in queue_ids) + COMMIT_RECORD_END
+        fd = self._write_new_file(path, content.encode("ascii"), lock=True)
+        try:
+            self._sync_dir(self._dirs[TMP_DIR])
+        except OSError as exc:
+            os.close(fd)
+            _unlink_quietly(path)
+            raise QueueWriteError(f"cannot fsync {self._dirs[TMP_DIR]}: {exc.strerror or exc}") from exc
+        return path, fd
+
+    def _finish_interrupted_commits(self, now: float) -> set[str]:
+        """Roll forward: publish what is left in ``tmp/`` of each commit record whose process died.
+
+        A record is locked by its live committer, so a record this process can lock is an
+        orphan. A complete one (ending with its end line) was written before any rename:
+        its transaction committed, and every id it names still in ``tmp/`` is published.
+        An incomplete one was cut short before any rename; it is removed once it is old.
+        Returns the ids named by the records of live committers (not to be cleaned up).
+        """
+        in_use: set[str] = set()
+        for entry in _scan(self._dirs[TMP_DIR], dotfiles=True):
+            if not entry.name.startswith(COMMIT_RECORD_PREFIX):
+                continue
+            try:
+                fd = _open_locked(entry.path)
+            except OSError as exc:
+                log.error("commit record %s: cannot open it: %s", entry.path, exc.strerror)
+                continue
+            if fd is None:  # its committer is renaming right now: leave its messages alone
+                in_use.update(_read_ids(entry.path))
+                continue
+            try:
+                lines = _read_all(fd).decode("ascii", "replace").split("\n")
+                if lines[-1] != COMMIT_RECORD_END:
+                    if now - os.fstat(fd).st_mtime > INCOMPLETE_RECORD_MAX_AGE:
+                        os.unlink(entry.path)  # its process died before its transaction's commit was recorded
+                    continue
+                finished = []
+                for queue_id in lines[:-1]:
+                    if not is_queue_id(queue_id):
+                        continue
+                    try:
+                        os.rename(self._file(TMP_DIR, queue_id), self._file(MessageState.QUEUED, queue_id))
+                    except FileNotFoundError:
+                        continue  # published before the process died
+                    finished.append(queue_id)
+                self._sync_dir(self._state_dir(MessageState.QUEUED))
+                os.unlink(entry.path)
+                if finished:
+                    log.warning(
+                        "finished publishing %d of the %d messages of a transaction whose process died while "
+                        "committing it (commit record %s): queue ids %s",
+                        len(finished),
+                        len(lines) - 1,
+                        entry.path,
+                        ", ".join(finished),
+                    )
+            except OSError as exc:
+                log.error("commit record %s: cannot finish its publication: %s; retried next time", entry.path, exc)
+            finally:
+                os.close(fd)
+        return in_use
+
+    def _rename_into_new(self, queue_ids: list[str]) -> list[tuple[str, OSError]]:
         """Rename from ``tmp/`` into ``new/``, then fsync ``new/``; return the failures."""
         failures: list[tuple[str, OSError]] = []
         for queue_id in queue_ids:
@@ -238,15 +343,20 @@ class MessageQueue:
         """Remove files older than ``max_age`` seconds from ``tmp/``, and stale ``.*.rewrite`` files.
 
         These are the leftovers of processes killed mid-request or mid-rewrite; nothing
-        else ever removes mail. Returns the names removed.
+        else ever removes mail. First, the publication of a transaction whose process died
+        while committing it is finished (its commit record names the messages). Returns the
+        names removed.
         """
         now = time.time() if now is None else now
+        being_published = self._finish_interrupted_commits(now)
         removed = []
         for directory in self._dirs.values():
             in_tmp = directory == self._dirs[TMP_DIR]
             for entry in _scan(directory, dotfiles=True):
                 if not in_tmp and not (entry.name.startswith(".") and entry.name.endswith(".rewrite")):
                     continue
+                if in_tmp and (entry.name.startswith(COMMIT_RECORD_PREFIX) or entry.name in being_published):
+                    continue  # rolled forward above, or still in use
                 try:
                     if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime > max_age:
                         os.unlink(entry.path)
@@ -536,6 +646,15 @@ def _scan(directory: str, dotfiles: bool = False) -> Iterator[os.DirEntry]:
                     continue
     except FileNotFoundError:
         return
+
+
+def _read_ids(record_path: str) -> list[str]:
+    """The queue ids a commit record names (none if it vanished)."""
+    try:
+        with open(record_path, "rb") as handle:
+            return [line for line in handle.read().decode("ascii", "replace").split("\n") if is_queue_id(line)]
+    except FileNotFoundError:
+        return []
 
 
 def _open_locked(path: str) -> int | None:
