@@ -53,5 +53,13 @@ class DaemonAlreadyRunning(MailQueueError):
 
 
 class QueueUnavailableError(MailQueueError, OSError):
-    """The queue's database cannot be reached now (restart, fail-over, network); nothing is
-    lost, and the same operation works again once it is back."""
+    """The queue cannot be used now: its database cannot be reached (restart, fail-over,
+    network), or a queue file cannot be opened or read for a reason outside the message
+    (``EMFILE``, ``ENOMEM``, ``EIO``, ``EACCES``). Nothing is lost, and the same operation
+    works again once the cause is gone; it is never taken as a sign of a corrupt message."""
+
+
+class QueueFullError(QueueWriteError):
+    """There is no room to record the outcome of a delivery (``ENOSPC``, ``EDQUOT``): the
+    message is not sent now, so that a recipient is never sent it twice because its
+    delivery could not be recorded. It stays queued, untouched."""

@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from zope.interface import implementer
 
 from . import queuefile
-from .errors import CorruptMessageError, DaemonAlreadyRunning, QueueWriteError, UnknownQueueIdError
+from .errors import (
+    CorruptMessageError,
+    DaemonAlreadyRunning,
+    QueueFullError,
+    QueueUnavailableError,
+    QueueWriteError,
+    UnknownQueueIdError,
+)
 from .interfaces import IMailQueue
 from .queuefile import Envelope
 from .records import Claim, Entry
@@ -31,6 +38,11 @@ from .states import STATE_DIRS, STATES, TMP_DIR, MessageState
 from .watcher import DirectoryWatcher
 
 log = logging.getLogger("mq_transaction.queue")
+
+#: Bytes reserved beyond a queue file's size for the envelope a delivery attempt rewrites
+#: (its attempt record and each recipient's reply): the rewrite of a message to several
+#: recipients never needs new blocks, so a full disk cannot stop its outcome being recorded.
+RECORD_RESERVE = 64 * 1024
 
 #: A commit record in ``tmp/``: the ids of a transaction's messages, one per line, then this end line.
 COMMIT_RECORD_PREFIX = ".commit-"
@@ -76,14 +88,24 @@ def is_queue_id(value: str) -> bool:
 
 @dataclass
 class FileClaim(Claim):
-    """A claim on a queue file: the open descriptors whose ``flock`` holds it."""
+    """A claim on a queue file: the open descriptors whose ``flock`` holds it.
+
+    ``_reserved`` is the locked scratch file whose blocks were allocated at claim time to
+    record the outcome (see :meth:`MessageQueue.claim`), or None.
+    """
 
     _fds: list[int] = field(default_factory=list)
+    _reserved: int | None = None
+    _reserved_path: str = ""
 
     def release(self) -> None:
-        """Close the claim's file descriptors (dropping its locks)."""
+        """Close the claim's file descriptors (dropping its locks); drop an unused reservation."""
         while self._fds:
             os.close(self._fds.pop())
+        if self._reserved is not None:
+            _unlink_quietly(self._reserved_path)
+            os.close(self._reserved)
+            self._reserved = None
 
 
 @implementer(IMailQueue)
@@ -308,9 +330,15 @@ class MessageQueue:
             failures = [(queue_id, OSError(str(unexpected))) for queue_id in queue_ids]
         problems = []
         new_dir = self._state_dir(MessageState.QUEUED)
+        record = os.path.join(self._dirs[TMP_DIR], COMMIT_RECORD_PREFIX + queue_ids[0]) if queue_ids else ""
         for queue_id, exc in failures:
             staged = self._file(TMP_DIR, queue_id)
-            if os.path.lexists(staged):
+            if os.path.lexists(staged) and os.path.lexists(record):
+                problem = (
+                    f"could not be published: {exc}; the message is still in {staged}, and the commit "
+                    f"record {record} names it: the next mq-send run retries the rename"
+                )
+            elif os.path.lexists(staged):
                 problem = (
                     f"could not be published: {exc}; the message is still in {staged}: "
                     f"move it into {new_dir}/ by hand to send it"
@@ -433,10 +461,9 @@ class MessageQueue:
             source = self._file(state, queue_id)
             try:
                 fd = _open_locked(source)
-            except OSError as exc:
-                self._move(queue_id, state, MessageState.CORRUPT)
-                raise CorruptMessageError(
-                    f"queue id {queue_id}: cannot read it ({exc.strerror}); moved to corrupt"
+            except OSError as exc:  # EMFILE, EACCES...: a fault of this process or host, not of the message
+                raise QueueUnavailableError(
+                    f"queue id {queue_id}: cannot open {source}: {exc.strerror}; it stays where it is"
                 ) from exc
             if fd is None:
                 continue
@@ -446,14 +473,62 @@ class MessageQueue:
                 os.close(fd)  # another sender moved it between our open and rename
                 continue
             try:
-                content = _read_all(fd)
-                envelope, message = queuefile.decode(content)
-            except (CorruptMessageError, OSError) as exc:
+                envelope, message = queuefile.decode(_read_all(fd))
+            except CorruptMessageError as exc:
                 os.close(fd)
                 self._move(queue_id, MessageState.SENDING, MessageState.CORRUPT)
                 raise CorruptMessageError(f"queue id {queue_id}: {exc}; moved to corrupt") from exc
-            return FileClaim(queue_id, envelope, message, [fd])
+            except OSError as exc:  # EIO, ENOMEM: the file may well be fine
+                self._give_back(queue_id, state, fd)
+                raise QueueUnavailableError(
+                    f"queue id {queue_id}: cannot read it: {exc.strerror or exc}; it stays queued"
+                ) from exc
+            claim = FileClaim(queue_id, envelope, message, [fd])
+            if len(envelope.undelivered()) > 1:
+                try:
+                    needed = os.fstat(fd).st_size + RECORD_RESERVE + 256 * len(envelope.recipients)
+                    claim._reserved = self._reserve_record_space(queue_id, needed)
+                    claim._reserved_path = self._scratch_path(MessageState.SENDING, queue_id)
+                except OSError as exc:
+                    self._give_back(queue_id, state, fd)
+                    raise QueueFullError(
+                        f"queue id {queue_id} (Message-ID {envelope.message_id}): not sent now: no room to "
+                        f"record the outcome of a delivery to several recipients ({exc.strerror or exc} in "
+                        f"{self._state_dir(MessageState.SENDING)}); it stays queued, untouched"
+                    ) from exc
+            return claim
         return None
+
+    def _give_back(self, queue_id: str, state: MessageState, fd: int) -> None:
+        """Undo a claim before anything was tried: back to ``state``, unlocked."""
+        try:
+            os.rename(self._file(MessageState.SENDING, queue_id), self._file(state, queue_id))
+        finally:
+            os.close(fd)  # if the rename failed, the next run recovers it from sending/
+
+    def _reserve_record_space(self, queue_id: str, needed: int) -> int:
+        """Allocate, before any delivery, the blocks that recording its outcome will need.
+
+        A message to several recipients may be delivered to some and deferred for others;
+        that outcome must then be written, or the delivered ones would be sent it again.
+        So the rewrite's scratch file is created and ``needed`` bytes allocated now (the
+        queue file's size, :data:`RECORD_RESERVE` and room for each recipient's reply), and
+        :meth:`_rewrite` writes into them. Returns the scratch file's locked descriptor.
+        """
+        scratch = self._scratch_path(MessageState.SENDING, queue_id)
+        _unlink_quietly(scratch)
+        fd = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, self.file_mode)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.posix_fallocate(fd, 0, needed)
+        except OSError:
+            os.close(fd)
+            _unlink_quietly(scratch)
+            raise
+        return fd
+
+    def _scratch_path(self, state: MessageState, queue_id: str) -> str:
+        return os.path.join(self._state_dir(state), f".{queue_id}.rewrite")
 
     def _rewrite(self, claim: Claim, state: MessageState, mtime: float | None = None) -> None:
         """Replace the claimed file in ``state`` with one holding the claim's new envelope.
@@ -462,10 +537,24 @@ class MessageQueue:
         for an orphan.
         """
         path = self._file(state, claim.queue_id)
-        scratch = os.path.join(os.path.dirname(path), f".{claim.queue_id}.rewrite")
-        _unlink_quietly(scratch)
-        fd = self._write_new_file(scratch, queuefile.encode(claim.envelope, claim.message), mtime, lock=True)
-        _file_claim(claim)._fds.append(fd)
+        scratch = self._scratch_path(state, claim.queue_id)
+        content = queuefile.encode(claim.envelope, claim.message)
+        file_claim = _file_claim(claim)
+        if file_claim._reserved is not None and state == MessageState.SENDING:
+            fd, file_claim._reserved = file_claim._reserved, None
+            file_claim._fds.append(fd)
+            try:
+                _write_over(fd, content)
+                if mtime is not None:
+                    os.utime(fd, (mtime, mtime))
+                if self.fsync:
+                    os.fsync(fd)
+            except OSError as exc:
+                raise QueueWriteError(f"cannot write {scratch}: {exc.strerror or exc}") from exc
+        else:
+            _unlink_quietly(scratch)
+            fd = self._write_new_file(scratch, content, mtime, lock=True)
+            file_claim._fds.append(fd)
         os.rename(scratch, path)
 
     def _move(self, queue_id: str, source: MessageState, target: MessageState) -> None:
@@ -613,16 +702,33 @@ class MessageQueue:
         if self._daemon_lock_fd is not None:
             return
         path = os.path.join(self.path, ".daemon.lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
+            # Never through a symbolic link: whoever can write the queue root could point it at
+            # a file of the daemon's user (or root's), which would then be truncated.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise QueueUnavailableError(
+                    f"{path} is a symbolic link: refusing to use it as the daemon lock; remove it"
+                ) from exc
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise QueueUnavailableError(f"{path} is not a regular file: refusing to use it as the daemon lock")
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise DaemonAlreadyRunning(
                 f"another mq-send --daemon is already running on {self.path} (it holds {path})"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        except BaseException:
+            os.close(fd)
+            raise
+        try:  # the PID is for people; the lock is the flock, which needs no free space
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            log.warning("cannot write this daemon's PID into %s (%s); the lock is held all the same", path, exc)
         self._daemon_lock_fd = fd
 
 
@@ -646,6 +752,18 @@ def _scan(directory: str, dotfiles: bool = False) -> Iterator[os.DirEntry]:
                     continue
     except FileNotFoundError:
         return
+
+
+def _write_over(fd: int, content: bytes) -> None:
+    """Write ``content`` at the start of the open file ``fd`` and cut the file there."""
+    view = memoryview(content)
+    offset = 0
+    while offset < len(content):
+        written = os.pwrite(fd, view[offset:], offset)
+        if written <= 0:
+            raise OSError(errno.EIO, "short write")
+        offset += written
+    os.ftruncate(fd, len(content))
 
 
 def _read_ids(record_path: str) -> list[str]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from .delivery_log import DeliveryLog
 from .durations import iso_utc
-from .errors import ConfigurationError, CorruptMessageError
+from .errors import ConfigurationError, CorruptMessageError, QueueFullError, QueueUnavailableError
 from .exit_status import SendExit
 from .hooks import DeliveryEvent, Hooks, RecipientResult
 from .interfaces import IMailQueue
@@ -29,7 +29,7 @@ from .records import Claim
 from .replies import AUTH_REQUIRED, Reply, is_relay_refusal, reply_class
 from .settings import Settings
 from .smtp import ConnectionLost, DialogSMTP, Outcome, ServerConfig, ServerError, close_session, open_session
-from .states import AttemptResult, RecipientStatus
+from .states import AttemptResult, MessageState, RecipientStatus
 
 log = logging.getLogger("mq_transaction.sender")
 
@@ -48,6 +48,9 @@ class RunResult:
     connections: int = 0
     recovered: int = 0
     server_error: str | None = None
+    #: Why a message could not be tried or recorded because of the queue itself (a full
+    #: disk, EMFILE, EIO): it stays queued, and the run exits 75.
+    queue_error: str | None = None
     connection_errors: int = 0
     #: (recipient outcome, reply class) -> count, e.g. ("failed", "5xx"): for metrics
     outcomes: collections.Counter = field(default_factory=collections.Counter)
@@ -59,6 +62,7 @@ class RunResult:
         self.connection_errors += other.connection_errors
         self.outcomes.update(other.outcomes)
         self.server_error = self.server_error or other.server_error
+        self.queue_error = self.queue_error or other.queue_error
 
     @property
     def exit_status(self) -> SendExit:
@@ -66,7 +70,7 @@ class RunResult:
         75 if a message was deferred or the server could not be used; else 0."""
         if self.failed or self.corrupt or self.refused:
             return SendExit.FAILED
-        if self.deferred or self.server_error:
+        if self.deferred or self.server_error or self.queue_error:
             return SendExit.TEMPFAIL
         return SendExit.OK
 
@@ -216,6 +220,14 @@ class Sender:
                 result.corrupt += 1
                 log.error("%s; the run goes on with the other messages", exc)
                 continue
+            except QueueFullError as exc:  # others (one recipient each) may need no room
+                result.queue_error = str(exc)
+                log.error("%s; the run goes on with the other messages", exc)
+                continue
+            except QueueUnavailableError as exc:
+                result.queue_error = str(exc)
+                log.error("%s; this run stops, every message stays queued", exc)
+                break
             if claim is None:
                 continue  # another sender has it
             try:
@@ -384,16 +396,19 @@ class Sender:
             }
         )
         # The new state is made durable before anything else (the duplicate window).
-        if state == AttemptResult.DELIVERED:
-            self.queue.finish_delivered(claim)
-            result.delivered += 1
-        elif state == AttemptResult.DEFERRED:
-            assert next_attempt is not None  # set with DEFERRED above
-            self.queue.finish_deferred(claim, next_attempt)
-            result.deferred += 1
-        else:
-            self.queue.finish_failed(claim)
-            result.failed += 1
+        try:
+            if state == AttemptResult.DELIVERED:
+                self.queue.finish_delivered(claim)
+                result.delivered += 1
+            elif state == AttemptResult.DEFERRED:
+                assert next_attempt is not None  # set with DEFERRED above
+                self.queue.finish_deferred(claim, next_attempt)
+                result.deferred += 1
+            else:
+                self.queue.finish_failed(claim)
+                result.failed += 1
+        except OSError as exc:
+            self._keep_unrecorded(claim, targets, result, exc)
         event = DeliveryEvent(
             state=state,
             queue_id=claim.queue_id,
@@ -410,9 +425,63 @@ class Sender:
         self._report(event, now)
         self.hooks.call(event)
 
+    def _keep_unrecorded(self, claim: Claim, targets: list[str], result: RunResult, exc: OSError) -> None:
+        """The outcome could not be written. A recipient delivered in this attempt must never
+        be sent it again, so such a message is held, not given back with its old envelope;
+        one that reached nobody now goes back to the queue unchanged."""
+        result.queue_error = f"queue id {claim.queue_id}: cannot record its outcome: {exc}"
+        reached_now = [
+            r.address
+            for r in claim.envelope.recipients
+            if r.address in targets and r.status == RecipientStatus.DELIVERED
+        ]
+        try:
+            if reached_now:
+                self.queue.move(claim, MessageState.SENDING, MessageState.HELD)
+            else:
+                self.queue.unclaim(claim)
+        except OSError as move_error:
+            claim.release()
+            log.critical(
+                "queue id %s (Message-ID %s): cannot record the outcome of this attempt (%s) nor move it (%s); "
+                "it stays in sending/ and the next run gives it back to the queue. It has reached: %s",
+                claim.queue_id,
+                claim.envelope.message_id,
+                exc,
+                move_error,
+                ", ".join(reached_now) or "nobody in this attempt",
+            )
+            return
+        if reached_now:
+            log.critical(
+                "queue id %s (Message-ID %s): cannot record the outcome of this attempt: %s; moved to hold so that "
+                "nobody is sent it twice. It has reached: %s. Free space, check it with mq-queue show, and release "
+                "it only with those recipients in mind (the queue file still lists them as not delivered)",
+                claim.queue_id,
+                claim.envelope.message_id,
+                exc,
+                ", ".join(reached_now),
+            )
+        else:
+            log.error(
+                "queue id %s (Message-ID %s): cannot record the outcome of this attempt: %s; it reached nobody, "
+                "so it stays queued unchanged",
+                claim.queue_id,
+                claim.envelope.message_id,
+                exc,
+            )
+
     def _report(self, event: DeliveryEvent, now: float) -> None:
         if self.delivery_log is not None:
-            self.delivery_log.write(event, now)
+            try:
+                self.delivery_log.write(event, now)
+            except OSError as exc:  # the delivery itself is recorded in the queue: go on, and say so
+                log.error(
+                    "queue id %s (Message-ID %s): cannot write the delivery log: %s; this line is lost",
+                    event.queue_id,
+                    event.message_id,
+                    exc.strerror or exc,
+                )
         summary = "; ".join(f"{r.address}: {r.status} ({r.reply})" for r in event.recipients if r.tried)
         where = {
             AttemptResult.DELIVERED: "delivered, removed from the queue",
