@@ -60,6 +60,8 @@ class Daemon:
 
     #: Seconds between the server retries after an outage: doubling up to the cap.
     SERVER_RETRY_FIRST, SERVER_RETRY_MAX = 5.0, 30.0
+    #: New mail committed during an outage tries the server at once, but at most this often.
+    PROBE_EVERY = 3.0
     HOUSEKEEPING_EVERY = 60.0
     METRICS_EVERY = 15.0
 
@@ -85,6 +87,8 @@ class Daemon:
         self.server_down_since: float | None = None
         self.server_retry_at = 0.0
         self._server_retry_delay = self.SERVER_RETRY_FIRST
+        self._last_server_try = 0.0
+        self._tried: frozenset[str] = frozenset()  # what was due at the last try of the server
         sender.server_error_level = logging.DEBUG
 
     # -- control ------------------------------------------------------------------------
@@ -132,7 +136,7 @@ class Daemon:
                 if now >= housekeeping_at:
                     self.sender.housekeeping(result)
                     housekeeping_at = now + self.HOUSEKEEPING_EVERY
-                due = self.queue.due(now) if now >= self.server_retry_at else []
+                due = self.queue.due(now) if now >= self.server_retry_at else self._new_mail_probe(now)
                 if first:  # ready once the queue has been scanned, before the backlog is sent
                     first = False
                     log.info(
@@ -146,6 +150,7 @@ class Daemon:
                     if ready:
                         ready()
                 if due:
+                    self._last_server_try, self._tried = now, frozenset(due)
                     self.sender.deliver(due, result, should_stop=lambda: self.stopping)
                     self._server_state(result)
                 if self.metrics is not None:
@@ -180,12 +185,31 @@ class Daemon:
         except OSError as exc:
             log.error("cannot write metrics file %s: %s", self.metrics.path, exc)
 
+    def _new_mail_probe(self, now: float) -> list[str]:
+        """During an outage: what is due, when mail arrived since the server was last tried.
+
+        New mail means someone is waiting for it, so the server is tried at once instead of
+        at the end of the outage's backoff, but no more often than ``PROBE_EVERY``. Messages
+        that went back to ``new/`` after the failed try are not new.
+        """
+        if self.server_down_since is None:
+            return []
+        due = self.queue.due(now)
+        if not set(due) - self._tried:
+            return []
+        probe_at = self._last_server_try + self.PROBE_EVERY
+        if now >= probe_at:
+            log.info("new mail during the outage: trying the SMTP server now")
+            return due
+        self.server_retry_at = min(self.server_retry_at, probe_at)  # the wait below ends then
+        return []
+
     def _server_state(self, result: RunResult) -> None:
         """Track the server's health; log only when it changes."""
         now = self.clock()
         if result.server_error:
             if self.server_down_since is None:
-                self.server_down_since = now
+                self.server_down_since = result.server_failed_at or now
                 log.error(
                     "SMTP server cannot be used: %s; mail stays queued, retrying the server every %.0f-%.0fs",
                     result.server_error,
@@ -196,7 +220,12 @@ class Daemon:
                 self._server_retry_delay = min(self._server_retry_delay * 2, self.SERVER_RETRY_MAX)
             self.server_retry_at = now + self._server_retry_delay
         elif result.attempts and self.server_down_since is not None:
-            log.warning("SMTP server is back after %.0fs; delivering the backlog", now - self.server_down_since)
+            # The outage lasted from the first failure to the first message the server took,
+            # not to the end of the backlog that followed.
+            back_at = result.first_attempt_at or now
+            log.warning(
+                "SMTP server is back after %.1fs; delivering the backlog", max(0.0, back_at - self.server_down_since)
+            )
             self.server_down_since = None
             self._server_retry_delay = self.SERVER_RETRY_FIRST
             self.server_retry_at = 0.0

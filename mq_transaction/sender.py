@@ -51,6 +51,9 @@ class RunResult:
     #: Why a message could not be tried or recorded because of the queue itself (a full
     #: disk, EMFILE, EIO): it stays queued, and the run exits 75.
     queue_error: str | None = None
+    #: when the first server-level failure and the first recorded attempt happened (clock time)
+    server_failed_at: float | None = None
+    first_attempt_at: float | None = None
     connection_errors: int = 0
     #: (recipient outcome, reply class) -> count, e.g. ("failed", "5xx"): for metrics
     outcomes: collections.Counter = field(default_factory=collections.Counter)
@@ -63,6 +66,8 @@ class RunResult:
         self.outcomes.update(other.outcomes)
         self.server_error = self.server_error or other.server_error
         self.queue_error = self.queue_error or other.queue_error
+        self.server_failed_at = _earliest(self.server_failed_at, other.server_failed_at)
+        self.first_attempt_at = _earliest(self.first_attempt_at, other.first_attempt_at)
 
     @property
     def exit_status(self) -> SendExit:
@@ -73,6 +78,10 @@ class RunResult:
         if self.deferred or self.server_error or self.queue_error:
             return SendExit.TEMPFAIL
         return SendExit.OK
+
+
+def _earliest(first: float | None, second: float | None) -> float | None:
+    return second if first is None else first if second is None else min(first, second)
 
 
 def server_config(settings: Settings) -> ServerConfig:
@@ -352,6 +361,8 @@ class Sender:
         self._relays_for_us = False
         result.server_error = str(exc)
         result.connection_errors += 1
+        if result.server_failed_at is None:
+            result.server_failed_at = self.clock()
         log.log(
             self.server_error_level,
             "SMTP server %s:%d cannot be used: %s; every message stays queued for the next run",
@@ -366,6 +377,8 @@ class Sender:
         envelope = claim.envelope
         now = self.clock()
         result.attempts += 1
+        if result.first_attempt_at is None:
+            result.first_attempt_at = now
         for recipient in envelope.recipients:
             if recipient.address in outcome.replies:
                 reply = outcome.replies[recipient.address]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -285,3 +287,90 @@ def test_last_success_does_not_advance_while_the_server_is_known_down(tmp_path, 
 def last_success(path):
     families = {f.name: f for f in text_string_to_metric_families(path.read_text())}
     return families["mq_last_success_timestamp_seconds"].samples[0].value
+
+
+def run_daemon_in_thread(queue_dir, port):
+    settings = parse_settings({"mq.queue_dir": str(queue_dir), "mq.smtp_port": str(port), "mq.smtp_timeout": "2s"})
+    daemon = Daemon(Sender(settings), poll_interval=0.1)
+    ready = threading.Event()
+    thread = threading.Thread(target=daemon.run, kwargs={"ready": ready.set})
+    thread.start()
+    assert ready.wait(10)
+    return daemon, thread
+
+
+def test_new_mail_during_an_outage_probes_the_server_within_seconds(queue_dir, monkeypatch):
+    monkeypatch.setattr(Daemon, "SERVER_RETRY_FIRST", 60.0)  # the outage's own backoff would wait a minute
+    monkeypatch.setattr(Daemon, "SERVER_RETRY_MAX", 60.0)
+    port = free_port()
+    commit_messages(queue_dir, 1)
+    daemon, thread = run_daemon_in_thread(queue_dir, port)
+    sink = None
+    try:
+        assert wait_for(lambda: daemon.server_down_since is not None, timeout=10)
+        sink = Sink(RecordingHandler(), port=port)  # the relay is back...
+        commit_messages(queue_dir, 1)  # ...and new mail is committed
+        committed = time.monotonic()
+        assert wait_for(lambda: len(sink.received) == 2, timeout=10)
+        assert time.monotonic() - committed < 5.0
+        assert wait_for(lambda: daemon.server_down_since is None, timeout=5)
+    finally:
+        daemon.request_stop()
+        thread.join(10)
+        if sink:
+            sink.stop()
+
+
+def test_mail_sent_back_to_the_queue_by_a_failed_try_does_not_count_as_new(queue_dir, monkeypatch):
+    monkeypatch.setattr(Daemon, "SERVER_RETRY_FIRST", 60.0)
+    monkeypatch.setattr(Daemon, "SERVER_RETRY_MAX", 60.0)
+    monkeypatch.setattr(Daemon, "PROBE_EVERY", 0.1)
+    tries = []
+    monkeypatch.setattr(Sender, "deliver", lambda self, *args, **kwargs: tries.append(args[0]) or args[1])
+    monkeypatch.setattr(Sender, "_server_failed", lambda *args: False)
+    commit_messages(queue_dir, 2)
+    daemon, thread = run_daemon_in_thread(queue_dir, free_port())
+    try:
+        assert wait_for(lambda: len(tries) == 1, timeout=10)
+        daemon.server_down_since = time.time()  # as a failed try leaves it (deliver is replaced here)
+        daemon.server_retry_at = time.time() + 60
+        daemon._wake()
+        time.sleep(0.5)
+        assert len(tries) == 1  # woken, but nothing new: no probe
+        commit_messages(queue_dir, 1)
+        assert wait_for(lambda: len(tries) == 2, timeout=5)  # new mail: a probe
+        assert len(tries[1]) == 3
+    finally:
+        daemon.request_stop()
+        thread.join(10)
+
+
+class SlowHandler(RecordingHandler):
+    """Takes 0.3 s to accept each message: a backlog that takes a while to deliver."""
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        await asyncio.sleep(0.3)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_server_back_reports_the_downtime_not_the_time_to_deliver_the_backlog(queue_dir, monkeypatch, caplog):
+    monkeypatch.setattr(Daemon, "SERVER_RETRY_FIRST", 0.2)
+    monkeypatch.setattr(Daemon, "SERVER_RETRY_MAX", 0.2)
+    port = free_port()
+    commit_messages(queue_dir, 10)
+    sink = None
+    with caplog.at_level("INFO", logger="mq_transaction"):
+        daemon, thread = run_daemon_in_thread(queue_dir, port)
+        try:
+            assert wait_for(lambda: daemon.server_down_since is not None, timeout=10)
+            time.sleep(1.0)
+            sink = Sink(SlowHandler(), port=port)  # down about 1 s; the backlog then takes 3 s
+            assert wait_for(lambda: len(sink.received) == 10, timeout=20)
+        finally:
+            daemon.request_stop()
+            thread.join(10)
+            if sink:
+                sink.stop()
+    [line] = [r.getMessage() for r in caplog.records if "is back after" in r.getMessage()]
+    downtime = float(re.search(r"back after ([\d.]+)s", line).group(1))
+    assert 0.8 <= downtime <= 2.0, line
