@@ -16,6 +16,7 @@ import stat
 
 from .errors import ConfigurationError
 from .settings import Settings, key
+from .states import STATE_DIRS, TMP_DIR
 
 #: Where the docs explain running the app and the sender as two users.
 PERMISSIONS_DOC = "docs: queue.md, 'Permissions and mq.group_access'"
@@ -92,10 +93,9 @@ def check_queue_access(path: str, *, write: bool, tool: str, write_root: bool = 
     root_mode = os.R_OK | os.X_OK | (os.W_OK if write_root else 0)
     if not _can(path, root_mode):
         raise ConfigurationError(setting, permission_problem(path, root_mode, tool))
-    with os.scandir(path) as entries:
-        directories = sorted(entry.path for entry in entries if entry.is_dir(follow_symlinks=False))
-    for directory in directories:
-        if not _can(directory, mode):
+    for name in (TMP_DIR, *STATE_DIRS.values()):
+        directory = os.path.join(path, name)
+        if os.path.isdir(directory) and not _can(directory, mode):
             raise ConfigurationError(setting, permission_problem(directory, mode, tool))
 
 

@@ -112,6 +112,7 @@ def test_the_documented_group_setting_lets_a_second_user_send(shared_dir, smtp_s
     for directory in [queue_dir, *(os.path.join(queue_dir, name) for name in os.listdir(queue_dir))]:
         shutil.chown(directory, group="nogroup")  # as docs/queue.md says: a shared group, set-group-ID
         os.chmod(directory, 0o2770)
+    os.mkdir(os.path.join(queue_dir, "lost+found"), 0o700)  # a queue on its own file system: not a state
     mailer = QueuedMailer(queue)
     with transaction.manager:
         mailer.send(b"From: app@example.com\nTo: ann@example.org\nSubject: hi\n\nhello\n")
