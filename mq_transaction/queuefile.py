@@ -70,10 +70,11 @@ class Envelope:
         Written out by hand (every string through json's own escaping) because it runs
         once per queued message and again at every attempt; it equals ``json.dumps`` of the
         same fields, in order, with ``ensure_ascii=False`` and no spaces
-        (tests/test_hand_written_parts.py checks it on random envelopes). Measured (CPU time,
-        best of 15): 3 recipients 3.9 us, against 7.1 us for the encoder on a dict and 7.6 us
-        for ``json.dumps``; 100 recipients 31 us against 74 us. That is about 5 us, 3 %, of a
-        ``send()`` and commit with fsync off (162 against 167 us, median of 10 runs of 2,000).
+        (tests/test_hand_written_parts.py checks it on random envelopes). Measured by
+        bench/hand_written.py (CPU time, best of 15): 3 recipients 3.8 us, against 7.3 us for
+        a reused encoder on a dict and 8.4 us for ``json.dumps``; 100 recipients 46 against
+        77 us. That is 3 to 9 % of a ``send()`` and commit with fsync off (medians of 10 runs
+        of 2,000: 162 against 167 us in one run, 182 against 200 us in another).
         """
         text = _string
         recipients = ",".join(

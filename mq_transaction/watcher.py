@@ -20,9 +20,9 @@ from .interfaces import IMailWatcher
 log = logging.getLogger("mq_transaction.daemon")
 
 # Hand-written on purpose: the standard library has no inotify binding, and these few ctypes
-# calls spare a dependency. The measured reason for inotify over polling (2 shared cores,
-# load ~9): a rename into new/ wakes the watcher in 0.17 ms (median of 200; p99 4.8 ms),
-# where polling at the daemon's 1 s poll_interval wakes 562 ms later (median of 20, max 971 ms),
+# calls spare a dependency. The measured reason for inotify over polling (bench/hand_written.py,
+# 2 shared cores, load ~10): a rename into new/ wakes the watcher in 0.2 ms (median of 200),
+# where polling at the daemon's 1 s poll_interval wakes 500-560 ms later (median of 20, max 971 ms),
 # and polling often enough to come close costs CPU on an idle queue at every tick (listing an
 # empty new/ every 1 ms: 1.7 % of a core, before any daemon pass). tests/test_hand_written_parts.py
 # checks the binding against the kernel's own events (a committed message is IN_MOVED_TO).
