@@ -39,7 +39,7 @@ def open_queue(settings: Settings) -> MessageQueue:
         raise ConfigurationError(key("queue_dir"), "missing: set it to the queue directory")
     try:
         check_app_start(settings)
-        queue = MessageQueue(settings.queue_dir, group_access=settings.group_access, fsync=settings.fsync)
+        queue = MessageQueue(settings.queue_dir, create=True, group_access=settings.group_access, fsync=settings.fsync)
         queue.check_writable()
     except QueueWriteError as exc:
         raise ConfigurationError(key("queue_dir"), str(exc)) from None

@@ -15,6 +15,7 @@ from .errors import (
     NoSenderError,
     NoTransactionError,
     QueueUnavailableError,
+    QueueNotFoundError,
     QueueWriteError,
     UnknownQueueIdError,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "NoSenderError",
     "NoTransactionError",
     "QueueUnavailableError",
+    "QueueNotFoundError",
     "QueueWriteError",
     "QueuedMailer",
     "UnknownQueueIdError",

@@ -31,6 +31,10 @@ class QueueWriteError(MailQueueError, OSError):
     """Writing a message to the queue failed (full disk, I/O error, failed fsync)."""
 
 
+class QueueNotFoundError(MailQueueError, FileNotFoundError):
+    """``MessageQueue(path, create=False)``: there is no queue directory at ``path``."""
+
+
 class CorruptMessageError(MailQueueError):
     """A queue file is truncated, foreign or fails its checksum."""
 

@@ -27,6 +27,7 @@ from .errors import (
     CorruptMessageError,
     DaemonAlreadyRunning,
     QueueFullError,
+    QueueNotFoundError,
     QueueUnavailableError,
     QueueWriteError,
     UnknownQueueIdError,
@@ -112,13 +113,20 @@ class FileClaim(Claim):
 class MessageQueue:
     """A maildir-style queue directory: the directory implementation of ``IMailQueue``.
 
-    ``MessageQueue(path)`` creates the layout when missing. ``group_access=True`` makes
+    ``MessageQueue(path)`` creates the directory and its layout when missing.
+    ``create=False`` opens an existing queue only: a missing ``path`` (or one that is
+    not a directory) raises :class:`QueueNotFoundError`, and only the state
+    directories missing inside it are made. ``group_access=True`` makes
     directories 0770 and files 0660 (for a web app and a sender running as different
     users in one group); the default is 0700 and 0600. ``fsync=False`` skips every
     fsync, for development and test suites only: a crash may then lose mail.
     """
 
-    def __init__(self, path: str | os.PathLike, *, group_access: bool = False, fsync: bool = True) -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, create: bool = True, group_access: bool = False, fsync: bool = True
+    ) -> None:
+        if not create and not os.path.isdir(path):
+            raise QueueNotFoundError(f"{os.fspath(path)} does not exist or is not a directory")
         self.path = os.path.abspath(os.fspath(path))
         self.location = self.path
         self._daemon_lock_fd: int | None = None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .delivery_log import DeliveryLog
 from .durations import iso_utc
-from .errors import ConfigurationError, CorruptMessageError, QueueFullError, QueueUnavailableError
+from .errors import ConfigurationError, CorruptMessageError, QueueFullError, QueueNotFoundError, QueueUnavailableError
 from .exit_status import SendExit
 from .hooks import DeliveryEvent, Hooks, RecipientResult
 from .interfaces import IMailQueue
@@ -105,9 +104,10 @@ def open_queue(settings: Settings) -> MessageQueue:
     """The queue named by ``mq.queue_dir``, which must exist (ConfigurationError if not)."""
     if not settings.queue_dir:
         raise ConfigurationError("mq.queue_dir", "missing: set it to the queue directory")
-    if not os.path.isdir(settings.queue_dir):
-        raise ConfigurationError("mq.queue_dir", f"{settings.queue_dir} does not exist or is not a directory")
-    return MessageQueue(settings.queue_dir, group_access=settings.group_access, fsync=settings.fsync)
+    try:
+        return MessageQueue(settings.queue_dir, create=False, group_access=settings.group_access, fsync=settings.fsync)
+    except QueueNotFoundError as exc:
+        raise ConfigurationError("mq.queue_dir", str(exc)) from None
 
 
 class Sender:

@@ -337,3 +337,20 @@ def test_a_queue_path_that_is_a_file_is_a_queue_write_error(tmp_path):
     (tmp_path / "q").write_bytes(b"not a directory")
     with pytest.raises(QueueWriteError, match="not a directory"):
         MessageQueue(tmp_path / "q")
+
+
+def test_create_false_refuses_a_missing_queue_directory_and_makes_nothing(tmp_path):
+    from mq_transaction import QueueNotFoundError
+
+    with pytest.raises(QueueNotFoundError, match="does not exist or is not a directory"):
+        MessageQueue(tmp_path / "absent", create=False)
+    assert not (tmp_path / "absent").exists()
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(QueueNotFoundError):
+        MessageQueue(tmp_path / "a-file", create=False)
+
+
+def test_create_false_opens_an_existing_directory_and_completes_its_layout(tmp_path):
+    (tmp_path / "q").mkdir()
+    queue = MessageQueue(tmp_path / "q", create=False)
+    assert sorted(os.listdir(queue.path)) == ["corrupt", "deferred", "failed", "hold", "new", "sending", "tmp"]
