@@ -9,8 +9,10 @@ exact and unescaped.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
+from collections.abc import Iterable, Iterator
 
 from .delivery_log import logfmt_value
 from .durations import format_duration, iso_utc
@@ -53,28 +55,42 @@ def not_message_warning(path: str) -> str:
     return f"mq-queue: warning: {visible(path)} is not a message (its name is not a queue id); skipped"
 
 
-def format_list_lines(records: list[MessageSummary]) -> str:
-    """One plain line per message (for pipes and scripts): id, state, then ``key=value`` pairs
-    quoted and escaped as in the delivery log (``-`` for null)."""
-    lines = []
-    for r in records:
-        recipients = None
-        if r.recipients is not None:
-            recipients = ",".join(f"{x.address}:{x.status}" for x in r.recipients)
-        pairs = {
-            "queued_at": iso_utc(r.queued_at),
-            "attempts": r.attempts,
-            "next_attempt": None if r.next_attempt is None else iso_utc(r.next_attempt),
-            "size": r.size,
-            "sender": r.sender,
-            "recipients": recipients,
-            "message_id": r.message_id,
-            "subject": r.subject,
-            "last_error": r.last_error,
-        }
-        values = (logfmt_value("-" if v is None else str(v)) for v in pairs.values())
-        lines.append(" ".join([r.queue_id, r.state, *(f"{k}={v}" for k, v in zip(pairs, values, strict=True))]))
-    return "\n".join(lines)
+def list_line(r: MessageSummary) -> str:
+    """One plain line for a message (for pipes and scripts): id, state, then ``key=value``
+    pairs quoted and escaped as in the delivery log (``-`` for null)."""
+    recipients = None
+    if r.recipients is not None:
+        recipients = ",".join(f"{x.address}:{x.status}" for x in r.recipients)
+    pairs = {
+        "queued_at": iso_utc(r.queued_at),
+        "attempts": r.attempts,
+        "next_attempt": None if r.next_attempt is None else iso_utc(r.next_attempt),
+        "size": r.size,
+        "sender": r.sender,
+        "recipients": recipients,
+        "message_id": r.message_id,
+        "subject": r.subject,
+        "last_error": r.last_error,
+    }
+    values = (logfmt_value("-" if v is None else str(v)) for v in pairs.values())
+    return " ".join([r.queue_id, r.state, *(f"{k}={v}" for k, v in zip(pairs, values, strict=True))])
+
+
+def format_list_lines(records: Iterable[MessageSummary]) -> str:
+    """:func:`list_line` for each message, one a line."""
+    return "\n".join(map(list_line, records))
+
+
+def json_array_chunks(objects: Iterable[object]) -> Iterator[str]:
+    """``json.dumps(list(objects), indent=2, ensure_ascii=False)``, written one object at a
+    time, so a listing of a large queue starts at once and never holds it all."""
+    first = True
+    for item in objects:
+        # json.dumps never writes a raw line break inside a string: every line is indented.
+        text = json.dumps(item, indent=2, ensure_ascii=False).replace("\n", "\n  ")
+        yield ("[\n  " if first else ",\n  ") + text
+        first = False
+    yield "[]" if first else "\n]"
 
 
 def _table(header: list[str], rows: list[list[str]], width: int) -> str:

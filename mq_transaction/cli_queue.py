@@ -17,6 +17,8 @@ from .cli_format import (
     format_list_lines,
     format_list_table,
     format_status,
+    json_array_chunks,
+    list_line,
     not_message_warning,
     visible,
 )
@@ -165,14 +167,17 @@ def _status(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> 
 
 
 def _list(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> int:
-    records = queue_admin.list_messages(queue, args.state)
     _warn_not_messages(queue_admin.not_messages(queue, args.state))
+    records = queue_admin.iter_messages(queue, args.state)
     if args.json:
-        print(json.dumps([record.to_json() for record in records], indent=2, ensure_ascii=False))
+        for chunk in json_array_chunks(record.to_json() for record in records):
+            sys.stdout.write(chunk)
+        sys.stdout.write("\n")
     elif sys.stdout.isatty():
-        print(format_list_table(records))
-    elif records:
-        print(format_list_lines(records))
+        print(format_list_table(list(records)))
+    else:
+        for record in records:
+            print(list_line(record))
     return QueueExit.OK
 
 

@@ -3,6 +3,8 @@ and control characters from messages, servers and file names shown, never acted 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from test_queue_admin import REFUSED, build_queue
 
@@ -12,6 +14,7 @@ from mq_transaction.cli_format import (
     format_list_lines,
     format_list_table,
     format_status,
+    json_array_chunks,
     not_message_warning,
     visible,
 )
@@ -70,6 +73,14 @@ def test_details_text_has_the_envelope_then_the_attempts_then_the_headers(built)
 )
 def test_visible_shows_what_a_terminal_would_act_on_as_escapes(text, shown):
     assert visible(text) == shown
+
+
+@pytest.mark.parametrize(
+    "objects",
+    [[], [{}], [{"a": 1}], [{"id": "x", "subject": "line\nbreak \u2028 é", "list": [1, {"b": None}]}, {"c": []}] * 3],
+)
+def test_the_streamed_json_array_is_what_json_dumps_writes(objects):
+    assert "".join(json_array_chunks(objects)) == json.dumps(objects, indent=2, ensure_ascii=False)
 
 
 def test_the_warning_for_a_file_that_is_no_message_names_it_visibly():

@@ -163,6 +163,44 @@ def test_subject_is_decoded_and_unfolded():
     assert queue_admin.subject(b"From: a@example.com\n\nSubject: not a header\n") is None
 
 
+SUBJECT_CASES = [
+    b"From: a@example.com\r\nSubject: plain\r\n",
+    b"From: a@example.com\nSubject: two  spaces and a trailing one \n",
+    b"subject:no space\r\nSUBJECT: second\r\n",
+    b"From: a@example.com\r\nSubject:\r\n",
+    b"From: a@example.com\r\nSubject: \t tab\tinside\r\n",
+    b"From: a@example.com\r\nSubject: folded\r\n\tover two lines\r\n",
+    b"From: a@example.com\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= and =?iso-8859-1?b?5Q==?=\r\n",
+    b"From: a@example.com\r\nSubject: raw \xc3\xa9 UTF-8\r\n",
+    b"From: a@example.com\r\nSubject: lone\rCR\r\n",
+    b"From: a@example.com\r\nSubject: bell\x07 and esc\x1b[2J\r\n",
+    b"From: a@example.com\r\nnot a header line\r\nSubject: after the body started\r\n",
+    b"From a@example.com Sat Nov 28 16:55:07 2026\r\nSubject: after an mbox From line\r\n",
+    b" continuation first\r\nSubject: x\r\n",
+    b"From: a@example.com\r\nX-Subject: not it\r\n",
+    b"From: a@example.com\r\nSubject : space before the colon\r\n",
+    b'From: a@example.com\r\nSubject: (comment) "quoted" a;b,c:d<e>\r\n',
+    b"From: a@example.com\r\nTo: b@example.org,\r\n  c@example.org\r\nSubject: after a folded To\r\n",
+    b"From: a@example.com\r\nSubject: =?bogus\r\n",
+    b"Subject: no line end",
+    b"",
+]
+
+
+@pytest.mark.parametrize("headers", SUBJECT_CASES)
+def test_the_fast_subject_reader_agrees_with_the_email_package(headers):
+    message = headers + b"\r\nSubject: in the body\r\n"
+    assert queue_admin.subject(message) == queue_admin.parsed_subject(queue_admin.header_block(message))
+
+
+def test_a_plain_subject_is_read_without_the_email_package(monkeypatch):
+    monkeypatch.setattr(queue_admin, "parsed_subject", lambda block: pytest.fail("the parser was used"))
+    assert queue_admin.subject(SUBJECT_CASES[0]) == "plain"
+    assert queue_admin.subject(SUBJECT_CASES[1]) == "two  spaces and a trailing one "
+    assert queue_admin.subject(SUBJECT_CASES[2]) == "no space"
+    assert queue_admin.subject(SUBJECT_CASES[13]) is None
+
+
 def test_last_error_of_an_expired_message_carries_the_expiry_note(tmp_path, smtp_sink):
     queue = MessageQueue(tmp_path / "queue")
     queue_id = commit(queue, ("ann@example.org",), "Old")
