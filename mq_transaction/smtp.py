@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from _socket import _Address
+
     from _typeshed import ReadableBuffer
 
 from .replies import Reply, mail_from_concerns_message, recipient_status
@@ -175,6 +177,18 @@ class DialogSMTP(smtplib.SMTP):
         super().__init__(host, port, local_hostname=local_hostname, timeout=timeout, **smtplib_options)
 
     # -- the dialog log ----------------------------------------------------------------
+
+    def connect(
+        self, host: str = "localhost", port: int = 0, source_address: _Address | None = None
+    ) -> tuple[int, bytes]:
+        """smtplib's connect; after a refusing greeting other than 421, QUIT before smtplib closes (RFC 5321 3.1)."""
+        code, text = super().connect(host, port, source_address)
+        if code != 220 and code != 421:
+            try:
+                self.docmd("QUIT")
+            except (smtplib.SMTPException, OSError):
+                pass  # the server went first: nothing to be polite to
+        return code, text
 
     def _log_line(self, direction: str, text: str) -> None:
         log.debug("[%s #%d] %s %s", self.peer, self.number, direction, text)
@@ -477,6 +491,13 @@ class ServerConfig:
     helo: str | None = None
     log_bodies: bool = False
 
+    def tls_checks(self) -> str:
+        """What TLS checks, in words for an error message: the host name checked and the CAs trusted."""
+        if not self.tls_verify:
+            return "certificate not verified: mq.smtp_tls_verify = false"
+        cas = f"CA file {self.ca_file}" if self.ca_file else "the system's trusted CAs"
+        return f"host name checked: {self.host}; trusted: {cas}"
+
     def tls_context(self) -> ssl.SSLContext:
         """A client TLS context: certificate and host name checked unless disabled."""
         context = ssl.create_default_context(cafile=self.ca_file)
@@ -545,10 +566,17 @@ def open_session(config: ServerConfig) -> DialogSMTP:
     except ServerError:
         close_session(session)  # QUIT first where the connection still works
         raise
+    except ssl.SSLCertVerificationError as exc:
+        if session is not None:
+            session.close()
+        raise ServerError(
+            f"TLS failure with {peer}: the server's certificate does not verify: {exc.verify_message} "
+            f"({config.tls_checks()}); check mq.smtp_host, and mq.smtp_ca_file for a private CA"
+        ) from None
     except ssl.SSLError as exc:
         if session is not None:
             session.close()
-        raise ServerError(f"TLS failure with {peer}: {exc.reason or exc}") from None
+        raise ServerError(f"TLS failure with {peer}: {exc.reason or exc} ({config.tls_checks()})") from None
     except (smtplib.SMTPException, OSError) as exc:
         if session is not None:
             session.close()

@@ -80,6 +80,7 @@ class ScriptedSMTP:
 
     extensions: list[str] = field(default_factory=lambda: ["PIPELINING", "SIZE 1000000", "8BITMIME"])
     rcpt_replies: dict[str, str] = field(default_factory=dict)  # address -> "550 5.1.1 unknown"
+    mail_reply: str = "250 2.1.0 OK"  # to every MAIL FROM
     data_reply: str = "250 2.0.0 queued"  # after the final dot, or to BDAT ... LAST
     final_reply: bytes | None = None  # raw bytes to send instead of data_reply (garbage, tarpits...)
     greeting: str = "220 raw.test ESMTP"
@@ -165,8 +166,10 @@ class _Session:
                 f"250{'-' if i < len(lines) - 1 else ' '}{text}\r\n" for i, text in enumerate(lines)
             ).encode()
         if verb == "MAIL":
+            if not self.script.mail_reply.startswith("2"):
+                return f"{self.script.mail_reply}\r\n".encode()
             self.sender, self.accepted = _address(line), []
-            return b"250 2.1.0 OK\r\n"
+            return f"{self.script.mail_reply}\r\n".encode()
         if verb == "RCPT":
             if self.sender is None:
                 return b"503 5.5.1 need MAIL first\r\n"

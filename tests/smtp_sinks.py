@@ -126,17 +126,29 @@ def smtp_sink():
     sink.stop()
 
 
-def make_certificate(directory) -> tuple[str, str]:
-    """A self-signed certificate for 127.0.0.1/localhost; returns (cert file, key file)."""
+def make_certificate(directory, names=("localhost", "127.0.0.1"), expired=False, stem="cert") -> tuple[str, str]:
+    """A self-signed certificate for ``names`` (host names or IP addresses); returns (cert file, key file).
+
+    ``expired`` makes one that expired yesterday.
+    """
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
+    def alternative_name(name: str) -> x509.GeneralName:
+        try:
+            return x509.IPAddress(ipaddress.ip_address(name))
+        except ValueError:
+            return x509.DNSName(name)
+
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
     now = datetime.datetime.now(datetime.timezone.utc)
-    import ipaddress
+    if expired:
+        now -= datetime.timedelta(days=31)
 
     cert = (
         x509.CertificateBuilder()
@@ -147,14 +159,14 @@ def make_certificate(directory) -> tuple[str, str]:
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=30))
         .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName([alternative_name(n) for n in names]),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    cert_file = str(directory / "cert.pem")
-    key_file = str(directory / "key.pem")
+    cert_file = str(directory / f"{stem}.pem")
+    key_file = str(directory / f"{stem}-key.pem")
     with open(cert_file, "wb") as handle:
         handle.write(cert.public_bytes(serialization.Encoding.PEM))
     with open(key_file, "wb") as handle:

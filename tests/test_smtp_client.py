@@ -20,6 +20,8 @@ from mq_transaction.smtp import (
     LOST_AFTER_DATA,
     MAX_REPLY_BYTES,
     TLS_NONE,
+    TLS_SSL,
+    TLS_STARTTLS,
     ConnectionLost,
     ServerConfig,
     ServerError,
@@ -159,7 +161,8 @@ def raw_smtp():
 
 def session_to(port, **options):
     options.setdefault("timeout", 5)
-    return open_session(ServerConfig(host="127.0.0.1", port=port, tls=TLS_NONE, **options))
+    options.setdefault("tls", TLS_NONE)
+    return open_session(ServerConfig(host="127.0.0.1", port=port, **options))
 
 
 def statuses(outcome):
@@ -486,3 +489,78 @@ def test_a_garbage_reply_before_the_data_keeps_the_message_queued_as_a_server_le
         server.stop()
     assert (result.failed, result.deferred, result.delivered, result.exit_status) == (0, 0, 0, 75)
     assert "unreadable reply '2.1.0 Sender OK'" in result.server_error
+
+
+# -- TLS failures say why, and a refused session ends with QUIT (issue 10 items 8 and 14) ----------
+
+
+def tls_sink(tmp_path, **certificate):
+    """An implicit-TLS aiosmtpd server with a certificate made by ``make_certificate(**certificate)``."""
+    cert_file, key_file = make_certificate(tmp_path, **certificate)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return Sink(RecordingHandler(), ssl_context=context), cert_file
+
+
+@pytest.mark.parametrize(
+    ("certificate", "trust_it", "verify_message"),
+    [
+        ({}, False, "self-signed certificate"),  # an unknown CA
+        ({"names": ("mail.example.org",)}, True, "mismatch, certificate is not valid for '127.0.0.1'"),
+        ({"expired": True}, True, "certificate has expired"),
+    ],
+    ids=["unknown-ca", "host-name-mismatch", "expired"],
+)
+def test_a_certificate_that_does_not_verify_is_named_with_the_reason_the_host_name_and_the_ca_file(
+    tmp_path, certificate, trust_it, verify_message
+):
+    sink, cert_file = tls_sink(tmp_path, **certificate)
+    config = ServerConfig(
+        host="127.0.0.1", port=sink.port, tls=TLS_SSL, timeout=5, ca_file=cert_file if trust_it else None
+    )
+    try:
+        with pytest.raises(ServerError) as refused:
+            open_session(config)
+    finally:
+        sink.stop()
+    message = str(refused.value)
+    assert f"TLS failure with 127.0.0.1:{sink.port}: the server's certificate does not verify: " in message
+    assert verify_message in message
+    assert "host name checked: 127.0.0.1" in message
+    trusted = f"trusted: CA file {cert_file}" if trust_it else "trusted: the system's trusted CAs"
+    assert trusted in message
+    assert sink.received == []
+
+
+def test_a_starttls_certificate_failure_is_named_the_same_way(tls_auth_sink):
+    sink, _ca_file = tls_auth_sink
+    config = ServerConfig(host="127.0.0.1", port=sink.port, tls=TLS_STARTTLS, timeout=5)
+    with pytest.raises(ServerError) as refused:
+        open_session(config)
+    assert "does not verify: self-signed certificate" in str(refused.value)
+    assert "host name checked: 127.0.0.1; trusted: the system's trusted CAs" in str(refused.value)
+
+
+def test_a_refusing_greeting_is_answered_with_quit(raw_smtp):
+    script, port = raw_smtp(greeting="554 5.3.2 no service for you")
+    with pytest.raises(ServerError) as refused:
+        session_to(port)
+    assert str(refused.value) == "server refused the connection: 554 5.3.2 no service for you"
+    assert script.commands == ["QUIT"]
+
+
+def test_a_server_level_failure_after_ehlo_ends_with_quit(raw_smtp):
+    script, port = raw_smtp(extensions=["PIPELINING"])  # no STARTTLS
+    with pytest.raises(ServerError) as refused:
+        session_to(port, tls=TLS_STARTTLS)
+    assert "STARTTLS is required" in str(refused.value)
+    assert [command.split()[0].upper() for command in script.commands] == ["EHLO", "QUIT"]
+
+
+def test_a_refused_mail_from_that_concerns_the_server_ends_the_session_with_quit(raw_smtp, queue):
+    script, port = raw_smtp()
+    script.mail_reply = "550 5.7.1 relaying denied"
+    send(queue, b"From: a@example.com\nTo: ok@example.org\n\nhi\n")
+    result = Sender(settings_for(queue, port)).run()
+    assert result.exit_status == 75 and "relaying denied" in result.server_error
+    assert [command.split()[0].upper() for command in script.commands][-2:] == ["RSET", "QUIT"]
