@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from _typeshed import ReadableBuffer
 
-from .replies import Reply, mail_from_concerns_message, recipient_status
+from .replies import Reply, is_too_many_recipients, mail_from_concerns_message, recipient_status
 from .states import RecipientStatus
 
 log = logging.getLogger("mq_transaction.smtp")
@@ -140,6 +140,13 @@ def _settle(outcome: Outcome, recipients: list[str], reply: Reply) -> Outcome:
     for address in recipients:
         outcome.replies[address] = reply
     return outcome
+
+
+def _too_many_for_now(reply: Reply) -> bool:
+    """A RCPT refused only because this transaction has too many recipients (452 4.5.3, 552 5.5.3)."""
+    if reply.code == 452:
+        return reply.enhanced == "4.5.3" or "too many recipients" in reply.text.lower()
+    return is_too_many_recipients(reply)
 
 
 def needs_smtputf8(sender: str, recipients: list[str]) -> bool:
@@ -302,6 +309,41 @@ class DialogSMTP(smtplib.SMTP):
 
     def send_message_bytes(self, sender: str, recipients: list[str], message: bytes) -> Outcome:
         """Send one message to ``recipients`` and return every recipient's reply.
+
+        Recipients refused as "too many recipients" (``452 4.5.3``, ``552 5.5.3``) in a
+        transaction that delivered to someone are sent the message again at once, in a new
+        transaction on the same session (RFC 5321 4.5.3.1.10), until all are done or a
+        transaction makes no progress. When such a later transaction cannot be completed
+        before its data (server refusal, lost session), the recipients it was for keep their
+        "too many recipients" reply (deferred) and the earlier results stand: nothing is
+        sent twice for it.
+
+        Raises :class:`ServerError` when the server refuses something that is not about
+        this message (421, a 5xx to MAIL FROM about the server), and
+        :class:`ConnectionLost` when the session ends mid-transaction.
+        """
+        outcome = self._transaction(sender, recipients, message)
+        batch = recipients
+        while True:
+            delivered = [a for a in batch if a in outcome.replies and outcome.status(a) == RecipientStatus.DELIVERED]
+            batch = [a for a in recipients if a in outcome.replies and _too_many_for_now(outcome.replies[a])]
+            if not batch or not delivered:
+                return outcome
+            try:
+                more = self._transaction(sender, batch, message)
+            except ConnectionLost as exc:
+                if not exc.after_data or exc.outcome is None:
+                    self.close()
+                    return outcome  # the batch keeps its "too many recipients" reply
+                outcome.replies.update(exc.outcome.replies)
+                exc.outcome = outcome
+                raise
+            except ServerError:
+                return outcome  # the next message meets the same refusal, with nothing delivered to lose
+            outcome.replies.update(more.replies)
+
+    def _transaction(self, sender: str, recipients: list[str], message: bytes) -> Outcome:
+        """One SMTP mail transaction: the message to ``recipients``, every recipient's reply.
 
         Without PIPELINING, one command at a time. With PIPELINING (RFC 2920), MAIL FROM,
         every RCPT TO and DATA go in one write, and the body follows the 354. With

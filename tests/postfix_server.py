@@ -30,9 +30,12 @@ POSTFIX_DAEMONS = "/usr/lib/postfix/sbin"
 
 
 class PostfixSmtpd:
-    """A running Postfix smtpd on ``port`` that hands mail to the SMTP proxy on ``proxy_port``."""
+    """A running Postfix smtpd on ``port`` that hands mail to the SMTP proxy on ``proxy_port``.
 
-    def __init__(self, proxy_port: int) -> None:
+    ``main_cf`` adds or overrides ``main.cf`` parameters (``smtpd_recipient_limit="2"``).
+    """
+
+    def __init__(self, proxy_port: int, **main_cf: str) -> None:
         master = os.path.join(POSTFIX_DAEMONS, "master")
         if not os.path.exists(master):
             raise RuntimeError(f"{master} is missing: install Debian's postfix package (apt-get install -y postfix)")
@@ -71,6 +74,7 @@ class PostfixSmtpd:
             "smtpd_proxy_filter": f"127.0.0.1:{proxy_port}",
             "maillog_file": self.maillog,
             "maillog_file_prefixes": self.directory,
+            **main_cf,
         }
         with open(os.path.join(self.directory, "main.cf"), "w") as handle:
             handle.writelines(f"{key} = {value}\n" for key, value in settings.items())

@@ -81,6 +81,7 @@ class ScriptedSMTP:
     extensions: list[str] = field(default_factory=lambda: ["PIPELINING", "SIZE 1000000", "8BITMIME"])
     rcpt_replies: dict[str, str] = field(default_factory=dict)  # address -> "550 5.1.1 unknown"
     mail_reply: str = "250 2.1.0 OK"  # to every MAIL FROM
+    max_recipients: int | None = None  # RCPTs past this many in a transaction: 452 4.5.3 too many recipients
     data_reply: str = "250 2.0.0 queued"  # after the final dot, or to BDAT ... LAST
     final_reply: bytes | None = None  # raw bytes to send instead of data_reply (garbage, tarpits...)
     greeting: str = "220 raw.test ESMTP"
@@ -122,6 +123,7 @@ class _Session:
         self.closed = False
         self.sender: str | None = None
         self.accepted: list[str] = []
+        self.rcpts = 0  # RCPT commands in this transaction
         self.in_data = False
         self.chunk_left: int | None = None  # BDAT bytes still to come
 
@@ -168,13 +170,16 @@ class _Session:
         if verb == "MAIL":
             if not self.script.mail_reply.startswith("2"):
                 return f"{self.script.mail_reply}\r\n".encode()
-            self.sender, self.accepted = _address(line), []
+            self.sender, self.accepted, self.rcpts = _address(line), [], 0
             return f"{self.script.mail_reply}\r\n".encode()
         if verb == "RCPT":
             if self.sender is None:
                 return b"503 5.5.1 need MAIL first\r\n"
             address = _address(line)
+            self.rcpts += 1
             reply = self.script.rcpt_replies.get(address, "250 2.1.5 OK")
+            if self.script.max_recipients is not None and self.rcpts > self.script.max_recipients:
+                reply = "452 4.5.3 Error: too many recipients"
             if reply.startswith("2"):
                 self.accepted.append(address)
             return f"{reply}\r\n".encode()

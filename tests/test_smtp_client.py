@@ -564,3 +564,64 @@ def test_a_refused_mail_from_that_concerns_the_server_ends_the_session_with_quit
     result = Sender(settings_for(queue, port)).run()
     assert result.exit_status == 75 and "relaying denied" in result.server_error
     assert [command.split()[0].upper() for command in script.commands][-2:] == ["RSET", "QUIT"]
+
+
+# -- "too many recipients": the rest in new transactions on the same session (issue 12 item 16) ----
+
+
+def test_recipients_over_the_servers_limit_get_the_message_in_further_transactions(raw_smtp):
+    script, port = raw_smtp(max_recipients=2)
+    recipients = [f"r{n}@example.org" for n in range(1, 6)]
+    session = session_to(port)
+    try:
+        outcome = session.send_message_bytes("a@example.com", recipients, MESSAGE)
+    finally:
+        close_session(session)
+    assert statuses(outcome) == {address: "delivered" for address in recipients}
+    assert [m.recipients for m in script.messages] == [recipients[0:2], recipients[2:4], recipients[4:5]]
+    assert all(m.content == MESSAGE for m in script.messages)
+
+
+def test_only_too_many_recipients_replies_are_tried_again_at_once(raw_smtp):
+    script, port = raw_smtp(
+        max_recipients=3,
+        rcpt_replies={"no@example.org": "550 5.1.1 no such user", "full@example.org": "452 4.2.2 mailbox full"},
+    )
+    recipients = ["no@example.org", "full@example.org", "ok1@example.org", "ok2@example.org", "ok3@example.org"]
+    session = session_to(port)
+    try:
+        outcome = session.send_message_bytes("a@example.com", recipients, MESSAGE)
+    finally:
+        close_session(session)
+    assert statuses(outcome) == {
+        "no@example.org": "failed",
+        "full@example.org": "deferred",  # 452 for a full mailbox: the retry schedule, not now
+        "ok1@example.org": "delivered",
+        "ok2@example.org": "delivered",
+        "ok3@example.org": "delivered",
+    }
+    assert [m.recipients for m in script.messages] == [["ok1@example.org"], ["ok2@example.org", "ok3@example.org"]]
+
+
+def test_a_transaction_that_delivers_to_nobody_ends_the_splitting(raw_smtp):
+    script, port = raw_smtp(max_recipients=0)
+    session = session_to(port)
+    try:
+        outcome = session.send_message_bytes("a@example.com", ["a@example.org", "b@example.org"], MESSAGE)
+    finally:
+        close_session(session)
+    assert statuses(outcome) == {"a@example.org": "deferred", "b@example.org": "deferred"}
+    assert sum(command.upper().startswith("MAIL") for command in script.commands) == 1
+
+
+@pytest.mark.slow
+def test_postfix_recipient_limit_is_met_with_further_bdat_transactions(smtp_sink, queue):
+    postfix = PostfixSmtpd(proxy_port=smtp_sink.port, smtpd_recipient_limit="2")
+    try:
+        recipients = [f"r{n}@example.org" for n in range(1, 6)]
+        send(queue, b"From: a@example.com\nTo: r1@example.org\n\nmany recipients\n", recipients=recipients)
+        result = Sender(settings_for(queue, postfix.port)).run()
+    finally:
+        postfix.stop()
+    assert (result.delivered, result.deferred, result.connections) == (1, 0, 1), postfix.log()
+    assert [r.rcpt_tos for r in smtp_sink.received] == [recipients[0:2], recipients[2:4], recipients[4:5]]
