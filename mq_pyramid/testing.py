@@ -2,8 +2,9 @@
 
 Unlike pyramid_mailer's test mailer it honours the transaction: the outbox holds only
 the messages of committed transactions, so a test of a failing request can assert that
-no mail would have left. It validates with the very code ``QueuedMailer`` uses, so a
-message that fails here fails in production too, and it needs no ``mq.queue_dir``.
+no mail would have left. It is a ``QueuedMailer`` over an in-memory ``IMailQueue``
+(:class:`~mq_transaction.memory_queue.MemoryQueue`): the same validation, the same data
+manager, so it cannot drift from production; and it needs no ``mq.queue_dir``.
 """
 
 from __future__ import annotations
@@ -11,17 +12,13 @@ from __future__ import annotations
 import email
 import email.message
 import email.policy
-import time
 from dataclasses import dataclass
 from typing import Any
 
-import transaction
-from zope.interface import implementer
-
 from mq_transaction.interfaces import IMailer
-from mq_transaction.mailer import join_transaction
-from mq_transaction.prepare import PreparedMessage, Recipients, prepare_message
-from mq_transaction.queue import new_queue_id
+from mq_transaction.mailer import QueuedMailer
+from mq_transaction.memory_queue import MemoryQueue
+from mq_transaction.queuefile import Envelope
 
 from . import install
 from .settings import read_settings
@@ -45,101 +42,44 @@ class OutboxMessage:
         return email.message_from_bytes(self.message, policy=email.policy.default)
 
 
-@implementer(IMailer)
-class MemoryMailer:
-    """An ``IMailer`` whose queue is the list ``outbox``, filled when transactions commit."""
+class MemoryMailer(QueuedMailer):
+    """A :class:`QueuedMailer` over a :class:`MemoryQueue`: the real data manager, so the
+    transaction rules are the production ones by construction.
+
+    ``outbox`` lists the messages that became deliverable (their transaction committed,
+    or ``enqueue()``), oldest first; ``uncommitted`` those staged by transactions still
+    open.
+    """
 
     def __init__(self, transaction_manager: Any = None, default_sender: str | None = None) -> None:
-        self.transaction_manager = transaction_manager or transaction.manager
-        self.default_sender = default_sender
+        #: Messages of committed transactions (and ``enqueue()``), oldest first; tests may clear it.
         self.outbox: list[OutboxMessage] = []
-        #: Messages sent in transactions still open, oldest first (see get_uncommitted_mail).
-        self.uncommitted: list[OutboxMessage] = []
-
-    def prepare(self, message: object, sender: str | None = None, recipients: Recipients = None) -> PreparedMessage:
-        """Validate and return what would be queued, exactly as ``QueuedMailer.prepare``."""
-        return prepare_message(message, sender, recipients, self.default_sender)
-
-    def send(self, message: object, sender: str | None = None, recipients: Recipients = None) -> str:
-        """Add ``message`` to the outbox when the current transaction commits; return its id."""
-        record = self._record(self.prepare(message, sender, recipients))
-        self._join().pending.append(record)
-        self.uncommitted.append(record)
-        return record.queue_id
-
-    def enqueue(self, message: object, sender: str | None = None, recipients: Recipients = None) -> str:
-        """Add ``message`` to the outbox at once, whatever the transaction does."""
-        record = self._record(self.prepare(message, sender, recipients))
-        self.outbox.append(record)
-        return record.queue_id
-
-    def _record(self, prepared: PreparedMessage) -> OutboxMessage:
-        return OutboxMessage(
-            new_queue_id(time.time()),
-            prepared.sender,
-            prepared.recipients,
-            prepared.message,
-            prepared.message_id,
+        super().__init__(
+            MemoryQueue(on_publish=self._published),
+            transaction_manager=transaction_manager,
+            default_sender=default_sender,
         )
 
-    def _join(self) -> _OutboxDataManager:
-        # The same rules as QueuedMailer, by the same code.
-        return join_transaction(
-            self, self.transaction_manager, lambda: _OutboxDataManager(self.outbox, self.uncommitted)
-        )
+    @property
+    def uncommitted(self) -> list[OutboxMessage]:
+        """Messages sent in transactions still open, oldest first (see get_uncommitted_mail)."""
+        memory: MemoryQueue = self.queue  # type: ignore[assignment] # always the MemoryQueue made above
+        return [
+            _outbox_message(queue_id, envelope, message) for queue_id, (_at, envelope, message) in memory.staged.items()
+        ]
+
+    def _published(self, queue_id: str, envelope: Envelope, message: bytes) -> None:
+        self.outbox.append(_outbox_message(queue_id, envelope, message))
 
 
-class _OutboxDataManager:
-    """Moves a transaction's messages into the outbox in ``tpc_finish``, as the queue publishes."""
-
-    def __init__(self, outbox: list[OutboxMessage], uncommitted: list[OutboxMessage]) -> None:
-        self.outbox = outbox
-        self.uncommitted = uncommitted
-        self.pending: list[OutboxMessage] = []
-        self.joined = True  # see join_transaction()
-
-    def forget(self, records: list[OutboxMessage]) -> None:
-        """Take ``records`` out of the mailer's uncommitted list (their transaction ended)."""
-        ended = {record.queue_id for record in records}
-        self.uncommitted[:] = [record for record in self.uncommitted if record.queue_id not in ended]
-
-    def abort(self, txn: Any) -> None:
-        self.forget(self.pending)
-        self.pending = []
-        self.joined = False
-
-    def tpc_begin(self, txn: Any) -> None:
-        pass
-
-    def commit(self, txn: Any) -> None:
-        pass
-
-    def tpc_vote(self, txn: Any) -> None:
-        pass
-
-    def tpc_finish(self, txn: Any) -> None:
-        self.outbox.extend(self.pending)
-        self.forget(self.pending)
-        self.pending = []
-
-    def tpc_abort(self, txn: Any) -> None:
-        self.abort(txn)
-
-    def sortKey(self) -> str:  # noqa: N802 - the transaction API's name
-        return f"mq_transaction:memory:{id(self)}"
-
-    def savepoint(self) -> _Savepoint:
-        return _Savepoint(self, len(self.pending))
-
-
-class _Savepoint:
-    def __init__(self, manager: _OutboxDataManager, count: int) -> None:
-        self.manager = manager
-        self.count = count
-
-    def rollback(self) -> None:
-        self.manager.forget(self.manager.pending[self.count :])
-        del self.manager.pending[self.count :]
+def _outbox_message(queue_id: str, envelope: Envelope, message: bytes) -> OutboxMessage:
+    return OutboxMessage(
+        queue_id,
+        envelope.sender,
+        tuple(r.address for r in envelope.recipients),
+        message,
+        envelope.message_id,
+    )
 
 
 def get_outbox(request_or_registry: Any) -> list[OutboxMessage]:

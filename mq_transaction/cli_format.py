@@ -212,13 +212,9 @@ def format_details(record: MessageDetails) -> str:
         lines.append("  unknown")
     lines.append("attempts:")
     for attempt in record.attempts:
-        nxt = f", next attempt {_text(attempt['next_attempt'])}" if attempt.get("next_attempt") else ""
-        lines.append(
-            f"  {_text(attempt.get('number', '?'))}. {_text(attempt.get('at', '?'))} "
-            f"{_text(attempt.get('server', '?'))}: {_text(attempt.get('result', '?'))}{nxt}"
-        )
-        replies = attempt.get("recipients")
-        for address, reply in replies.items() if isinstance(replies, dict) else ():
+        nxt = "" if attempt.next_attempt is None else f", next attempt {iso_utc(attempt.next_attempt)}"
+        lines.append(f"  {attempt.number}. {iso_utc(attempt.at)} {_text(attempt.server)}: {_text(attempt.result)}{nxt}")
+        for address, reply in attempt.replies.items():
             lines.append(f"       {_text(address)}: {_text(reply)}")
     if not record.attempts:
         lines.append("  none yet")

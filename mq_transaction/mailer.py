@@ -13,7 +13,7 @@ from zope.interface import implementer
 
 from .datamanager import MailDataManager
 from .errors import NoTransactionError, QueueWriteError
-from .interfaces import IMailer
+from .interfaces import IMailer, IMailQueue
 from .prepare import PreparedMessage, Recipients, prepare_message
 from .queue import MessageQueue
 from .queuefile import Envelope
@@ -21,9 +21,10 @@ from .queuefile import Envelope
 
 @implementer(IMailer)
 class QueuedMailer:
-    """Queue messages in a :class:`MessageQueue`, inside a transaction or at once.
+    """Queue messages in an ``IMailQueue``, inside a transaction or at once.
 
-    ``queue`` is a :class:`MessageQueue` or a directory path. ``transaction_manager``
+    ``queue`` is any ``IMailQueue`` (a :class:`MessageQueue`, a ``DatabaseQueue``, a
+    ``MemoryQueue``) or a directory path (then ``MessageQueue(path)``). ``transaction_manager``
     is the manager whose transactions ``send()`` joins (default: ``transaction.manager``,
     the thread-local one). ``default_sender`` is the envelope sender when ``send()`` is
     given none.
@@ -36,12 +37,12 @@ class QueuedMailer:
 
     def __init__(
         self,
-        queue: MessageQueue | str | os.PathLike,
+        queue: IMailQueue | str | os.PathLike,
         transaction_manager: transaction.interfaces.ITransactionManager | None = None,
         default_sender: str | None = None,
         session: Any = None,
     ) -> None:
-        self.queue = MessageQueue(queue) if isinstance(queue, (str, os.PathLike)) else queue
+        self.queue: IMailQueue = MessageQueue(queue) if isinstance(queue, (str, os.PathLike)) else queue
         self.transaction_manager = transaction_manager or transaction.manager
         self.default_sender = default_sender
         #: The app's SQLAlchemy session (zope.sqlalchemy-joined), for a database queue: send()

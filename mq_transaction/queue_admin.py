@@ -25,7 +25,7 @@ from .durations import iso_utc, parse_iso_utc
 from .errors import CorruptMessageError, UnknownQueueIdError
 from .interfaces import IMailQueue
 from .queue import is_queue_id, queued_time
-from .queuefile import Envelope
+from .queuefile import Attempt, Envelope
 from .records import Claim, Entry
 from .states import STATES, WAITING, AttemptResult, MessageState, RecipientStatus
 
@@ -120,7 +120,7 @@ class MessageDetails:
     summary: MessageSummary
     file_size: int
     failure_reason: str | None
-    attempts: tuple[dict, ...]
+    attempts: tuple[Attempt, ...]
     headers: tuple[str, ...] | None
     problem: str | None
 
@@ -336,9 +336,7 @@ def last_error(envelope: Envelope) -> str | None:
     """The newest non-2xx reply on record (with its expiry note, if any), else the failure reason."""
     stored = {r.address: r.reply for r in envelope.recipients}
     for attempt in reversed(envelope.attempts):
-        replies = attempt.get("recipients") if isinstance(attempt, dict) else None
-        for address, reply in replies.items() if isinstance(replies, dict) else ():
-            reply = str(reply)
+        for address, reply in attempt.replies.items():
             if not reply.startswith("2"):
                 current = stored.get(address)
                 return current if current and current.startswith(reply) else reply
@@ -405,7 +403,7 @@ def details(queue: IMailQueue, queue_id: str) -> MessageDetails:
         summary=_summary(found),
         file_size=entry.size,
         failure_reason=envelope.failure_reason if envelope else None,
-        attempts=tuple(a for a in envelope.attempts if isinstance(a, dict)) if envelope else (),
+        attempts=tuple(envelope.attempts) if envelope else (),
         headers=header_lines(found.message) if found.message is not None else None,
         problem=found.problem,
     )
@@ -456,13 +454,10 @@ def queue_status(
             if warn_age is not None and now - found.queued_at > warn_age:
                 over += 1
         for attempt in found.envelope.attempts if found.envelope else ():
-            if not isinstance(attempt, dict) or not isinstance(attempt.get("at"), str):
-                continue
-            replies = attempt.get("recipients")
-            if isinstance(replies, dict) and any(str(reply).startswith("2") for reply in replies.values()):
-                last_delivery = _newer(last_delivery, attempt["at"], entry.queue_id, "queue")
-            if attempt.get("result") == AttemptResult.FAILED:
-                last_failure = _newer(last_failure, attempt["at"], entry.queue_id, "queue")
+            if any(reply.startswith("2") for reply in attempt.replies.values()):
+                last_delivery = _newer(last_delivery, iso_utc(attempt.at), entry.queue_id, "queue")
+            if attempt.result == AttemptResult.FAILED:
+                last_failure = _newer(last_failure, iso_utc(attempt.at), entry.queue_id, "queue")
     if delivery_log:
         # The log is in time order: its newest delivery and newest failure end the search.
         seen_delivery = seen_failure = False

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from .durations import iso_utc, parse_iso_utc
 from .errors import CorruptMessageError
-from .states import RecipientStatus
+from .states import AttemptResult, RecipientStatus
 
 MAGIC = b"MQUEUE"
 VERSION = 1
@@ -43,6 +43,61 @@ class Recipient:
         return self.status.undelivered
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One delivery attempt, as the envelope records it (written and read by this module only).
+
+    ``replies`` maps each address tried to the server's reply (stored under the key
+    ``recipients``); ``result`` is what the attempt left the message as; ``next_attempt``
+    is set when it was deferred. Times are Unix times, stored as ISO 8601 UTC.
+    """
+
+    number: int
+    at: float
+    server: str
+    replies: dict[str, str]
+    result: AttemptResult
+    next_attempt: float | None = None
+
+    def to_record(self) -> dict[str, object]:
+        """The JSON object stored in the envelope, keys in their stored order."""
+        record: dict[str, object] = {
+            "number": self.number,
+            "at": iso_utc(self.at),
+            "server": self.server,
+            "recipients": self.replies,
+            "result": self.result,
+        }
+        if self.next_attempt is not None:
+            record["next_attempt"] = iso_utc(self.next_attempt)
+        return record
+
+    @classmethod
+    def from_record(cls, value: object) -> Attempt | None:
+        """Read a stored attempt; None for one of another shape (skipped, never a corrupt
+        message: the attempt history is a record, not something delivery depends on)."""
+        if not isinstance(value, dict):
+            return None
+        try:
+            replies = value["recipients"]
+            if not isinstance(replies, dict):
+                return None
+            number = value["number"]
+            if isinstance(number, bool) or not isinstance(number, int):
+                return None
+            next_attempt = value.get("next_attempt")
+            return cls(
+                number=number,
+                at=parse_iso_utc(value["at"]),
+                server=str(value["server"]),
+                replies={str(address): str(reply) for address, reply in replies.items()},
+                result=AttemptResult(value["result"]),
+                next_attempt=None if next_attempt is None else parse_iso_utc(next_attempt),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+
+
 @dataclass
 class Envelope:
     """The envelope and delivery record of one queued message."""
@@ -51,7 +106,7 @@ class Envelope:
     recipients: list[Recipient]
     queued_at: float
     message_id: str = ""
-    attempts: list[dict] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
     failure_reason: str | None = None  # "rejected" or "expired" once the message failed
     next_attempt: float | None = None
 
@@ -85,7 +140,7 @@ class Envelope:
         return (
             f'{{"sender":{text(self.sender)},"recipients":[{recipients}],'
             f'"queued_at":"{iso_utc(self.queued_at)}","message_id":{text(self.message_id)},'
-            f'"attempts":{_JSON.encode(self.attempts) if self.attempts else "[]"},'
+            f'"attempts":{_JSON.encode([a.to_record() for a in self.attempts]) if self.attempts else "[]"},'
             f'"failure_reason":{"null" if self.failure_reason is None else text(self.failure_reason)},'
             f'"next_attempt":{"null" if self.next_attempt is None else text(iso_utc(self.next_attempt))}}}'
         ).encode()
@@ -109,7 +164,7 @@ class Envelope:
                 recipients=recipients,
                 queued_at=parse_iso_utc(data["queued_at"]),
                 message_id=str(data.get("message_id") or ""),
-                attempts=attempts,
+                attempts=[a for a in map(Attempt.from_record, attempts) if a is not None],
                 failure_reason=data.get("failure_reason"),
                 next_attempt=None if next_attempt is None else parse_iso_utc(next_attempt),
             )

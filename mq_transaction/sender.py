@@ -24,6 +24,7 @@ from .hooks import DeliveryEvent, Hooks, RecipientResult
 from .interfaces import IMailQueue
 from .policy import RetryPolicy, expiry_note, settle
 from .queue import MessageQueue
+from .queuefile import Attempt
 from .records import Claim
 from .replies import AUTH_REQUIRED, Reply, is_relay_refusal, reply_class
 from .settings import Settings
@@ -397,16 +398,14 @@ class Sender:
         state, reason, next_attempt = settlement.state, settlement.reason, settlement.next_attempt
         envelope.failure_reason = reason
         envelope.attempts.append(
-            {
-                "number": attempt,
-                "at": iso_utc(now),
-                "server": f"{self.server.host}:{self.server.port}",
-                "recipients": {
-                    address: str(outcome.replies[address]) for address in targets if address in outcome.replies
-                },
-                "result": state,
-                **({"next_attempt": iso_utc(next_attempt)} if next_attempt else {}),
-            }
+            Attempt(
+                number=attempt,
+                at=now,
+                server=f"{self.server.host}:{self.server.port}",
+                replies={address: str(outcome.replies[address]) for address in targets if address in outcome.replies},
+                result=state,
+                next_attempt=next_attempt,
+            )
         )
         # The new state is made durable before anything else (the duplicate window).
         try:

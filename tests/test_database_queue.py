@@ -15,8 +15,8 @@ from mq_transaction import ConfigurationError, CorruptMessageError, QueueWriteEr
 from mq_transaction.database_queue import DatabaseQueue, mask_url, normalise_url
 from mq_transaction.database_schema import SCHEMA_VERSION, ddl
 from mq_transaction.interfaces import IMailQueue, IMailWatcher
-from mq_transaction.queuefile import Envelope
-from mq_transaction.states import MessageState, RecipientStatus
+from mq_transaction.queuefile import Attempt, Envelope
+from mq_transaction.states import AttemptResult, MessageState, RecipientStatus
 
 # Bytes a re-encoding would change: CRLF, a bare CR, 8-bit, a NUL, no final newline.
 MESSAGE = b"From: app@example.com\r\nTo: bob@example.com\r\nSubject: caf\xc3\xa9\r\n\r\nline\rtwo\x00\xff"
@@ -240,7 +240,7 @@ def test_deferred_message_keeps_its_recipients_and_is_due_at_its_time(db_queue):
     claim.envelope.recipients[0].status = RecipientStatus.DELIVERED
     claim.envelope.recipients[0].reply = "250 ok"
     claim.envelope.recipients[1].status = RecipientStatus.DEFERRED
-    claim.envelope.attempts.append({"number": 1, "result": "deferred"})
+    claim.envelope.attempts.append(Attempt(1, time.time(), "mx:25", {}, AttemptResult.DEFERRED))
     next_attempt = time.time() + 600
     db_queue.finish_deferred(claim, next_attempt)
     entry = db_queue.find(queue_id)

@@ -20,8 +20,8 @@ import transaction
 from mq_transaction import MessageQueue, QueuedMailer
 from mq_transaction.durations import iso_utc
 from mq_transaction.errors import InvalidAddressError
-from mq_transaction.queuefile import Envelope, Recipient
-from mq_transaction.states import RecipientStatus
+from mq_transaction.queuefile import Attempt, Envelope, Recipient
+from mq_transaction.states import AttemptResult, RecipientStatus
 
 # -- the inotify binding against the kernel ---------------------------------------------
 
@@ -103,7 +103,14 @@ def _random_envelope(rng: random.Random) -> Envelope:
         for _ in range(rng.randrange(1, 5))
     ]
     attempts = [
-        {"at": iso_utc(rng.uniform(0, 2e9)), "reply": _text(rng), "n": rng.randrange(10**6), "ok": rng.random() < 0.5}
+        Attempt(
+            number=rng.randrange(1, 10**6),
+            at=rng.uniform(0, 2e9),
+            server=_text(rng),
+            replies={_text(rng) + "@x": _text(rng) for _ in range(rng.randrange(0, 3))},
+            result=rng.choice(list(AttemptResult)),
+            next_attempt=rng.choice([None, rng.uniform(0, 2e9)]),
+        )
         for _ in range(rng.randrange(0, 3))
     ]
     return Envelope(
@@ -126,7 +133,7 @@ def test_the_envelope_writer_writes_exactly_what_json_dumps_writes_for_random_en
             "recipients": [{"address": r.address, "status": r.status, "reply": r.reply} for r in env.recipients],
             "queued_at": iso_utc(env.queued_at),
             "message_id": env.message_id,
-            "attempts": env.attempts,
+            "attempts": [a.to_record() for a in env.attempts],
             "failure_reason": env.failure_reason,
             "next_attempt": None if env.next_attempt is None else iso_utc(env.next_attempt),
         }

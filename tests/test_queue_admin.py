@@ -11,7 +11,7 @@ import pytest
 import transaction
 
 from mq_transaction import MessageQueue, QueuedMailer, UnknownQueueIdError, queue_admin
-from mq_transaction.durations import iso_utc, parse_iso_utc
+from mq_transaction.durations import iso_utc
 from mq_transaction.queuefile import Envelope, encode
 from mq_transaction.records import Claim
 from mq_transaction.sender import Sender
@@ -219,8 +219,8 @@ def test_details_hold_the_attempt_history_and_the_headers(built):
     record = queue_admin.details(built.queue, built.ids[MessageState.FAILED])
     assert record.failure_reason == "rejected"
     (attempt,) = record.attempts
-    assert attempt["result"] == MessageState.FAILED
-    assert attempt["recipients"] == {"ann@example.org": "250 2.0.0 Message accepted", "bad@example.org": REFUSED}
+    assert attempt.result == MessageState.FAILED
+    assert attempt.replies == {"ann@example.org": "250 2.0.0 Message accepted", "bad@example.org": REFUSED}
     assert "Subject: Partly delivered" in record.headers
     assert any(line.startswith("Message-ID: ") for line in record.headers)
 
@@ -452,7 +452,7 @@ def test_status_counts_every_state_and_finds_the_oldest_and_the_last_events(buil
     assert report.last_delivery.queue_id == built.ids[MessageState.FAILED]  # ann@example.org got it
     assert report.last_delivery.source == "queue"
     assert report.last_failure == queue_admin.LastEvent(
-        parse_iso_utc(queue_admin.details(built.queue, built.ids[MessageState.FAILED]).attempts[-1]["at"]),
+        queue_admin.details(built.queue, built.ids[MessageState.FAILED]).attempts[-1].at,
         built.ids[MessageState.FAILED],
         "queue",
     )

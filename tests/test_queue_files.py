@@ -9,8 +9,10 @@ import time
 import pytest
 
 from mq_transaction import CorruptMessageError, MessageQueue, QueueWriteError, UnknownQueueIdError
+from mq_transaction.durations import iso_utc
 from mq_transaction.queue import is_queue_id, new_queue_id
-from mq_transaction.queuefile import Envelope, decode, decode_envelope_only, encode
+from mq_transaction.queuefile import Attempt, Envelope, decode, decode_envelope_only, encode
+from mq_transaction.states import AttemptResult
 
 MESSAGE = b"From: app@example.com\r\nTo: bob@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
 
@@ -38,14 +40,24 @@ def test_encode_then_decode_returns_the_envelope_and_the_exact_message():
     [
         {},
         {"sender": 'odd"name\\@example.com', "message_id": "<\u00e9\u2028\x00@x>"},
-        {"attempts": [{"at": "2026-11-28T15:11:36Z", "reply": "451 4.3.0 try later"}], "next_attempt": 1795878999.5},
+        {
+            "attempts": [
+                Attempt(
+                    1,
+                    1795878896.25,
+                    "mx:25",
+                    {"bob@example.com": "451 4.3.0 try later"},
+                    AttemptResult.DEFERRED,
+                    1795878999.5,
+                )
+            ],
+            "next_attempt": 1795878999.5,
+        },
         {"failure_reason": "rejected"},
     ],
 )
 def test_envelope_json_is_exactly_what_json_dumps_writes(changes):
     import json
-
-    from mq_transaction.durations import iso_utc
 
     env = envelope("bob@example.com", "ßtraße@bücher.example")
     env.recipients[1].status, env.recipients[1].reply = "failed", '550 5.1.1 "no such user"\r\n'
@@ -56,7 +68,7 @@ def test_envelope_json_is_exactly_what_json_dumps_writes(changes):
         "recipients": [{"address": r.address, "status": r.status, "reply": r.reply} for r in env.recipients],
         "queued_at": iso_utc(env.queued_at),
         "message_id": env.message_id,
-        "attempts": env.attempts,
+        "attempts": [a.to_record() for a in env.attempts],
         "failure_reason": env.failure_reason,
         "next_attempt": None if env.next_attempt is None else iso_utc(env.next_attempt),
     }
@@ -354,3 +366,63 @@ def test_create_false_opens_an_existing_directory_and_completes_its_layout(tmp_p
     (tmp_path / "q").mkdir()
     queue = MessageQueue(tmp_path / "q", create=False)
     assert sorted(os.listdir(queue.path)) == ["corrupt", "deferred", "failed", "hold", "new", "sending", "tmp"]
+
+
+# A file written before attempts were typed: the sender stored plain dicts, in this order.
+OLD_ENVELOPE = (
+    b'{"sender":"app@example.com","recipients":[{"address":"bob@example.com","status":"deferred",'
+    b'"reply":"451 4.3.0 try later"}],"queued_at":"2026-11-28T15:11:36.123456Z","message_id":"<m@x>",'
+    b'"attempts":[{"number":1,"at":"2026-11-28T15:11:37.000001Z","server":"127.0.0.1:25",'
+    b'"recipients":{"bob@example.com":"451 4.3.0 try later"},"result":"deferred",'
+    b'"next_attempt":"2026-11-28T15:16:37.000001Z"},{"number":2,"at":"2026-11-28T15:16:38.5Z",'
+    b'"server":"127.0.0.1:25","recipients":{},"result":"deferred","next_attempt":"2026-11-28T15:21:38.5Z"}],'
+    b'"failure_reason":null,"next_attempt":"2026-11-28T15:21:38.500000Z"}'
+)
+
+
+def test_attempts_written_as_plain_records_decode_as_typed_attempts_and_encode_the_same():
+    envelope = Envelope.from_json(OLD_ENVELOPE)
+    first, second = envelope.attempts
+    assert first == Attempt(
+        number=1,
+        at=first.at,
+        server="127.0.0.1:25",
+        replies={"bob@example.com": "451 4.3.0 try later"},
+        result=AttemptResult.DEFERRED,
+        next_attempt=first.next_attempt,
+    )
+    assert iso_utc(first.at) == "2026-11-28T15:11:37.000001Z"
+    assert second.replies == {} and iso_utc(second.at) == "2026-11-28T15:16:38.500000Z"
+    assert Envelope.from_json(envelope.to_json()) == envelope
+    # a record as the sender has always written it (microsecond times) is written back byte for byte
+    assert (
+        b'{"number":1,"at":"2026-11-28T15:11:37.000001Z","server":"127.0.0.1:25",'
+        b'"recipients":{"bob@example.com":"451 4.3.0 try later"},"result":"deferred",'
+        b'"next_attempt":"2026-11-28T15:16:37.000001Z"}'
+    ) in envelope.to_json()
+
+
+def test_an_attempt_record_of_another_shape_is_skipped_not_a_corrupt_message():
+    odd = OLD_ENVELOPE.replace(b'"attempts":[', b'"attempts":[7,{"at":"yesterday"},')
+    envelope = Envelope.from_json(odd)
+    assert [a.number for a in envelope.attempts] == [1, 2]
+
+
+# The deferred message docs/queue.md shows, as mq-send wrote it.
+DOC_ENVELOPE = (
+    b'{"sender":"noreply@myapp.example","recipients":[{"address":"ann@example.org","status":"delivered",'
+    b'"reply":"250 2.0.0 Message accepted"},{"address":"bob@example.org","status":"deferred",'
+    b'"reply":"451 4.2.0 mailbox busy, try later"}],"queued_at":"2026-11-28T16:32:12.026450Z",'
+    b'"message_id":"<18ec428eb0670d49.872e3d85dff9b089@myapp.example>","attempts":[{"number":1,'
+    b'"at":"2026-11-28T16:32:12.208176Z","server":"127.0.0.1:47225","recipients":{"ann@example.org":'
+    b'"250 2.0.0 Message accepted","bob@example.org":"451 4.2.0 mailbox busy, try later"},"result":"deferred",'
+    b'"next_attempt":"2026-11-28T16:37:12.208176Z"}],"failure_reason":null,"next_attempt":"2026-11-28T16:37:12.208176Z"}'
+)
+
+
+def test_the_envelope_in_the_docs_decodes_to_typed_attempts_and_encodes_byte_for_byte():
+    envelope = Envelope.from_json(DOC_ENVELOPE)
+    (attempt,) = envelope.attempts
+    assert (attempt.number, attempt.server, attempt.result) == (1, "127.0.0.1:47225", AttemptResult.DEFERRED)
+    assert attempt.replies["bob@example.org"] == "451 4.2.0 mailbox busy, try later"
+    assert envelope.to_json() == DOC_ENVELOPE

@@ -339,7 +339,7 @@ def test_backoff_grows_with_the_message_age_between_minimum_and_maximum(queue, s
         Sender(settings, clock=lambda now=now: now).run(flush=True)
         assert queue.find(queue_id).mtime == pytest.approx(now + backoff, abs=1)
     envelope, _ = queue.read(queue.find(queue_id))
-    assert [a["result"] for a in envelope.attempts] == ["deferred"] * 3
+    assert [a.result for a in envelope.attempts] == ["deferred"] * 3
 
 
 def test_hooks_get_each_outcome_and_a_raising_hook_changes_nothing(queue, smtp_sink):

@@ -204,3 +204,14 @@ def test_testing_mailer_keeps_mail_sent_after_rolling_back_to_an_older_savepoint
     mailer.send(b"From: a@example.com\nTo: b@example.org\n\nkept\n")
     manager.commit()
     assert [m.message.endswith(b"kept\n") for m in mailer.outbox] == [True]
+
+
+def test_the_testing_mailer_is_a_queued_mailer_over_a_memory_queue():
+    from zope.interface.verify import verifyObject
+
+    from mq_transaction.interfaces import IMailQueue
+    from mq_transaction.memory_queue import MemoryQueue
+
+    mailer = MemoryMailer()
+    assert isinstance(mailer, QueuedMailer) and isinstance(mailer.queue, MemoryQueue)
+    assert verifyObject(IMailer, mailer) and verifyObject(IMailQueue, mailer.queue)
