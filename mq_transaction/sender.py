@@ -28,7 +28,7 @@ from .queuefile import Attempt
 from .records import Claim
 from .replies import AUTH_REQUIRED, Reply, is_relay_refusal, reply_class
 from .settings import Settings
-from .smtp import ConnectionLost, DialogSMTP, Outcome, ServerConfig, ServerError, close_session, open_session
+from .smtp import ConnectionLost, DialogSMTP, TransactionReplies, ServerConfig, ServerError, close_session, open_session
 from .states import AttemptResult, MessageState, RecipientStatus
 
 log = logging.getLogger("mq_transaction.sender")
@@ -285,7 +285,7 @@ class Sender:
                 worked = self._session_messages > 0
                 self.close()
                 if exc.after_data:
-                    outcome = exc.outcome or Outcome()  # always set after the data
+                    outcome = exc.outcome or TransactionReplies()  # always set after the data
                     log.warning(
                         "queue id %s (Message-ID %s): %s; the server may have accepted it, "
                         "so the message may be delivered twice",
@@ -303,7 +303,7 @@ class Sender:
                 self.close()
                 return self._server_failed(claim, result, exc)
         else:
-            outcome = Outcome()
+            outcome = TransactionReplies()
         replies = list(outcome.rcpt_replies.values())
         if any(reply.code < 300 for reply in replies):
             self._relays_for_us = True
@@ -373,7 +373,7 @@ class Sender:
         )
         return False
 
-    def _record(self, claim: Claim, targets: list[str], outcome: Outcome, result: RunResult) -> None:
+    def _record(self, claim: Claim, targets: list[str], outcome: TransactionReplies, result: RunResult) -> None:
         """Store each recipient's fate durably (first), then log and call the hooks."""
         envelope = claim.envelope
         now = self.clock()

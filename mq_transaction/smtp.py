@@ -85,7 +85,7 @@ class ConnectionLost(ServerError):
         description: str,
         reply: Reply | None = None,
         after_data: bool = False,
-        outcome: Outcome | None = None,
+        outcome: TransactionReplies | None = None,
     ) -> None:
         super().__init__(description, reply)
         self.after_data = after_data
@@ -93,7 +93,7 @@ class ConnectionLost(ServerError):
 
 
 @dataclass
-class Outcome:
+class TransactionReplies:
     """What one SMTP transaction did: each recipient's reply, and message-level facts."""
 
     replies: dict[str, Reply] = field(default_factory=dict)
@@ -135,7 +135,7 @@ def crlf_lines(message: bytes) -> bytes:
     return wire if wire.endswith(b"\r\n") else wire + b"\r\n"
 
 
-def _settle(outcome: Outcome, recipients: list[str], reply: Reply) -> Outcome:
+def _settle(outcome: TransactionReplies, recipients: list[str], reply: Reply) -> TransactionReplies:
     """Give ``reply`` to each of ``recipients``."""
     for address in recipients:
         outcome.replies[address] = reply
@@ -307,7 +307,7 @@ class DialogSMTP(smtplib.SMTP):
 
     # -- one message ---------------------------------------------------------------------
 
-    def send_message_bytes(self, sender: str, recipients: list[str], message: bytes) -> Outcome:
+    def send_message_bytes(self, sender: str, recipients: list[str], message: bytes) -> TransactionReplies:
         """Send one message to ``recipients`` and return every recipient's reply.
 
         Recipients refused as "too many recipients" (``452 4.5.3``, ``552 5.5.3``) in a
@@ -354,7 +354,7 @@ class DialogSMTP(smtplib.SMTP):
         this message (421, a 5xx to MAIL FROM about the server), and
         :class:`ConnectionLost` when the session ends mid-transaction.
         """
-        outcome = Outcome()
+        outcome = TransactionReplies()
         pipelining = self.has_extn("pipelining")
         chunking = pipelining and self.has_extn("chunking")
         wire = crlf_lines(message) if chunking else wire_format(message)
@@ -413,8 +413,8 @@ class DialogSMTP(smtplib.SMTP):
         return self._final_reply(outcome, accepted)
 
     def _send_chunked(
-        self, outcome: Outcome, mail: str, rcpts: list[str], recipients: list[str], body: bytes
-    ) -> Outcome:
+        self, outcome: TransactionReplies, mail: str, rcpts: list[str], recipients: list[str], body: bytes
+    ) -> TransactionReplies:
         """MAIL, every RCPT and ``BDAT <size> LAST`` with the message, in one write."""
         try:
             self._send_group([mail, *rcpts, f"BDAT {len(body)} LAST"], body)
@@ -448,7 +448,9 @@ class DialogSMTP(smtplib.SMTP):
             raise ConnectionLost("server closed the session", reply)
         return reply
 
-    def _envelope(self, outcome: Outcome, recipients: list[str], mail: Reply, rcpts: list[Reply]) -> list[str]:
+    def _envelope(
+        self, outcome: TransactionReplies, recipients: list[str], mail: Reply, rcpts: list[Reply]
+    ) -> list[str]:
         """Record the RCPT replies (when MAIL FROM was accepted); return the accepted recipients."""
         if mail.code >= 300:
             return []
@@ -457,7 +459,7 @@ class DialogSMTP(smtplib.SMTP):
         outcome.rcpt_replies = dict(outcome.replies)
         return [address for address in recipients if outcome.status(address) == RecipientStatus.DELIVERED]
 
-    def _refused(self, outcome: Outcome, recipients: list[str], mail: Reply) -> Outcome:
+    def _refused(self, outcome: TransactionReplies, recipients: list[str], mail: Reply) -> TransactionReplies:
         """End a transaction in which nobody was accepted: RSET, and settle MAIL FROM's refusal."""
         self._reset()
         if mail.code < 300:
@@ -466,7 +468,7 @@ class DialogSMTP(smtplib.SMTP):
             raise ServerError("server refused MAIL FROM", mail)
         return _settle(outcome, recipients, mail)
 
-    def _final_reply(self, outcome: Outcome, accepted: list[str]) -> Outcome:
+    def _final_reply(self, outcome: TransactionReplies, accepted: list[str]) -> TransactionReplies:
         """Wait for the reply that settles the message (after the dot, or to ``BDAT ... LAST``)."""
         self._reply_timeout = self.data_timeout
         try:
@@ -490,7 +492,7 @@ class DialogSMTP(smtplib.SMTP):
             self._reset()
         return outcome
 
-    def _lost_after_data(self, outcome: Outcome, recipients: list[str], exc: Exception) -> ConnectionLost:
+    def _lost_after_data(self, outcome: TransactionReplies, recipients: list[str], exc: Exception) -> ConnectionLost:
         """The message was sent and its fate is unknown: every recipient not refused yet is deferred."""
         unknown = [
             address
