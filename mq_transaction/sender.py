@@ -28,7 +28,7 @@ from .queuefile import Attempt
 from .records import Claim
 from .replies import AUTH_REQUIRED, Reply, is_relay_refusal, reply_class
 from .settings import Settings
-from .smtp import ConnectionLost, DialogSMTP, TransactionReplies, ServerConfig, ServerError, close_session, open_session
+from .smtp import ConnectionLost, DialogSMTP, ServerConfig, ServerError, TransactionReplies, close_session, open_session
 from .states import AttemptResult, MessageState, RecipientStatus
 
 log = logging.getLogger("mq_transaction.sender")
