@@ -252,7 +252,7 @@ def test_deferred_message_keeps_its_recipients_and_is_due_at_its_time(db_queue):
     assert db_queue.due(now=next_attempt + 1) == [queue_id]
     stored, message = db_queue.read(entry)
     assert [r.status for r in stored.recipients] == ["delivered", "deferred"]
-    assert stored.attempts == [{"number": 1, "result": "deferred"}]
+    assert [(a.number, a.server, a.result) for a in stored.attempts] == [(1, "mx:25", "deferred")]
     assert message == MESSAGE
 
 
