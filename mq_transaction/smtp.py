@@ -342,7 +342,7 @@ class DialogSMTP(smtplib.SMTP):
                 return outcome  # the next message meets the same refusal, with nothing delivered to lose
             outcome.replies.update(more.replies)
 
-    def _transaction(self, sender: str, recipients: list[str], message: bytes) -> Outcome:
+    def _transaction(self, sender: str, recipients: list[str], message: bytes) -> TransactionReplies:
         """One SMTP mail transaction: the message to ``recipients``, every recipient's reply.
 
         Without PIPELINING, one command at a time. With PIPELINING (RFC 2920), MAIL FROM,
