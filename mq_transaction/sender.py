@@ -112,11 +112,16 @@ def open_queue(settings: Settings) -> MessageQueue:
 
 
 class Sender:
-    """Delivers due messages over one reused SMTP session.
+    """Delivers due messages over reused SMTP sessions: one, or more for a backlog.
 
     ``hooks`` adds Python callables to those named by ``mq.on_*``. ``delivery_log`` is
     an open :class:`DeliveryLog` (default: ``mq.delivery_log`` when set).
     """
+
+    #: A backlog opens one session per this many messages, up to ``mq.smtp_connections``.
+    MESSAGES_PER_SESSION = 10
+    #: After the server refused an additional session, use fewer for this long (seconds).
+    FEWER_SESSIONS_FOR = 600.0
 
     def __init__(
         self,
@@ -145,6 +150,10 @@ class Sender:
         #: True once the server accepted a recipient from us (reset by a server-level failure)
         self._relays_for_us = False
         self._relay_suspects: list[tuple[str, ServerError]] = []
+        self._is_helper = False  # an additional session of a parallel delivery
+        self._backed_off = False
+        self._session_limit = settings.smtp_connections
+        self._fewer_sessions_until = 0.0
         self.progress: Callable[[int, int], None] | None = None
         #: The daemon lowers this and logs outages once per state change instead.
         self.server_error_level = logging.ERROR
@@ -153,45 +162,75 @@ class Sender:
     # -- a whole run ---------------------------------------------------------------------
 
     def run(self, flush: bool = False, max_messages: int | None = None) -> RunResult:
-        """Clean ``tmp/``, recover dead claims, deliver everything due; then QUIT.
-
-        With ``mq.smtp_connections`` above 1, that many sessions share the work, each in
-        its own thread (the per-message claims keep them apart).
-        """
+        """Clean ``tmp/``, recover dead claims, deliver everything due; then QUIT."""
         result = RunResult()
         try:
             self.housekeeping(result)
-            due = self.queue.due(self.clock(), flush=flush)
-            if self.settings.smtp_connections > 1 and len(due) > 1:
-                self._deliver_in_parallel(due[:max_messages], result)
-            else:
-                self.deliver(due, result, max_messages)
+            self.deliver(self.queue.due(self.clock(), flush=flush), result, max_messages)
         finally:
             self.close()
         return result
 
-    def _deliver_in_parallel(self, due: list[str], result: RunResult) -> None:
-        count = min(self.settings.smtp_connections, len(due))
-        workers = [self] + [
-            Sender(self.settings, queue=self.queue, delivery_log=self.delivery_log, clock=self.clock)
-            for _ in range(count - 1)
-        ]
-        for worker in workers[1:]:
-            worker.hooks = self.hooks
-        shares = [due[index::count] for index in range(count)]
-        results = [RunResult() for _ in workers]
+    def sessions_for(self, backlog: int) -> int:
+        """How many SMTP sessions a backlog of ``backlog`` messages deserves.
+
+        One per ``MESSAGES_PER_SESSION`` messages, up to ``mq.smtp_connections`` (lowered for
+        a while after the server refused an additional session): a message or two committed
+        now and then goes over one session; a backlog opens more.
+        """
+        limit = self.settings.smtp_connections
+        if self._fewer_sessions_until > self.clock():
+            limit = min(limit, self._session_limit)
+        return max(1, min(limit, -(-backlog // self.MESSAGES_PER_SESSION)))
+
+    def _deliver_in_parallel(
+        self, pending: collections.deque[str], count: int, result: RunResult, should_stop: Callable[[], bool] | None
+    ) -> None:
+        """Share ``pending`` among ``count`` sessions, each in its own thread.
+
+        The first session is opened before the others, so that a server that refuses an
+        additional session (``421`` too many connections) is known to be up: that session
+        gives its message back and ends, and the others carry on (:meth:`_back_off`).
+        """
+        try:
+            self._session(result)
+        except ServerError:
+            count = 1  # the server is down: the serial loop meets the failure and reports it
+        helpers = [self._helper() for _ in range(count - 1)]
+        results = [RunResult() for _ in helpers]
         threads = [
-            threading.Thread(target=worker.deliver, args=(share, partial), name=f"mq-send-{number}")
-            for number, (worker, share, partial) in enumerate(zip(workers, shares, results, strict=True))
+            threading.Thread(target=helper._work, args=(pending, partial, None, should_stop), name=f"mq-send-{n}")
+            for n, (helper, partial) in enumerate(zip(helpers, results, strict=True), 2)
         ]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join()
-        for worker in workers[1:]:
-            worker.close()
-        for partial in results:
-            result.merge(partial)
+        try:
+            self._work(pending, result, None, should_stop)
+        finally:
+            for thread in threads:
+                thread.join()
+            for helper, partial in zip(helpers, results, strict=True):
+                helper.close()
+                result.merge(partial)
+        refused = sum(1 for helper in helpers if helper._backed_off)
+        if refused:
+            self._session_limit = count - refused
+            self._fewer_sessions_until = self.clock() + self.FEWER_SESSIONS_FOR
+            log.warning(
+                "SMTP server %s:%d refused %d additional session(s); using at most %d for the next %.0f minutes",
+                self.server.host,
+                self.server.port,
+                refused,
+                self._session_limit,
+                self.FEWER_SESSIONS_FOR / 60,
+            )
+
+    def _helper(self) -> Sender:
+        helper = Sender(self.settings, queue=self.queue, delivery_log=self.delivery_log, clock=self.clock)
+        helper.hooks = self.hooks
+        helper.server_error_level = self.server_error_level
+        helper._is_helper = True
+        return helper
 
     def housekeeping(self, result: RunResult) -> None:
         """Remove stale ``tmp/`` files and give dead senders' claims back to the queue."""
@@ -199,7 +238,7 @@ class Sender:
         result.recovered += len(self.queue.recover_stale_claims())
 
     def close(self) -> None:
-        """QUIT the SMTP session, if one is open."""
+        """QUIT the SMTP session, if one is open (additional sessions end with their delivery)."""
         close_session(self.session)
         self.session = None
 
@@ -210,20 +249,43 @@ class Sender:
         max_messages: int | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> RunResult:
-        """Try each message in ``queue_ids`` (oldest first); stop at a server-level failure."""
-        total = len(queue_ids)
+        """Try each message in ``queue_ids`` (oldest first); stop at a server-level failure.
+
+        A backlog is shared among up to ``mq.smtp_connections`` sessions (:meth:`sessions_for`),
+        each in its own thread; the per-message claims keep them apart.
+        """
+        if max_messages is not None:
+            queue_ids = queue_ids[:max_messages]
         pending = collections.deque(queue_ids)
+        count = self.sessions_for(len(queue_ids))
+        if count > 1:
+            self._deliver_in_parallel(pending, count, result, should_stop)
+        else:
+            self._work(pending, result, len(queue_ids), should_stop)
+        return result
+
+    def _work(
+        self,
+        pending: collections.deque[str],
+        result: RunResult,
+        total: int | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> None:
+        """Take messages from ``pending`` (shared with other sessions) until it is empty or
+        the server cannot be used."""
+        total = total or len(pending)
         self._relay_suspects = []
-        done = 0
-        while pending:
-            if max_messages is not None and result.attempts >= max_messages:
-                break
+        while True:
             if should_stop is not None and should_stop():
                 break
             if self.progress:
-                self.progress(done, total)
-            queue_id = pending.popleft()
-            done += 1
+                self.progress(total - len(pending), total)
+            try:
+                queue_id = pending.popleft()
+            except IndexError:
+                if self._relay_suspects:
+                    self._relay_refused(result, self._relay_suspects[0][1])
+                break
             try:
                 claim = self.queue.claim(queue_id)
             except CorruptMessageError as exc:
@@ -241,7 +303,7 @@ class Sender:
             if claim is None:
                 continue  # another sender has it
             try:
-                if not self._attempt(claim, result):
+                if not self._attempt(claim, result, pending):
                     break
             except Exception as exc:  # noqa: BLE001 - never lose the claim to a surprise
                 self._unexpected(claim, result, exc)
@@ -251,13 +313,9 @@ class Sender:
                 # their recipients; try them again, now judged like any other reply.
                 pending.extendleft(reversed([queue_id for queue_id, _error in self._relay_suspects]))
                 self._relay_suspects = []
-        else:
-            if self._relay_suspects:
-                self._relay_refused(result, self._relay_suspects[0][1])
         self._relay_suspects = []
         if self.progress:
             self.progress(total, total)
-        return result
 
     # -- one message ---------------------------------------------------------------------
 
@@ -270,12 +328,13 @@ class Sender:
             result.connections += 1
         return self.session
 
-    def _attempt(self, claim: Claim, result: RunResult) -> bool:
-        """Try one claimed message; return False when the server cannot be used any more."""
+    def _attempt(self, claim: Claim, result: RunResult, pending: collections.deque[str]) -> bool:
+        """Try one claimed message; return False when this session cannot go on."""
         envelope = claim.envelope
         targets = [r.address for r in envelope.undelivered()]
         retried = False
         while targets:  # a message with no one left to try is only settled, never sent
+            opening = self.session is None
             try:
                 session = self._session(result)
                 outcome = session.send_message_bytes(envelope.sender, targets, claim.message)
@@ -301,6 +360,8 @@ class Sender:
                 return self._server_failed(claim, result, exc)
             except ServerError as exc:
                 self.close()
+                if opening and self._is_helper:
+                    return self._back_off(claim, pending, exc)
                 return self._server_failed(claim, result, exc)
         else:
             outcome = TransactionReplies()
@@ -341,6 +402,15 @@ class Sender:
     def _relay_refused(self, result: RunResult, error: ServerError) -> bool:
         self.close()
         return self._server_failed(None, result, error)
+
+    def _back_off(self, claim: Claim, pending: collections.deque[str], exc: ServerError) -> bool:
+        """An additional session was refused (``421`` too many connections, most often)
+        while the first one works: give the message back to the others and end quietly."""
+        self.queue.unclaim(claim)
+        pending.appendleft(claim.queue_id)
+        self._backed_off = True
+        log.info("SMTP server %s:%d refused an additional session: %s", self.server.host, self.server.port, exc)
+        return False
 
     def _unexpected(self, claim: Claim, result: RunResult, exc: Exception) -> None:
         """An error nobody planned for: keep the message queued and stop this run."""

@@ -121,7 +121,7 @@ class Settings:
     smtp_data_timeout: float = _setting(_duration, 600.0)
     smtp_helo: str | None = _setting(_optional_text, None)
     smtp_idle_timeout: float = _setting(_duration, 30.0)
-    smtp_connections: int = _setting(_positive_int, 1)
+    smtp_connections: int = _setting(_positive_int, 4)
     max_per_connection: int = _setting(_positive_int, 100)
     smtp_log: str | None = _setting(_optional_text, None)
     smtp_log_bodies: bool = _setting(_boolean, False)

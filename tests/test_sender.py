@@ -10,7 +10,9 @@ import time
 
 import pytest
 import transaction
-from smtp_sinks import PASSWORD, USERNAME, free_port
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
+from smtp_sinks import PASSWORD, USERNAME, RecordingHandler, free_port
 
 from mq_transaction import MessageQueue, QueuedMailer
 from mq_transaction.hooks import Hooks
@@ -520,3 +522,75 @@ def test_a_lone_policy_refusal_without_proof_that_the_server_relays_keeps_the_me
     smtp_sink.behaviour.rcpt_replies["blocked@example.org"] = "554 5.7.1 <blocked@example.org>: Access denied"
     result = Sender(make_settings(queue.path, smtp_sink.port)).run()
     assert result.exit_status == 75 and queue.find(blocked).state == MessageState.QUEUED
+
+
+class ConnectionLimitedSMTP(SMTP):
+    """An aiosmtpd session that answers ``421 too many connections`` beyond a limit."""
+
+    async def _handle_client(self):
+        handler = self.event_handler
+        with handler.lock:
+            handler.open_sessions += 1
+            refused = handler.open_sessions > handler.session_limit
+            if refused:
+                handler.open_sessions -= 1
+                handler.refused_sessions += 1
+        if refused:
+            await self.push("421 4.7.0 Error: too many connections from 127.0.0.1")
+            self.transport.close()
+            return
+        try:
+            await super()._handle_client()
+        finally:
+            with handler.lock:
+                handler.open_sessions -= 1
+
+
+class ConnectionLimitedController(Controller):
+    def factory(self):
+        return ConnectionLimitedSMTP(self.handler, **self.SMTP_kwargs)
+
+
+@pytest.fixture
+def limited_sink():
+    """A server that allows two sessions at a time from us, as a relay's connection limit does."""
+    handler = RecordingHandler()
+    handler.open_sessions = handler.refused_sessions = 0
+    handler.session_limit = 2
+    port = free_port()
+    controller = ConnectionLimitedController(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield handler, port
+    controller.stop()
+
+
+def test_default_settings_open_more_sessions_only_for_a_backlog(queue, smtp_sink):
+    queue_messages(queue, 1)
+    assert Sender(make_settings(queue.path, smtp_sink.port)).run().connections == 1
+    queue_messages(queue, 200)
+    result = Sender(make_settings(queue.path, smtp_sink.port)).run()
+    assert result.exit_status == 0 and result.delivered == 200
+    assert result.connections == 4  # the default mq.smtp_connections
+    assert len(set(smtp_sink.handler.message_ids())) == 201 == len(smtp_sink.received)
+
+
+def test_421_too_many_connections_means_fewer_sessions_not_deferred_mail(queue, limited_sink, caplog):
+    handler, port = limited_sink
+    queue_messages(queue, 200)
+    sender = Sender(make_settings(queue.path, port))
+    with caplog.at_level("WARNING", logger="mq_transaction"):
+        result = sender.run()
+    assert handler.refused_sessions >= 1
+    assert result.exit_status == 0 and result.server_error is None
+    assert result.delivered == 200 and result.deferred == 0
+    assert states(queue) == {}
+    assert len(set(handler.message_ids())) == 200 == len(handler.received)  # no duplicates
+    assert any("refused" in r.getMessage() and "additional session" in r.getMessage() for r in caplog.records)
+    assert sender.sessions_for(200) < 4  # and it remembers for a while
+
+
+def test_parallel_sessions_still_stop_at_a_server_level_failure(queue):
+    queue_messages(queue, 100)
+    result = Sender(make_settings(queue.path, free_port())).run()
+    assert result.exit_status == 75 and result.attempts == 0
+    assert states(queue) == {MessageState.QUEUED: 100}
