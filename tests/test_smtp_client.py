@@ -625,3 +625,24 @@ def test_postfix_recipient_limit_is_met_with_further_bdat_transactions(smtp_sink
         postfix.stop()
     assert (result.delivered, result.deferred, result.connections) == (1, 0, 1), postfix.log()
     assert [r.rcpt_tos for r in smtp_sink.received] == [recipients[0:2], recipients[2:4], recipients[4:5]]
+
+
+@pytest.mark.slow
+def test_mq_send_against_a_tarpit_greeting_exits_75_at_its_timeout_with_the_reason(queue):
+    import subprocess
+    import sys
+
+    server = RawServer(trickle(b"220 tarpit ESMTP, one byte every half second, for ever", 0.5))
+    try:
+        send(queue, b"From: a@example.com\nTo: ok@example.org\n\nhi\n")
+        args = ["--queue-dir", str(queue.path), "--smtp-host", "127.0.0.1", "--smtp-port", str(server.port)]
+        done = subprocess.run(
+            [sys.executable, "-m", "mq_transaction.cli_send", *args, "--smtp-timeout", "2s"],
+            capture_output=True,
+            text=True,
+            timeout=60,  # without a deadline per reply, mq-send would trickle along for ever
+        )
+    finally:
+        server.stop()
+    assert done.returncode == 75, done.stderr
+    assert "no complete reply within 2s (mq.smtp_timeout): the server is too slow, or a tarpit" in done.stderr
