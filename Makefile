@@ -69,3 +69,8 @@ bench-latency: $(VENV)/.installed-bench
 .PHONY: bench-network
 bench-network: $(VENV)/.installed-bench
 	$(BIN)/python bench/network.py
+
+# mq-queue list and status on a queue of 100,000 messages (a few minutes, most of it filling the queue).
+.PHONY: bench-queue-scale
+bench-queue-scale: $(VENV)/.installed-bench
+	$(BIN)/python bench/queue_scale.py

@@ -167,7 +167,6 @@ def _status(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> 
 
 
 def _list(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> int:
-    _warn_not_messages(queue_admin.not_messages(queue, args.state))
     records = queue_admin.iter_messages(queue, args.state)
     if args.json:
         for chunk in json_array_chunks(record.to_json() for record in records):
@@ -178,6 +177,9 @@ def _list(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> in
     else:
         for record in records:
             print(list_line(record))
+    # After the listing: it starts at once, and the warnings are not scrolled away.
+    sys.stdout.flush()
+    _warn_not_messages(queue_admin.not_messages(queue, args.state))
     return QueueExit.OK
 
 
