@@ -58,6 +58,10 @@ def install(config: Any, mailer: Any, settings: Settings) -> None:
     # Registered at once, not as deferred actions: a later include replaces them
     # instead of conflicting with them.
     config.registry.registerUtility(mailer, IMailer)
+    # mq.queue_session, read once: the request attribute holding the app's session, through
+    # which request.mailer writes (a database queue only; the testing mailer has none).
+    database = hasattr(getattr(mailer, "queue", None), "insert_in_session")
+    config.registry.mq_queue_session = settings.queue_session if database else None
     if veto is not None:
         config.registry.registerUtility(veto, ICommitVeto)
     config.include(_wire)  # Pyramid includes a callable once per app, however often asked

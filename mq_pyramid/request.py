@@ -21,6 +21,9 @@ def request_mailer(request: Any) -> Any:
     """
     mailer = copy.copy(request.registry.getUtility(IMailer))
     mailer.transaction_manager = transaction_manager_for(request)
+    session_attribute = getattr(request.registry, "mq_queue_session", None)
+    if session_attribute:  # mq.queue_session: write through the app's session, in its commit
+        mailer.session = getattr(request, session_attribute)
     return mailer
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import pyramid.exceptions
 
 from mq_transaction import errors
+from mq_transaction.database_opening import open_database_queue
 from mq_transaction.errors import QueueWriteError
 from mq_transaction.preflight import check_app_start
 from mq_transaction.queue import MessageQueue
@@ -33,8 +34,18 @@ def read_settings(raw: Mapping[str, Any] | None, require_queue_dir: bool = True)
         raise ConfigurationError(exc.key, exc.problem) from None
 
 
-def open_queue(settings: Settings) -> MessageQueue:
-    """Create (when missing) the queue at ``mq.queue_dir`` and check this process can write it."""
+def open_queue(settings: Settings) -> Any:
+    """The database queue at ``mq.queue_url`` (its tables checked, writable), or the queue at
+    ``mq.queue_dir`` (created when missing); check this process can write it."""
+    if settings.queue_url:
+        try:
+            database_queue = open_database_queue(settings)
+            database_queue.check_writable()
+        except errors.ConfigurationError as exc:
+            raise ConfigurationError(exc.key, exc.problem) from None
+        except errors.MailQueueError as exc:
+            raise ConfigurationError(key("queue_url"), str(exc)) from None
+        return database_queue
     if not settings.queue_dir:
         raise ConfigurationError(key("queue_dir"), "missing: set it to the queue directory")
     try:

@@ -23,6 +23,7 @@ from .cli_format import (
     visible,
 )
 from .config import load_settings, setup_logging
+from .database_opening import open_database_queue
 from .durations import parse_duration
 from .errors import ConfigurationError, MailQueueError
 from .exit_status import QUEUE_MEANINGS, QueueExit, help_text
@@ -33,7 +34,7 @@ from .settings import Settings, key
 from .states import STATES, MessageState
 
 #: The subcommands, as build_parser() declares them.
-COMMANDS = ("status", "list", "show", "retry", "hold", "release", "discard")
+COMMANDS = ("status", "list", "show", "retry", "hold", "release", "discard", "init-db")
 #: The subcommands that only read the queue (the others move or remove messages).
 READ_ONLY_COMMANDS = ("status", "list", "show")
 
@@ -42,7 +43,8 @@ DESCRIPTION = f"""See and steer the mail queue of mq_transaction.
 {
     textwrap.fill(
         "Reads the mq.* settings from CONFIG_URI (an ini file; its [app:main] section, or [app:NAME] for"
-        " file.ini#NAME), as mq-send does; --queue-dir overrides the file. " + help_text(QUEUE_MEANINGS, "; "),
+        " file.ini#NAME), as mq-send does; --queue-dir or --queue-url overrides the file. "
+        + help_text(QUEUE_MEANINGS, "; "),
         80,
     )
 }"""
@@ -66,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("config_uri", nargs="?", metavar="CONFIG_URI", help="ini file (file.ini or file.ini#name)")
     parser.add_argument("--queue-dir", metavar="DIR", help=f"queue directory ({key('queue_dir')})")
+    parser.add_argument(
+        "--queue-url", metavar="URL", help=f"PostgreSQL database of a database queue, instead ({key('queue_url')})"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     status = commands.add_parser("status", help="counts per state, oldest message, last delivery and failure")
@@ -105,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     discard.add_argument("ids", nargs="+", metavar="ID", help=IDS_HELP)
     discard.add_argument("--yes", action="store_true", help="do not ask (needed when not at a terminal)")
     discard.set_defaults(run=_discard)
+
+    init_db = commands.add_parser("init-db", help="create the database queue's tables unless they exist")
+    init_db.add_argument("--sql", action="store_true", help="print the SQL instead (for migrations, e.g. Alembic)")
+    init_db.set_defaults(run=None)
     return parser
 
 
@@ -117,7 +126,7 @@ def _config_uri_slot(argv: list[str]) -> list[str]:
     index = 0
     while index < len(argv):
         token = argv[index]
-        if token == "--queue-dir":
+        if token in ("--queue-dir", "--queue-url"):
             index += 2
         elif token.startswith("-"):
             index += 1
@@ -134,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "retry" and not (args.ids or args.all_failed or args.all_deferred):
         parser.error("retry needs IDs, --all-failed or --all-deferred")
     try:
-        settings = load_settings(args.config_uri, {key("queue_dir"): args.queue_dir})
+        if args.command == "init-db":
+            return _init_db(args)
+        settings = load_settings(args.config_uri, {key("queue_dir"): args.queue_dir, key("queue_url"): args.queue_url})
         check_operator_start(settings, write=args.command not in READ_ONLY_COMMANDS)
         setup_logging(args.config_uri, 0)
         queue = open_queue(settings)
@@ -154,6 +165,24 @@ def main(argv: list[str] | None = None) -> int:
 def _warn_not_messages(paths: list[str] | tuple[str, ...]) -> None:
     for path in paths:
         print(not_message_warning(path), file=sys.stderr)
+
+
+def _init_db(args: argparse.Namespace) -> int:
+    if args.sql:
+        from .database_schema import ddl
+
+        print(ddl(), end="")
+        return QueueExit.OK
+    settings = load_settings(args.config_uri, {key("queue_dir"): args.queue_dir, key("queue_url"): args.queue_url})
+    if not settings.queue_url:
+        raise ConfigurationError(key("queue_url"), "init-db is for a database queue: set it, or give --queue-url URL")
+    queue = open_database_queue(settings, check_schema=False)
+    try:
+        created = queue.init_db()
+    finally:
+        queue.dispose()
+    print(f"{'created' if created else 'already there:'} the mail queue tables in {queue.location}")
+    return QueueExit.OK
 
 
 def _status(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import textwrap
 
 from .config import attach_smtp_log, load_settings, setup_logging
 from .daemon import Daemon
-from .errors import ConfigurationError, MailQueueError
+from .errors import ConfigurationError, MailQueueError, QueueUnavailableError
 from .exit_status import SendExit, help_text
 from .metrics import Metrics
 from .preflight import check_sender_start
@@ -21,6 +21,7 @@ from .smtp import TLS_MODES
 #: flag's ``dest`` is the setting's name).
 SETTING_FLAGS = (
     "queue_dir",
+    "queue_url",
     "smtp_host",
     "smtp_port",
     "smtp_tls",
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("config_uri", nargs="?", metavar="CONFIG_URI", help="ini file (file.ini or file.ini#name)")
     parser.add_argument("--queue-dir", metavar="DIR", help=f"queue directory ({key('queue_dir')})")
+    parser.add_argument(
+        "--queue-url", metavar="URL", help=f"PostgreSQL database of a database queue, instead ({key('queue_url')})"
+    )
     parser.add_argument("--smtp-host", metavar="HOST", help=f"SMTP server ({key('smtp_host')}, default localhost)")
     parser.add_argument("--smtp-port", metavar="PORT", help=f"SMTP port ({key('smtp_port')}, default 25, 465 for ssl)")
     parser.add_argument(
@@ -108,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.daemon:
             daemon = Daemon(sender, metrics=metrics, idle_timeout=settings.smtp_idle_timeout)
             daemon.acquire_lock()
+    except QueueUnavailableError as exc:  # the database queue is away: try again later
+        print(f"mq-send: error: {exc}", file=sys.stderr)
+        return SendExit.TEMPFAIL
     except (ConfigurationError, MailQueueError, OSError) as exc:
         print(f"mq-send: error: {exc}", file=sys.stderr)
         return SendExit.USAGE

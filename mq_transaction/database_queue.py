@@ -192,9 +192,16 @@ class DatabaseQueue:
         self._schema_checked = True
 
     def init_db(self) -> bool:
-        """Create the tables unless they exist (``mq-queue init-db``); True if created."""
-        with self.engine.begin() as connection:
-            created = schema.init_db(connection)
+        """Create the tables unless they exist (``mq-queue init-db``); True if created.
+
+        Raises :class:`QueueWriteError` saying what the database answered when it refuses
+        (no connection, no permission to create tables).
+        """
+        try:
+            with self.engine.begin() as connection:
+                created = schema.init_db(connection)
+        except sa.exc.DBAPIError as exc:
+            raise QueueWriteError(f"cannot create the mail queue tables in {self.location}: {_reason(exc)}") from exc
         self._schema_checked = True
         return created
 

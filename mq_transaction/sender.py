@@ -15,7 +15,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from .database_opening import open_database_queue
 from .delivery_log import DeliveryLog
 from .durations import iso_utc
 from .errors import ConfigurationError, CorruptMessageError, QueueFullError, QueueNotFoundError, QueueUnavailableError
@@ -101,8 +103,11 @@ def server_config(settings: Settings) -> ServerConfig:
     )
 
 
-def open_queue(settings: Settings) -> MessageQueue:
-    """The queue named by ``mq.queue_dir``, which must exist (ConfigurationError if not)."""
+def open_queue(settings: Settings) -> Any:
+    """The queue named by ``mq.queue_url`` (its tables checked), or by ``mq.queue_dir``,
+    which must exist (ConfigurationError if not)."""
+    if settings.queue_url:
+        return open_database_queue(settings)
     if not settings.queue_dir:
         raise ConfigurationError("mq.queue_dir", "missing: set it to the queue directory")
     try:

@@ -93,6 +93,15 @@ def _sender(value: str) -> str | None:
         raise ValueError(str(exc)) from None
 
 
+def _queue_url(value: str) -> str:
+    # Parsed (and the driver named) when the queue is opened; here only the shape is checked,
+    # and never echoed back: a URL may hold a password.
+    text = _as_text(value).strip()
+    if text and not text.startswith(("postgresql://", "postgresql+")):
+        raise ValueError("is not a PostgreSQL URL (postgresql://user@host/dbname)")
+    return text
+
+
 def _setting(parse: Callable[[Any], Any], default: Any, *, secret: bool = False) -> Any:
     # One field of Settings and the parser of its ini value, declared together; a secret
     # stays out of repr() (hence out of tracebacks and logs).
@@ -104,6 +113,9 @@ class Settings:
     """Every ``mq.*`` setting, typed and validated. Durations are seconds."""
 
     queue_dir: str | None = _setting(_text, None)
+    queue_url: str | None = _setting(_queue_url, None, secret=True)  # the database queue (instead of queue_dir)
+    queue_session: str | None = _setting(_optional_text, None)  # Pyramid: the request attribute of the app's session
+    claim_timeout: float = _setting(_duration, 300.0)  # how long a database queue claim lasts without renewal
     default_sender: str | None = _setting(_sender, None)
     fsync: bool = _setting(_boolean, True)
     group_access: bool = _setting(_boolean, False)
@@ -215,8 +227,18 @@ def unknown_key_problem(name: str) -> str:
 
 def check_settings(settings: Settings, require_queue_dir: bool = True) -> None:
     """Check rules that span keys; raise :class:`ConfigurationError` naming the key."""
-    if require_queue_dir and not settings.queue_dir:
-        raise ConfigurationError(key("queue_dir"), "missing: set it to the queue directory")
+    if settings.queue_dir and settings.queue_url:
+        raise ConfigurationError(key("queue_url"), "set either mq.queue_dir or mq.queue_url, not both")
+    if require_queue_dir and not settings.queue_dir and not settings.queue_url:
+        raise ConfigurationError(
+            key("queue_dir"), "missing: set it to the queue directory (or mq.queue_url to a PostgreSQL database)"
+        )
+    if settings.queue_session and not settings.queue_url:
+        raise ConfigurationError(key("queue_session"), "needs mq.queue_url: the session writes into the database queue")
+    if settings.claim_timeout < 2:
+        raise ConfigurationError(
+            key("claim_timeout"), "must be at least 2s (a live sender renews its claims every third)"
+        )
     if settings.tmp_max_age < 3600:
         raise ConfigurationError(
             key("tmp_max_age"), "must be at least 1h: younger files may belong to transactions still running"

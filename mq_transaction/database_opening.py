@@ -1,0 +1,34 @@
+"""Open the database queue that ``mq.queue_url`` names (SQLAlchemy is imported only here, when used)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .errors import ConfigurationError
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .database_queue import DatabaseQueue
+
+
+def open_database_queue(settings: Settings, *, check_schema: bool = True) -> DatabaseQueue:
+    """The :class:`~mq_transaction.DatabaseQueue` at ``mq.queue_url``.
+
+    With ``check_schema`` (the default; ``init-db`` turns it off) the tables must exist in
+    this release's version: a :class:`ConfigurationError` says to run ``init-db``
+    otherwise, and :class:`~mq_transaction.errors.QueueUnavailableError` is raised when the
+    database cannot be reached.
+    """
+    if not settings.queue_url:
+        raise ConfigurationError("mq.queue_url", "missing: set it to the PostgreSQL database of the queue")
+    try:
+        from .database_queue import DatabaseQueue
+    except ImportError as exc:
+        raise ConfigurationError(
+            "mq.queue_url",
+            f"the database queue needs the postgresql extra: pip install 'mq_transaction[postgresql]' ({exc})",
+        ) from None
+    queue = DatabaseQueue(settings.queue_url, claim_timeout=settings.claim_timeout)
+    if check_schema:
+        queue.check_schema()
+    return queue
