@@ -16,7 +16,10 @@ import socket
 import time
 from collections.abc import Callable
 
-from .errors import DaemonAlreadyRunning  # noqa: F401 - importable from here, as before
+from .errors import (
+    DaemonAlreadyRunning,  # noqa: F401 - importable from here, as before
+    QueueUnavailableError,
+)
 from .metrics import Metrics
 from .sender import RunResult, Sender
 
@@ -86,6 +89,10 @@ class Daemon:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.server_down_since: float | None = None
         self.server_retry_at = 0.0
+        #: The same for the queue itself (a database queue away: restart, fail-over, network).
+        self.queue_down_since: float | None = None
+        self.queue_retry_at = 0.0
+        self._queue_retry_delay = self.SERVER_RETRY_FIRST
         self._server_retry_delay = self.SERVER_RETRY_FIRST
         self._last_server_try = 0.0
         self._tried: frozenset[str] = frozenset()  # what was due at the last try of the server
@@ -133,10 +140,16 @@ class Daemon:
             while not self.stopping:
                 now = self.clock()
                 result = RunResult()
-                if now >= housekeeping_at:
-                    self.sender.housekeeping(result)
-                    housekeeping_at = now + self.HOUSEKEEPING_EVERY
-                due = self.queue.due(now) if now >= self.server_retry_at else self._new_mail_probe(now)
+                try:
+                    due: list[str] = []
+                    if now >= self.queue_retry_at:
+                        if now >= housekeeping_at:
+                            self.sender.housekeeping(result)
+                            housekeeping_at = now + self.HOUSEKEEPING_EVERY
+                        due = self.queue.due(now) if now >= self.server_retry_at else self._new_mail_probe(now)
+                        self._queue_state(None)
+                except QueueUnavailableError as exc:  # a database queue's restart or fail-over
+                    self._queue_state(exc)
                 if first:  # ready once the queue has been scanned, before the backlog is sent
                     first = False
                     log.info(
@@ -151,7 +164,10 @@ class Daemon:
                         ready()
                 if due:
                     self._last_server_try, self._tried = now, frozenset(due)
-                    self.sender.deliver(due, result, should_stop=lambda: self.stopping)
+                    try:
+                        self.sender.deliver(due, result, should_stop=lambda: self.stopping)
+                    except QueueUnavailableError as exc:
+                        self._queue_state(exc)
                     self._server_state(result)
                 if self.metrics is not None:
                     self.metrics.add_run(result, server_usable=self.server_down_since is None)
@@ -204,6 +220,27 @@ class Daemon:
         self.server_retry_at = min(self.server_retry_at, probe_at)  # the wait below ends then
         return []
 
+    def _queue_state(self, problem: QueueUnavailableError | None) -> None:
+        """Track whether the queue (a database) can be used; log only when that changes."""
+        now = self.clock()
+        if problem is not None:
+            if self.queue_down_since is None:
+                self.queue_down_since = now
+                log.error(
+                    "%s; no mail is lost: retrying every %.0f-%.0fs",
+                    problem,
+                    self.SERVER_RETRY_FIRST,
+                    self.SERVER_RETRY_MAX,
+                )
+            else:
+                self._queue_retry_delay = min(self._queue_retry_delay * 2, self.SERVER_RETRY_MAX)
+            self.queue_retry_at = now + self._queue_retry_delay
+        elif self.queue_down_since is not None:
+            log.warning("the queue %s is back after %.0fs", self.queue.location, now - self.queue_down_since)
+            self.queue_down_since = None
+            self._queue_retry_delay = self.SERVER_RETRY_FIRST
+            self.queue_retry_at = 0.0
+
     def _server_state(self, result: RunResult) -> None:
         """Track the server's health; log only when it changes."""
         now = self.clock()
@@ -244,7 +281,14 @@ class Daemon:
             candidates.append(self.sender.last_activity + self.idle_timeout - now)
         if self.server_down_since is not None:
             candidates.append(self.server_retry_at - now)
-        next_retry = self.queue.next_retry_time()
+        if self.queue_down_since is not None:
+            candidates.append(self.queue_retry_at - now)
+            return max(0.0, min(candidates))
+        try:
+            next_retry = self.queue.next_retry_time()
+        except QueueUnavailableError as exc:
+            self._queue_state(exc)
+            return max(0.0, min(candidates + [self.queue_retry_at - now]))
         if next_retry is not None:
             candidates.append(max(next_retry, self.server_retry_at) - now)
         return max(0.0, min(candidates))

@@ -172,6 +172,9 @@ class Sender:
         try:
             self.housekeeping(result)
             self.deliver(self.queue.due(self.clock(), flush=flush), result, max_messages)
+        except QueueUnavailableError as exc:  # a database queue away: nothing lost, try again later
+            log.error("%s; the run stops, every message stays queued", exc)
+            result.queue_error = str(exc)
         finally:
             self.close()
         return result

@@ -66,6 +66,12 @@ def session(app_engine, tm):
     session.close()
 
 
+def add_user(session: Session, email: str) -> None:
+    """An app row written with Core through the session (marked changed, as zope.sqlalchemy needs)."""
+    session.execute(users.insert().values(email=email))
+    zope.sqlalchemy.mark_changed(session)
+
+
 def committed(engine: sa.Engine) -> tuple[list, list]:
     """(user emails, mail rows as (state, message)) as committed, read on a connection of its own."""
     with engine.connect() as connection:
@@ -82,7 +88,7 @@ def committed(engine: sa.Engine) -> tuple[list, list]:
 def test_the_mail_row_commits_with_the_apps_row(queue, session, tm, app_engine):
     mailer = QueuedMailer(queue, transaction_manager=tm, session=session)
     with tm:
-        session.execute(users.insert().values(email="bob@example.com"))
+        add_user(session, "bob@example.com")
         queue_id = mailer.send(MESSAGE)
         assert committed(app_engine) == ([], [])  # nothing visible before the commit
     assert committed(app_engine) == (["bob@example.com"], [("queued", MESSAGE)])
@@ -100,7 +106,7 @@ def test_the_mail_row_alone_is_committed_too(queue, session, tm, app_engine):
 def test_an_abort_leaves_neither_row(queue, session, tm, app_engine):
     mailer = QueuedMailer(queue, transaction_manager=tm, session=session)
     tm.begin()
-    session.execute(users.insert().values(email="bob@example.com"))
+    add_user(session, "bob@example.com")
     mailer.send(MESSAGE)
     tm.abort()
     assert committed(app_engine) == ([], [])
@@ -109,8 +115,8 @@ def test_an_abort_leaves_neither_row(queue, session, tm, app_engine):
 def test_a_commit_the_database_refuses_leaves_neither_row_and_no_mail(queue, session, tm, app_engine):
     mailer = QueuedMailer(queue, transaction_manager=tm, session=session)
     tm.begin()
-    session.execute(users.insert().values(email="bob@example.com"))
-    session.execute(users.insert().values(email="bob@example.com"))  # checked at COMMIT
+    add_user(session, "bob@example.com")
+    add_user(session, "bob@example.com")  # checked at COMMIT
     mailer.send(MESSAGE)
     with pytest.raises(IntegrityError, match="users_email"):
         tm.commit()
@@ -136,7 +142,7 @@ def test_an_app_on_psycopg2_queues_in_its_own_commit(queue, postgres_url, app_en
     zope.sqlalchemy.register(session, transaction_manager=tm)
     mailer = QueuedMailer(queue, transaction_manager=tm, session=session)
     with tm:
-        session.execute(users.insert().values(email="old@example.com"))
+        add_user(session, "old@example.com")
         mailer.send(MESSAGE)
     session.close()
     engine.dispose()
@@ -166,3 +172,38 @@ def test_send_without_a_transaction_is_refused(queue, session, tm):
 def test_a_session_needs_a_database_queue(tmp_path, session):
     with pytest.raises(TypeError, match="needs a DatabaseQueue"):
         QueuedMailer(tmp_path / "queue", session=session)
+
+
+# -- own-connection mode ----------------------------------------------------------------------------
+
+
+def test_own_connection_mail_is_published_when_the_app_commits(queue, session, tm, app_engine):
+    mailer = QueuedMailer(queue, transaction_manager=tm)
+    with tm:
+        add_user(session, "bob@example.com")
+        queue_id = mailer.send(MESSAGE)
+        assert queue.due() == []  # staged: no sender sees it yet
+    assert committed(app_engine) == (["bob@example.com"], [("queued", MESSAGE)])
+    assert queue.due() == [queue_id]
+
+
+def test_own_connection_mail_is_removed_when_the_app_database_refuses_the_commit(queue, session, tm, app_engine):
+    """The mail data manager votes before zope.sqlalchemy commits and publishes only in
+    tpc_finish: a database veto in the vote aborts the staged message."""
+    mailer = QueuedMailer(queue, transaction_manager=tm)
+    tm.begin()
+    add_user(session, "bob@example.com")
+    add_user(session, "bob@example.com")
+    mailer.send(MESSAGE)
+    with pytest.raises(IntegrityError):
+        tm.commit()
+    tm.abort()
+    assert committed(app_engine) == ([], [])
+
+
+def test_own_connection_abort_discards_the_staged_message(queue, tm, app_engine):
+    mailer = QueuedMailer(queue, transaction_manager=tm)
+    tm.begin()
+    mailer.send(MESSAGE)
+    tm.abort()
+    assert committed(app_engine) == ([], [])

@@ -1,0 +1,198 @@
+"""mq-send and mq-queue on a database queue: a real PostgreSQL server, a real SMTP server on 127.0.0.1.
+
+The sender is the directory queue's sender; only the queue differs.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import sqlalchemy as sa
+import transaction
+
+from mq_transaction import DatabaseQueue, QueuedMailer
+from mq_transaction.cli_queue import main as mq_queue
+from mq_transaction.sender import Sender
+from mq_transaction.settings import parse_settings
+from mq_transaction.states import MessageState
+
+SENDER = "app@example.com"
+
+
+def make_settings(url: str, port: int, **extra: object):
+    raw = {"mq.queue_url": url, "mq.smtp_host": "127.0.0.1", "mq.smtp_port": str(port)}
+    raw.update({f"mq.{key}": str(value) for key, value in extra.items()})
+    return parse_settings(raw)
+
+
+@pytest.fixture
+def db_queue(postgres_url):
+    queue = DatabaseQueue(postgres_url)
+    queue.init_db()
+    yield queue
+    queue.dispose()
+
+
+def queue_messages(queue, count: int = 1, to: tuple[str, ...] = ("ann@example.org",)) -> list[str]:
+    mailer = QueuedMailer(queue, transaction_manager=transaction.TransactionManager(explicit=True))
+    ids = []
+    for number in range(count):
+        with mailer.transaction_manager:
+            ids.append(mailer.send(f"From: {SENDER}\nTo: {', '.join(to)}\nSubject: message {number}\n\nHi.\n".encode()))
+    return ids
+
+
+def table_states(url: str) -> dict[str, int]:
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text("select state, count(*) from mq_messages group by state")).all()
+    engine.dispose()
+    return {state: count for state, count in rows}
+
+
+def run_sender(url: str, port: int, **extra: object):
+    sender = Sender(make_settings(url, port, **extra))
+    try:
+        return sender.run(flush=True)
+    finally:
+        sender.queue.dispose()
+
+
+def test_a_run_delivers_every_message_and_leaves_no_row(db_queue, postgres_url, smtp_sink):
+    ids = queue_messages(db_queue, 5)
+    result = run_sender(postgres_url, smtp_sink.port)
+    assert result.exit_status == 0 and result.delivered == 5
+    assert len(smtp_sink.received) == 5
+    assert smtp_sink.handler.sessions == 1
+    assert table_states(postgres_url) == {}
+    assert sorted(ids) == ids
+
+
+def test_the_server_receives_the_exact_bytes(db_queue, postgres_url, smtp_sink):
+    queue_id = queue_messages(db_queue)[0]
+    stored = db_queue.read(db_queue.find(queue_id))[1]
+    run_sender(postgres_url, smtp_sink.port)
+    assert smtp_sink.received[0].content.replace(b"\r\n", b"\n") == stored.replace(b"\r\n", b"\n")
+
+
+def test_a_deferred_recipient_is_retried_alone_and_a_delivered_one_never_again(db_queue, postgres_url, smtp_sink):
+    queue_messages(db_queue, to=("ann@example.org", "bob@example.org"))
+    smtp_sink.behaviour.rcpt_replies["bob@example.org"] = "451 4.3.0 try later"
+    first = run_sender(postgres_url, smtp_sink.port)
+    assert first.exit_status == 75 and first.deferred == 1
+    assert table_states(postgres_url) == {"deferred": 1}
+    entry = next(db_queue.entries())
+    envelope, _message = db_queue.read(entry)
+    assert [(r.address, r.status) for r in envelope.recipients] == [
+        ("ann@example.org", "delivered"),
+        ("bob@example.org", "deferred"),
+    ]
+    smtp_sink.behaviour.rcpt_replies.clear()
+    second = run_sender(postgres_url, smtp_sink.port)
+    assert second.exit_status == 0 and second.delivered == 1
+    assert [r.rcpt_tos for r in smtp_sink.received] == [["ann@example.org"], ["bob@example.org"]]
+    assert table_states(postgres_url) == {}
+
+
+def test_a_rejected_message_stays_in_failed_with_its_reply(db_queue, postgres_url, smtp_sink):
+    queue_messages(db_queue)
+    smtp_sink.behaviour.rcpt_replies["ann@example.org"] = "550 5.1.1 no such user"
+    assert run_sender(postgres_url, smtp_sink.port).exit_status == 1
+    entry = next(db_queue.entries())
+    assert entry.state == MessageState.FAILED
+    assert db_queue.read(entry)[0].recipients[0].reply == "550 5.1.1 no such user"
+
+
+def test_two_senders_on_two_hosts_deliver_each_message_once(db_queue, postgres_url, smtp_sink):
+    queue_messages(db_queue, 60)
+    results = []
+
+    def sender(host: str) -> None:
+        queue = DatabaseQueue(postgres_url, host_name=host)
+        results.append(Sender(make_settings(postgres_url, smtp_sink.port), queue=queue).run())
+        queue.dispose()
+
+    threads = [threading.Thread(target=sender, args=(host,)) for host in ("web1", "web2")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(result.delivered for result in results) == 60
+    subjects = [r.content.split(b"Subject: ")[1].split(b"\r\n")[0] for r in smtp_sink.received]
+    assert len(subjects) == len(set(subjects)) == 60
+    assert table_states(postgres_url) == {}
+
+
+def test_mq_send_command_drains_the_database_queue(db_queue, postgres_url, smtp_sink):
+    queue_messages(db_queue, 3)
+    result = subprocess.run(
+        [sys.executable, "-m", "mq_transaction.cli_send", "--queue-url", postgres_url]
+        + ["--smtp-host", "127.0.0.1", "--smtp-port", str(smtp_sink.port), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(smtp_sink.received) == 3
+    assert table_states(postgres_url) == {}
+
+
+def test_the_daemon_sends_moments_after_the_commit(db_queue, postgres_url, smtp_sink):
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "mq_transaction.cli_send", "--queue-url", postgres_url, "--daemon"]
+        + ["--smtp-host", "127.0.0.1", "--smtp-port", str(smtp_sink.port)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready = ""
+        while "daemon ready" not in ready:
+            line = daemon.stderr.readline()
+            assert line, "the daemon exited before it was ready"
+            ready += line
+        assert "waking by listen" in ready
+        queue_messages(db_queue)
+        deadline = time.monotonic() + 20
+        while not smtp_sink.received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(smtp_sink.received) == 1
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+        daemon.stderr.close()
+
+
+def test_mq_queue_lists_holds_releases_and_discards_database_messages(db_queue, postgres_url, capsys):
+    first, second = queue_messages(db_queue, 2)
+    assert mq_queue(["--queue-url", postgres_url, "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(m["id"], m["state"]) for m in listed] == [(first, "queued"), (second, "queued")]
+    assert mq_queue(["--queue-url", postgres_url, "hold", first]) == 0
+    assert f"{first}: queued -> held" in capsys.readouterr().out
+    assert mq_queue(["--queue-url", postgres_url, "status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["counts"]["held"] == 1 and status["counts"]["queued"] == 1
+    assert mq_queue(["--queue-url", postgres_url, "release", first]) == 0
+    assert mq_queue(["--queue-url", postgres_url, "discard", "--yes", second]) == 0
+    assert mq_queue(["--queue-url", postgres_url, "show", first]) == 0
+    assert first in capsys.readouterr().out
+    assert table_states(postgres_url) == {"queued": 1}
+
+
+def test_list_json_has_the_same_fields_for_both_queues(db_queue, postgres_url, tmp_path, capsys):
+    from mq_transaction import MessageQueue
+
+    directory = MessageQueue(tmp_path / "queue")
+    queue_messages(directory)
+    queue_messages(db_queue)
+    assert mq_queue(["--queue-dir", directory.location, "list", "--json"]) == 0
+    on_disk = json.loads(capsys.readouterr().out)
+    assert mq_queue(["--queue-url", postgres_url, "list", "--json"]) == 0
+    in_database = json.loads(capsys.readouterr().out)
+    assert set(on_disk[0]) == set(in_database[0])
