@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 import transaction
@@ -83,31 +82,25 @@ class QueuedMailer:
         return self.queue.enqueue(_envelope(prepared), prepared.message)
 
     def _join(self) -> MailDataManager:
-        return join_transaction(
-            self, self.transaction_manager, lambda: MailDataManager(self.queue, self.transaction_manager)
-        )
+        """This mailer's data manager in the current transaction, joining one if needed.
 
-
-def join_transaction(owner: object, transaction_manager: Any, make_manager: Callable[[], Any]) -> Any:
-    """The data manager ``owner`` has in the current transaction, joining one if needed.
-
-    One data manager per transaction, joined once. An explicit manager with no
-    transaction, or a transaction that is committing or over, raises
-    :class:`NoTransactionError` rather than losing the mail. A data manager unjoined by a
-    rollback to a savepoint older than it (its ``joined`` turned False) joins again.
-    """
-    txn = _active_transaction(transaction_manager)
-    try:
-        manager = txn.data(owner)
-    except KeyError:
-        manager = make_manager()
-        txn.set_data(owner, manager)
-    else:
-        if manager.joined:
-            return manager
-        manager.joined = True
-    txn.join(manager)
-    return manager
+        One data manager per transaction, joined once. An explicit manager with no
+        transaction, or a transaction that is committing or over, raises
+        :class:`NoTransactionError` rather than losing the mail. A data manager unjoined by
+        a rollback to a savepoint older than it (its ``joined`` turned False) joins again.
+        """
+        txn = _active_transaction(self.transaction_manager)
+        try:
+            manager: MailDataManager = txn.data(self)
+        except KeyError:
+            manager = MailDataManager(self.queue, self.transaction_manager)
+            txn.set_data(self, manager)
+        else:
+            if manager.joined:
+                return manager
+            manager.joined = True
+        txn.join(manager)
+        return manager
 
 
 def _active_transaction(transaction_manager: Any) -> Any:

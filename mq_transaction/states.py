@@ -64,9 +64,6 @@ class FailureReason(_StrEnum):
 #: Every message state, in the order listings and status counts show them.
 STATES: tuple[MessageState, ...] = tuple(MessageState)
 
-#: Every recipient status.
-RECIPIENT_STATUSES: tuple[RecipientStatus, ...] = tuple(RecipientStatus)
-
 #: States whose messages still wait to be delivered (their age is what alerts watch).
 WAITING: tuple[MessageState, ...] = (
     MessageState.QUEUED,
