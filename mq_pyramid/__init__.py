@@ -13,7 +13,7 @@ from typing import Any
 from pyramid.tweens import EXCVIEW, INGRESS
 
 from mq_transaction import QueuedMailer
-from mq_transaction.interfaces import IMailer
+from mq_transaction.interfaces import IMailer, ISessionMailQueue
 from mq_transaction.settings import Settings
 
 from .request import request_mailer
@@ -60,7 +60,7 @@ def install(config: Any, mailer: Any, settings: Settings) -> None:
     config.registry.registerUtility(mailer, IMailer)
     # mq.queue_session, read once: the request attribute holding the app's session, through
     # which request.mailer writes (a database queue only; the testing mailer has none).
-    database = hasattr(getattr(mailer, "queue", None), "insert_in_session")
+    database = ISessionMailQueue.providedBy(getattr(mailer, "queue", None))
     config.registry.mq_queue_session = settings.queue_session if database else None
     if veto is not None:
         config.registry.registerUtility(veto, ICommitVeto)

@@ -47,7 +47,7 @@ from zope.interface import implementer
 from . import database_schema as schema
 from .database_schema import STAGED, messages
 from .errors import ConfigurationError, CorruptMessageError, QueueUnavailableError, QueueWriteError, UnknownQueueIdError
-from .interfaces import IMailQueue, IMailWatcher
+from .interfaces import IMailWatcher, ISessionMailQueue
 from .queue import is_queue_id, new_queue_id
 from .queuefile import Envelope
 from .records import Claim, Entry
@@ -117,7 +117,7 @@ class DatabaseClaim(Claim):
             queue._release(self)
 
 
-@implementer(IMailQueue)
+@implementer(ISessionMailQueue)
 class DatabaseQueue:
     """A mail queue in PostgreSQL tables (``mq-queue init-db`` creates them).
 

@@ -211,6 +211,21 @@ class IMailQueue(Interface):
         release the claim."""
 
 
+class ISessionMailQueue(IMailQueue):
+    """A queue that can write a message through the application's own database session.
+
+    What ``QueuedMailer(queue, session=...)`` needs (the same-transaction mode of a
+    database queue): the mail row commits or rolls back with the application's rows, in
+    one database commit, and no data manager of ours joins.
+    """
+
+    def insert_in_session(session, envelope, message, transaction_manager):
+        """Queue a message through ``session`` (a SQLAlchemy session joined to
+        ``transaction_manager`` by zope.sqlalchemy), in its database transaction; return
+        the queue id. A session bound to another database than the queue's is refused with
+        ``ConfigurationError``."""
+
+
 class IMailWatcher(Interface):
     """What ``IMailQueue.watch`` returns: the daemon's way to sleep until there is mail."""
 

@@ -12,7 +12,7 @@ from zope.interface import implementer
 
 from .datamanager import MailDataManager
 from .errors import NoTransactionError, QueueWriteError
-from .interfaces import IMailer, IMailQueue
+from .interfaces import IMailer, IMailQueue, ISessionMailQueue
 from .prepare import PreparedMessage, Recipients, prepare_message
 from .queue import MessageQueue
 from .queuefile import Envelope
@@ -47,7 +47,7 @@ class QueuedMailer:
         #: The app's SQLAlchemy session (zope.sqlalchemy-joined), for a database queue: send()
         #: then inserts through it, so the mail commits in the app's own database commit.
         self.session = session
-        if session is not None and not hasattr(self.queue, "insert_in_session"):
+        if session is not None and not ISessionMailQueue.providedBy(self.queue):
             raise TypeError(f"session= needs a DatabaseQueue, not {self.queue!r}")
 
     def prepare(self, message: object, sender: str | None = None, recipients: Recipients = None) -> PreparedMessage:
@@ -63,7 +63,7 @@ class QueuedMailer:
         prepared = self.prepare(message, sender, recipients)
         if self.session is not None:
             _active_transaction(self.transaction_manager)
-            database_queue: Any = self.queue  # a DatabaseQueue, checked in __init__
+            database_queue: ISessionMailQueue = self.queue  # type: ignore[assignment] # checked in __init__
             return database_queue.insert_in_session(
                 self.session, _envelope(prepared), prepared.message, self.transaction_manager
             )

@@ -14,7 +14,7 @@ from zope.interface.verify import verifyObject
 from mq_transaction import ConfigurationError, CorruptMessageError, QueueWriteError, UnknownQueueIdError
 from mq_transaction.database_queue import DatabaseQueue, mask_url, normalise_url
 from mq_transaction.database_schema import SCHEMA_VERSION, ddl
-from mq_transaction.interfaces import IMailQueue, IMailWatcher
+from mq_transaction.interfaces import IMailQueue, IMailWatcher, ISessionMailQueue
 from mq_transaction.queuefile import Attempt, Envelope
 from mq_transaction.states import AttemptResult, MessageState, RecipientStatus
 
@@ -55,6 +55,7 @@ def rows(url: str, sql: str) -> list[tuple]:
 
 def test_database_queue_provides_the_queue_interface(db_queue):
     assert verifyObject(IMailQueue, db_queue)
+    assert verifyObject(ISessionMailQueue, db_queue)  # what QueuedMailer(session=...) needs
 
 
 def test_its_watcher_provides_the_watcher_interface(db_queue):

@@ -9,7 +9,7 @@ import transaction
 from zope.interface.verify import verifyObject
 
 from mq_transaction import QueuedMailer
-from mq_transaction.interfaces import IMailQueue, IMailWatcher
+from mq_transaction.interfaces import IMailQueue, IMailWatcher, ISessionMailQueue
 from mq_transaction.memory_queue import MemoryQueue
 from mq_transaction.sender import Sender
 from mq_transaction.settings import parse_settings
@@ -21,6 +21,7 @@ MESSAGE = b"From: app@example.com\nTo: ann@example.org\nSubject: hi\n\nHello\n"
 def test_the_memory_queue_and_its_watcher_provide_the_interfaces():
     queue = MemoryQueue()
     assert verifyObject(IMailQueue, queue)
+    assert not ISessionMailQueue.providedBy(queue)  # no same-transaction mode: QueuedMailer(session=) refuses it
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK)
     try:
         watcher = queue.watch(wake_r, poll_interval=0.01)
