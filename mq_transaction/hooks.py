@@ -73,7 +73,8 @@ class Hooks:
         for hook in self._hooks[event.state]:
             try:
                 hook(event)
-            except Exception:  # noqa: BLE001 - a hook must never disturb delivery
+            except (Exception, SystemExit):  # noqa: BLE001 - a hook must never disturb delivery
+                # SystemExit too: a hook calling sys.exit() must not silently end a daemon.
                 log.exception(
                     "on_%s hook %r raised for queue id %s (Message-ID %s); the message's state is unchanged",
                     event.state,

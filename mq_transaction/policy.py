@@ -6,7 +6,7 @@ where the message goes; nothing here touches SMTP or the disk, so a table of cas
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .states import AttemptResult, FailureReason, RecipientStatus
@@ -69,3 +69,12 @@ def settle(statuses: Iterable[RecipientStatus], queued_at: float, now: float, po
 def expiry_note(reply: str | None, age: float) -> str:
     """The reply recorded for a recipient that expired: its last reply, then why it failed."""
     return f"{reply or ''} (expired: undelivered after {age / 86400:.1f} days)".strip()
+
+
+def attempts_made(attempts: Sequence[object]) -> int:
+    """How many attempts a message has had: the number of the last one recorded (the
+    envelope keeps only the last few), or how many there are when they have no number."""
+    if not attempts:
+        return 0
+    number = getattr(attempts[-1], "number", None)
+    return number if isinstance(number, int) else len(attempts)

@@ -24,6 +24,7 @@ from .delivery_log import read_backwards
 from .durations import iso_utc, parse_iso_utc
 from .errors import CorruptMessageError, UnknownQueueIdError
 from .interfaces import IMailQueue
+from .policy import attempts_made
 from .queue import is_queue_id, queued_time
 from .queuefile import Attempt, Envelope
 from .records import Claim, Entry
@@ -353,7 +354,7 @@ def _summary(found: _Read) -> MessageSummary:
         queue_id=entry.queue_id,
         state=entry.state,
         queued_at=found.queued_at,
-        attempts=len(envelope.attempts) if envelope else None,
+        attempts=attempts_made(envelope.attempts) if envelope else None,
         next_attempt=entry.mtime if entry.state == MessageState.DEFERRED else None,
         sender=envelope.sender if envelope else None,
         recipients=(

@@ -58,6 +58,9 @@ class Attempt:
     replies: dict[str, str]
     result: AttemptResult
     next_attempt: float | None = None
+    #: recipients tried whose reply is not in ``replies`` (the sender keeps records bounded);
+    #: stored as ``more_recipients`` when above 0
+    more_recipients: int = 0
 
     def to_record(self) -> dict[str, object]:
         """The JSON object stored in the envelope, keys in their stored order."""
@@ -66,8 +69,10 @@ class Attempt:
             "at": iso_utc(self.at),
             "server": self.server,
             "recipients": self.replies,
-            "result": self.result,
         }
+        if self.more_recipients:
+            record["more_recipients"] = self.more_recipients
+        record["result"] = self.result
         if self.next_attempt is not None:
             record["next_attempt"] = iso_utc(self.next_attempt)
         return record
@@ -93,6 +98,7 @@ class Attempt:
                 replies={str(address): str(reply) for address, reply in replies.items()},
                 result=AttemptResult(value["result"]),
                 next_attempt=None if next_attempt is None else parse_iso_utc(next_attempt),
+                more_recipients=int(value.get("more_recipients") or 0),
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             return None

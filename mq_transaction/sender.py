@@ -24,7 +24,7 @@ from .errors import ConfigurationError, CorruptMessageError, QueueFullError, Que
 from .exit_status import SendExit
 from .hooks import DeliveryEvent, Hooks, RecipientResult
 from .interfaces import IMailQueue
-from .policy import RetryPolicy, expiry_note, settle
+from .policy import RetryPolicy, attempts_made, expiry_note, settle
 from .queue import MessageQueue
 from .queuefile import Attempt
 from .records import Claim
@@ -80,6 +80,12 @@ class RunResult:
         if self.deferred or self.server_error or self.queue_error:
             return SendExit.TEMPFAIL
         return SendExit.OK
+
+
+#: An attempt record keeps at most this many recipients' replies (``more_recipients`` counts
+#: the others), and the envelope the last this many attempts: the record of a message to
+#: 10,000 recipients deferred for days stays small. Every recipient's last reply is kept.
+REPLIES_KEPT, ATTEMPTS_KEPT = 100, 10
 
 
 def _earliest(first: float | None, second: float | None) -> float | None:
@@ -466,7 +472,7 @@ class Sender:
                 result.outcomes[recipient.status, reply_class(reply.code)] += 1
                 if recipient.status == RecipientStatus.FAILED:
                     result.refused += 1
-        attempt = len(envelope.attempts) + 1
+        attempt = attempts_made(envelope.attempts) + 1
         settlement = settle((r.status for r in envelope.recipients), envelope.queued_at, now, self.policy)
         if settlement.expired:
             age = now - envelope.queued_at
@@ -475,16 +481,20 @@ class Sender:
                 recipient.reply = expiry_note(recipient.reply, age)
         state, reason, next_attempt = settlement.state, settlement.reason, settlement.next_attempt
         envelope.failure_reason = reason
+        replies = [(address, str(outcome.replies[address])) for address in targets if address in outcome.replies]
         envelope.attempts.append(
             Attempt(
                 number=attempt,
                 at=now,
                 server=f"{self.server.host}:{self.server.port}",
-                replies={address: str(outcome.replies[address]) for address in targets if address in outcome.replies},
+                replies=dict(replies[:REPLIES_KEPT]),
                 result=state,
                 next_attempt=next_attempt,
+                more_recipients=max(0, len(replies) - REPLIES_KEPT),
             )
         )
+        # Bounded: each recipient's last reply is in the envelope; the history keeps the last few.
+        del envelope.attempts[:-ATTEMPTS_KEPT]
         # The new state is made durable before anything else (the duplicate window).
         try:
             if state == AttemptResult.DELIVERED:

@@ -19,6 +19,7 @@ from smtp_sinks import RecordingHandler, Sink, free_port
 
 from mq_transaction import MessageQueue, QueuedMailer
 from mq_transaction.daemon import Daemon
+from mq_transaction.hooks import Hooks
 from mq_transaction.metrics import Metrics
 from mq_transaction.sender import Sender
 from mq_transaction.settings import parse_settings
@@ -374,3 +375,25 @@ def test_server_back_reports_the_downtime_not_the_time_to_deliver_the_backlog(qu
     [line] = [r.getMessage() for r in caplog.records if "is back after" in r.getMessage()]
     downtime = float(re.search(r"back after ([\d.]+)s", line).group(1))
     assert 0.8 <= downtime <= 2.0, line
+
+
+def test_a_hook_calling_sys_exit_does_not_stop_the_daemon(queue_dir, smtp_sink, caplog):
+    hooks = Hooks()
+    hooks.add("delivered", lambda event: sys.exit(3))
+    settings = parse_settings({"mq.queue_dir": str(queue_dir), "mq.smtp_port": str(smtp_sink.port)})
+    daemon = Daemon(Sender(settings, hooks=hooks), poll_interval=0.1)
+    ready = threading.Event()
+    thread = threading.Thread(target=daemon.run, kwargs={"ready": ready.set})
+    with caplog.at_level("ERROR", logger="mq_transaction"):
+        thread.start()
+        try:
+            assert ready.wait(10)
+            commit_messages(queue_dir, 1)
+            assert wait_for(lambda: len(smtp_sink.received) == 1)
+            commit_messages(queue_dir, 1)  # still serving after the hook's sys.exit()
+            assert wait_for(lambda: len(smtp_sink.received) == 2)
+            assert thread.is_alive()
+        finally:
+            daemon.request_stop()
+            thread.join(10)
+    assert any("hook" in r.getMessage() and "raised" in r.getMessage() for r in caplog.records)

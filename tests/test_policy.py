@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mq_transaction.policy import RetryPolicy, Settlement, expiry_note, settle
-from mq_transaction.states import FailureReason
+from mq_transaction.policy import RetryPolicy, Settlement, attempts_made, expiry_note, settle
+from mq_transaction.queuefile import Attempt
+from mq_transaction.states import AttemptResult, FailureReason
 
 DAY = 86400.0
 POLICY = RetryPolicy(min_backoff=300.0, max_backoff=3600.0, max_lifetime=5 * DAY)
@@ -48,3 +49,11 @@ def test_backoff_is_the_age_between_minimum_and_maximum(age, backoff):
 def test_expiry_note_keeps_the_last_reply():
     assert expiry_note("451 4.3.0 later", 5 * DAY) == "451 4.3.0 later (expired: undelivered after 5.0 days)"
     assert expiry_note(None, 6 * DAY) == "(expired: undelivered after 6.0 days)"
+
+
+def test_attempts_made_is_the_number_of_the_last_recorded_attempt():
+    def attempt(number):
+        return Attempt(number=number, at=0.0, server="s:25", replies={}, result=AttemptResult.DEFERRED)
+
+    assert attempts_made([]) == 0
+    assert attempts_made([attempt(12), attempt(13)]) == 13  # older attempts were trimmed

@@ -594,3 +594,17 @@ def test_parallel_sessions_still_stop_at_a_server_level_failure(queue):
     result = Sender(make_settings(queue.path, free_port())).run()
     assert result.exit_status == 75 and result.attempts == 0
     assert states(queue) == {MessageState.QUEUED: 100}
+
+
+def test_attempt_records_stay_bounded(queue, smtp_sink):
+    to = tuple(f"user{n}@example.org" for n in range(250))
+    (queue_id,) = queue_messages(queue, 1, to=to)
+    smtp_sink.behaviour.rcpt_default = "451 4.3.0 try later"
+    settings = make_settings(queue.path, smtp_sink.port)
+    for _ in range(13):
+        assert Sender(settings).run(flush=True).exit_status == 75
+    envelope, _ = queue.read(queue.find(queue_id))
+    assert [a.number for a in envelope.attempts] == list(range(4, 14))  # the last 10 attempts
+    last = envelope.attempts[-1]
+    assert len(last.replies) == 100 and last.more_recipients == 150
+    assert all(r.reply == "451 4.3.0 try later" for r in envelope.recipients)  # every last reply kept
