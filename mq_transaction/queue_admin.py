@@ -254,24 +254,26 @@ class _Read:
 def _read(queue: IMailQueue, entry: Entry) -> _Read | None:
     """Read a listed message without locking it; None when it left the queue meanwhile.
 
-    A file that cannot be decoded gives what can be known: the envelope when its own
-    part is intact (without the checksum's word for it), and the reason.
+    A message that cannot be decoded gives what can be known: the envelope when its own
+    part of the stored record is intact (without the checksum's word for it), and the reason.
     """
     try:
-        content = queue.read_raw(entry)
+        envelope, message = queue.read(entry)
     except FileNotFoundError:
         return None
+    except CorruptMessageError as exc:
+        return _Read(entry, _envelope_only(queue, entry), None, str(exc))
     except OSError as exc:
         return _Read(entry, None, None, f"cannot read it: {exc.strerror or exc}")
-    try:
-        envelope, message = queuefile.decode(content)
-    except CorruptMessageError as exc:
-        try:
-            envelope = queuefile.decode_envelope_only(content)
-        except CorruptMessageError:
-            envelope = None
-        return _Read(entry, envelope, None, str(exc))
     return _Read(entry, envelope, message)
+
+
+def _envelope_only(queue: IMailQueue, entry: Entry) -> Envelope | None:
+    """The envelope of a stored record that cannot be decoded as a whole, if its part is intact."""
+    try:
+        return queuefile.decode_envelope_only(queue.read_raw(entry))
+    except (CorruptMessageError, OSError):
+        return None
 
 
 def _reads(queue: IMailQueue, state: MessageState | None = None) -> Iterator[_Read]:
@@ -411,16 +413,16 @@ def details(queue: IMailQueue, queue_id: str) -> MessageDetails:
 
 
 def raw_message(queue: IMailQueue, queue_id: str) -> bytes:
-    """The message exactly as it will be sent; for a file that cannot be decoded, the whole file."""
+    """The message exactly as it will be sent; for one that cannot be decoded, the whole
+    stored record (for the directory queue, the queue file)."""
     entry = find(queue, queue_id)
     try:
-        content = queue.read_raw(entry)
+        try:
+            return queue.read(entry)[1]
+        except CorruptMessageError:
+            return queue.read_raw(entry)
     except FileNotFoundError:
         raise MessageNotFoundError(f"queue id {queue_id} left the queue while it was being read") from None
-    try:
-        return queuefile.decode(content)[1]
-    except CorruptMessageError:
-        return content
 
 
 # -- status -----------------------------------------------------------------------------
@@ -590,12 +592,7 @@ def _released(queue: IMailQueue, claim: Claim, entry: Entry) -> str:
 
 
 def _removed(queue: IMailQueue, claim: Claim, entry: Entry) -> str:
-    envelope: Envelope | None = claim.envelope
-    if envelope is None:
-        try:
-            envelope = queuefile.decode_envelope_only(queue.read_raw(entry))
-        except (CorruptMessageError, OSError):
-            envelope = None
+    envelope: Envelope | None = claim.envelope if claim.envelope is not None else _envelope_only(queue, entry)
     queue.remove(claim, entry.state)
     if envelope is None:
         return f"discarded (was {entry.state}; Message-ID and recipients unknown)"

@@ -9,9 +9,13 @@ from dataclasses import dataclass
 
 import pytest
 import transaction
+from zope.interface.verify import verifyObject
 
 from mq_transaction import MessageQueue, QueuedMailer, UnknownQueueIdError, queue_admin
+from mq_transaction.database_queue import DatabaseQueue
 from mq_transaction.durations import iso_utc
+from mq_transaction.interfaces import IMailQueue
+from mq_transaction.memory_queue import MemoryQueue
 from mq_transaction.queuefile import Envelope, encode
 from mq_transaction.records import Claim
 from mq_transaction.sender import Sender
@@ -488,3 +492,48 @@ def test_status_reads_the_last_delivery_from_the_delivery_log(tmp_path, smtp_sin
         )  # the queue alone
     finally:
         made.claim.release()
+
+
+# -- every queue implementation -----------------------------------------------------------
+
+
+@pytest.fixture(params=["directory", "memory", "database"])
+def any_queue(request, tmp_path):
+    """Each IMailQueue implementation: the directory queue, the in-memory one, PostgreSQL."""
+    if request.param == "directory":
+        yield MessageQueue(tmp_path / "queue")
+    elif request.param == "memory":
+        yield MemoryQueue()
+    else:
+        queue = DatabaseQueue(request.getfixturevalue("postgres_url"), claim_timeout=30)
+        queue.init_db()
+        yield queue
+        queue.dispose()
+
+
+def test_the_operator_commands_work_on_every_queue_implementation(any_queue):
+    verifyObject(IMailQueue, any_queue)
+    message = b"From: app@example.com\r\nTo: a@example.org\r\nSubject: Hello\r\n\r\nHi\r\n"
+    first = any_queue.enqueue(Envelope.new(SENDER, ["a@example.org"], time.time(), "<1@example.com>"), message)
+    second = any_queue.enqueue(Envelope.new(SENDER, ["b@example.org"], time.time(), "<2@example.com>"), message)
+    listed = by_id(queue_admin.list_messages(any_queue))
+    assert set(listed) == {first, second}
+    assert listed[first].state == MessageState.QUEUED and listed[first].subject == "Hello"
+    assert listed[first].size == len(message) and listed[first].last_error is None
+    assert listed[second].recipients == (queue_admin.RecipientSummary("b@example.org", "pending", None),)
+    assert queue_admin.raw_message(any_queue, first) == message
+    details = queue_admin.details(any_queue, first)
+    assert details.headers == ("From: app@example.com", "To: a@example.org", "Subject: Hello")
+    assert details.problem is None and details.attempts == ()
+    (held,) = queue_admin.hold(any_queue, [first])
+    assert held.done and held.text.endswith("queued -> held")
+    status = queue_admin.queue_status(any_queue)
+    assert status.counts[MessageState.HELD] == status.counts[MessageState.QUEUED] == 1
+    assert status.total == 2 and status.not_messages == () and status.oldest is not None
+    (released,) = queue_admin.release(any_queue, [first])
+    assert released.done and released.text.endswith("held -> queued")
+    (discarded,) = queue_admin.discard(any_queue, [second])
+    assert discarded.done and "<2@example.com>" in discarded.text and "b@example.org (pending)" in discarded.text
+    assert [r.queue_id for r in queue_admin.list_messages(any_queue)] == [first]
+    with pytest.raises(queue_admin.MessageNotFoundError):
+        queue_admin.details(any_queue, second)
