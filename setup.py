@@ -48,6 +48,7 @@ setup(
         "plaster_pastedeploy",
         "PasteDeploy",  # paste.deploy.converters.asbool: booleans read as Pyramid users expect
         "prometheus_client",
+        "idna",  # IDNA 2008 A-labels for servers without SMTPUTF8
     ],
     extras_require={
         "pyramid": ["pyramid>=2", "waitress"],

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
     from _typeshed import ReadableBuffer
 
+from .addresses import ascii_address
+from .errors import InvalidAddressError
 from .replies import Reply, is_too_many_recipients, mail_from_concerns_message, recipient_status
 from .states import RecipientStatus
 
@@ -152,6 +154,32 @@ def _too_many_for_now(reply: Reply) -> bool:
 def needs_smtputf8(sender: str, recipients: list[str]) -> bool:
     """True when an envelope address is not ASCII (RFC 6531)."""
     return not sender.isascii() or not all(r.isascii() for r in recipients)
+
+
+def _ascii_envelope(sender: str, recipients: list[str], outcome: Outcome, wire_address: dict[str, str]) -> list[str]:
+    """Prepare a non-ASCII envelope for a server without SMTPUTF8; return who can still be tried.
+
+    A non-ASCII domain goes out in its IDNA A-label form (recorded in ``wire_address``). A
+    non-ASCII local part has no ASCII form: that recipient fails permanently (a 553 5.6.7
+    reply in ``outcome`` that says why), and every recipient does when it is the sender's.
+    """
+    needs = "the server does not offer SMTPUTF8, which this address needs"
+    try:
+        wire_address[sender] = ascii_address(sender)
+    except InvalidAddressError as exc:
+        reply = Reply(553, f"5.6.7 envelope sender {exc}; {needs}")
+        for address in recipients:
+            outcome.replies[address] = reply
+        return []
+    remaining = []
+    for address in recipients:
+        try:
+            wire_address[address] = ascii_address(address)
+        except InvalidAddressError as exc:
+            outcome.replies[address] = Reply(553, f"5.6.7 {exc}; {needs}")
+        else:
+            remaining.append(address)
+    return remaining
 
 
 class DialogSMTP(smtplib.SMTP):
@@ -361,16 +389,19 @@ class DialogSMTP(smtplib.SMTP):
         options = []
         if self.has_extn("size"):
             options.append(f"SIZE={len(wire)}")
+        wire_address: dict[str, str] = {}  # envelope address -> its ASCII form, without SMTPUTF8
         if needs_smtputf8(sender, recipients):
-            if not self.has_extn("smtputf8"):
-                reply = Reply(553, "5.6.7 SMTPUTF8 is required for this address but the server does not offer it")
-                return _settle(outcome, recipients, reply)
-            options.append("SMTPUTF8")
-            self.command_encoding = "utf-8"
+            if self.has_extn("smtputf8"):
+                options.append("SMTPUTF8")
+                self.command_encoding = "utf-8"
+            else:
+                recipients = _ascii_envelope(sender, recipients, outcome, wire_address)
+                if not recipients:
+                    return outcome
         if not message.isascii() and self.has_extn("8bitmime"):
             options.append("BODY=8BITMIME")
-        mail = f"MAIL FROM:<{sender}>{''.join(' ' + o for o in options)}"
-        rcpts = [f"RCPT TO:<{address}>" for address in recipients]
+        mail = f"MAIL FROM:<{wire_address.get(sender, sender)}>{''.join(' ' + o for o in options)}"
+        rcpts = [f"RCPT TO:<{wire_address.get(address, address)}>" for address in recipients]
         if chunking:
             return self._send_chunked(outcome, mail, rcpts, recipients, wire)
         try:
