@@ -285,11 +285,14 @@ def prepare_message(
     if not recipients:
         raise NoRecipientsError("no recipients: pass recipients= or give To, Cc or Bcc headers")
     names = {name for name, _start, _end in fields}
-    if "from" not in names and not default_sender:
-        raise InvalidMessageError(
-            "the message has no From header: add one, or configure a default sender "
-            "(QueuedMailer(default_sender=...), mq.default_sender), which send() then adds as From"
-        )
+    from_header = None
+    if "from" not in names:
+        if not default_sender:
+            raise InvalidMessageError(
+                "the message has no From header: add one, or configure a default sender "
+                "(QueuedMailer(default_sender=...), mq.default_sender), which send() then adds as From"
+            )
+        from_header = _from_header(default_sender)
 
     message_id = ""
     for value in values.get("message-id", []):
@@ -307,8 +310,8 @@ def prepare_message(
         added.append(b"Message-ID: " + message_id.encode("ascii"))
     if "date" not in names:
         added.append(b"Date: " + formatdate(usegmt=True).encode("ascii"))
-    if "from" not in names:
-        added.append(b"From: " + _from_header(default_sender).encode("utf-8"))
+    if from_header is not None:
+        added.append(b"From: " + from_header.encode("utf-8"))
     if added:
         data = _add_headers(data, added)
     return PreparedMessage(data, sender, tuple(recipients), message_id)
