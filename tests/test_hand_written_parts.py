@@ -157,8 +157,17 @@ def test_addresses_from_headers_gives_the_same_addresses_and_errors_with_and_wit
     from mq_transaction import addresses
 
     rng = random.Random(5322)
-    pieces = ["a@b.example", "Bob <bob@x.example>", "B o b<c@d.example>", " e@f.example ", "\u00e9@\u00e9.example"]
-    noise = ' ,<>@"().;:\\[]\t\r\n\u00a0\u2028x\u00e9'
+    pieces = [
+        "a@b.example",
+        "Bob <bob@x.example>",
+        "B o b<c@d.example>",
+        " e@f.example ",
+        "\u00e9@\u00e9.example",
+        '"Quoted" <q@r.example>',
+        '"Doe, J" <j@d.example>',
+        '"" <e@m.example>',
+    ]
+    noise = ' ,<>@"().;:\\[]\t\r\n\u00a0\u2028\u2029\u202e\x85x\u00e9=?'
     values = []
     for _ in range(3000):
         value = list(",".join(rng.choice(pieces) for _ in range(rng.randrange(1, 4))))
