@@ -156,7 +156,9 @@ def needs_smtputf8(sender: str, recipients: list[str]) -> bool:
     return not sender.isascii() or not all(r.isascii() for r in recipients)
 
 
-def _ascii_envelope(sender: str, recipients: list[str], outcome: Outcome, wire_address: dict[str, str]) -> list[str]:
+def _ascii_envelope(
+    sender: str, recipients: list[str], outcome: TransactionReplies, wire_address: dict[str, str]
+) -> list[str]:
     """Prepare a non-ASCII envelope for a server without SMTPUTF8; return who can still be tried.
 
     A non-ASCII domain goes out in its IDNA A-label form (recorded in ``wire_address``). A
