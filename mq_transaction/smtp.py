@@ -251,7 +251,17 @@ class DialogSMTP(smtplib.SMTP):
                 else:
                     self._log_line("C:", f"[message body, {len(body)} bytes]")
         data = "".join(f"{command}\r\n" for command in commands).encode(self.command_encoding) + body
-        super().send(data)  # smtplib's send: the lines are logged above, once
+        if not body or self.sock is None:
+            super().send(data)  # smtplib's send: the lines are logged above, once
+            return
+        # The socket timeout bounds a whole sendall(): a big message over a slow link gets
+        # the data timeout, not the command timeout, or it could never be sent.
+        self.sock.settimeout(max(self.timeout, self.data_timeout))
+        try:
+            super().send(data)
+        finally:
+            if self.sock is not None:
+                self.sock.settimeout(self.timeout)
 
     def _redact(self, line: str) -> str:
         if line[:5].upper() == "AUTH ":
@@ -451,25 +461,36 @@ class DialogSMTP(smtplib.SMTP):
         """MAIL, every RCPT and ``BDAT <size> LAST`` with the message, in one write."""
         try:
             self._send_group([mail, *rcpts, f"BDAT {len(body)} LAST"], body)
-            mail_reply = self._command_reply()
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            self.close()
-            # The server may have taken the whole group and accepted the message.
-            raise self._lost_after_data(outcome, recipients, exc) from exc
+            self.close()  # not all of the chunk went out: the server cannot take the message
+            raise ConnectionLost(f"connection lost while sending the message: {exc}") from exc
+        # The whole message is out, and a server may hold the group's replies until it has read
+        # the chunk (Postfix does): each of them gets the data deadline, and from here a lost
+        # connection may mean the server took the message (the duplicate window).
+        self._reply_timeout = self.data_timeout
         try:
-            rcpt_replies = [self._command_reply() for _ in rcpts]
-        except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            self.close()
-            if mail_reply.code >= 300:
-                raise ConnectionLost(f"connection lost: {exc}") from exc
-            raise self._lost_after_data(outcome, recipients, exc) from exc
-        accepted = self._envelope(outcome, recipients, mail_reply, rcpt_replies)
-        if not accepted:
             try:
-                self._command_reply()  # the expected 503/554 to BDAT, keeping the dialog in step
+                mail_reply = self._command_reply()
             except (smtplib.SMTPServerDisconnected, OSError) as exc:
                 self.close()
-                raise ConnectionLost(f"connection lost: {exc}") from exc
+                raise self._lost_after_data(outcome, recipients, exc) from exc
+            try:
+                rcpt_replies = [self._command_reply() for _ in rcpts]
+            except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                self.close()
+                if mail_reply.code >= 300:
+                    raise ConnectionLost(f"connection lost: {exc}") from exc
+                raise self._lost_after_data(outcome, recipients, exc) from exc
+            accepted = self._envelope(outcome, recipients, mail_reply, rcpt_replies)
+            if not accepted:
+                try:
+                    self._command_reply()  # the expected 503/554 to BDAT, keeping the dialog in step
+                except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                    self.close()
+                    raise ConnectionLost(f"connection lost: {exc}") from exc
+        finally:
+            self._reply_timeout = None
+        if not accepted:
             return self._refused(outcome, recipients, mail_reply)
         return self._final_reply(outcome, accepted)
 

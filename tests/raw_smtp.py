@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -85,6 +86,7 @@ class ScriptedSMTP:
     data_reply: str = "250 2.0.0 queued"  # after the final dot, or to BDAT ... LAST
     final_reply: bytes | None = None  # raw bytes to send instead of data_reply (garbage, tarpits...)
     greeting: str = "220 raw.test ESMTP"
+    pause_after_354: float = 0.0  # seconds to stop reading once DATA is accepted (a slow link)
     chunks: list[bytes] = field(default_factory=list)  # every recv(), as it arrived
     commands: list[str] = field(default_factory=list)  # every command line
     messages: list[Delivered] = field(default_factory=list)
@@ -157,6 +159,8 @@ class _Session:
                 replies.append(self._command(line))
         if replies:
             self.connection.sendall(b"".join(replies))
+            if self.in_data and self.script.pause_after_354:
+                time.sleep(self.script.pause_after_354)
         if self.closed:
             self.connection.close()
 

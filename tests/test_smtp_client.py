@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
+import struct
 import threading
 import time
 
@@ -646,3 +648,61 @@ def test_mq_send_against_a_tarpit_greeting_exits_75_at_its_timeout_with_the_reas
         server.stop()
     assert done.returncode == 75, done.stderr
     assert "no complete reply within 2s (mq.smtp_timeout): the server is too slow, or a tarpit" in done.stderr
+
+
+# -- big messages over slow links: the body and its replies get the data timeout -------------------
+
+
+@pytest.mark.slow
+def test_a_message_that_takes_longer_than_the_command_timeout_to_send_still_goes_out(raw_smtp):
+    script, port = raw_smtp(pause_after_354=2.0)  # the server reads nothing for 2 s: a slow link
+    message = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 16_000  # 16 MB: more than the socket buffers
+    session = session_to(port, timeout=1, data_timeout=30)
+    try:
+        outcome = session.send_message_bytes("a@example.com", ["ok@example.org"], message)
+    finally:
+        close_session(session)
+    assert statuses(outcome) == {"ok@example.org": "delivered"}
+    assert len(script.messages[0].content) == len(message)
+
+
+@pytest.mark.slow
+def test_a_server_that_holds_the_bdat_groups_replies_until_it_has_the_chunk_is_waited_for(raw_smtp):
+    def slow_chunk_reader(connection):
+        connection.sendall(b"220 raw.test\r\n")
+        connection.recv(1000)
+        connection.sendall(b"250-raw.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n")
+        received = b""
+        while not received.endswith(MESSAGE):
+            received += connection.recv(65536)
+        time.sleep(2)  # as a server still reading a big chunk over a slow link
+        connection.sendall(b"250 2.1.0 OK\r\n250 2.1.5 OK\r\n250 2.0.0 queued\r\n")
+        connection.recv(1000)
+
+    server = RawServer(slow_chunk_reader)
+    try:
+        session = session_to(server.port, timeout=1, data_timeout=30)
+        outcome = session.send_message_bytes("a@example.com", ["ok@example.org"], MESSAGE)
+        close_session(session)
+    finally:
+        server.stop()
+    assert statuses(outcome) == {"ok@example.org": "delivered"}
+
+
+def test_a_bdat_group_that_cannot_be_sent_in_full_is_a_plain_lost_connection(raw_smtp):
+    def hang_up_after_ehlo(connection):
+        connection.sendall(b"220 raw.test\r\n")
+        connection.recv(1000)
+        connection.sendall(b"250-raw.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n")
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.close()  # a reset: the group cannot go out in full
+
+    server = RawServer(hang_up_after_ehlo)
+    try:
+        session = session_to(server.port)
+        time.sleep(0.2)
+        with pytest.raises(ConnectionLost) as lost:
+            session.send_message_bytes("a@example.com", ["ok@example.org"], b"x" * 8_000_000 + b"\r\n")
+    finally:
+        server.stop()
+    assert not lost.value.after_data  # the server cannot have the message: tried again at once, no duplicate
