@@ -79,3 +79,8 @@ bench-network: $(VENV)/.installed-bench
 .PHONY: bench-queue-scale
 bench-queue-scale: $(VENV)/.installed-bench
 	$(BIN)/python bench/queue_scale.py
+
+# mq-send --daemon beside 100,000 deferred messages: commit-to-delivery of new mail (a few minutes).
+.PHONY: bench-daemon-scale
+bench-daemon-scale: $(VENV)/.installed-bench
+	$(BIN)/python bench/daemon_scale.py

@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -109,6 +110,45 @@ class FileClaim(Claim):
             self._reserved = None
 
 
+class _RetryTimes:
+    """The retry times of ``deferred/`` (each file's mtime), read again only when it changed.
+
+    The daemon asks for due messages at every wake-up; with 100,000 deferred messages a
+    ``stat`` of each costs most of a second. Every change to the directory's entries (a
+    message deferred, claimed, moved by the operator) changes the directory's own mtime,
+    so one ``stat`` of the directory tells whether the cached times still hold. A stamp
+    younger than :data:`FRESH_STAMP` seconds is not trusted (file times have a coarse clock:
+    two changes within one tick leave the same mtime), so the directory is read again.
+    """
+
+    FRESH_STAMP = 1.0
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._stamp: tuple[int, int, int] | None = None
+        self._times: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def retry_times(self) -> dict[str, float]:
+        """Queue id -> retry time of every deferred message (do not modify it)."""
+        with self._lock:
+            try:
+                info = os.stat(self.directory)
+            except FileNotFoundError:
+                return {}
+            stamp = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
+            if stamp != self._stamp:
+                times = {}
+                for entry in _scan(self.directory):
+                    try:
+                        times[entry.name] = entry.stat().st_mtime
+                    except FileNotFoundError:
+                        continue
+                self._times = times
+                self._stamp = stamp if time.time() - info.st_mtime > self.FRESH_STAMP else None
+            return self._times
+
+
 @implementer(IMailQueue)
 class MessageQueue:
     """A maildir-style queue directory: the directory implementation of ``IMailQueue``.
@@ -135,6 +175,7 @@ class MessageQueue:
         self.dir_mode = 0o770 if group_access else 0o700
         self.file_mode = 0o660 if group_access else 0o600
         self._dirs = {name: os.path.join(self.path, name) for name in (TMP_DIR, *STATE_DIRS.values())}
+        self._deferred = _RetryTimes(self._dirs[STATE_DIRS[MessageState.DEFERRED]])
         for directory in (self.path, *self._dirs.values()):
             try:
                 os.mkdir(directory, self.dir_mode)
@@ -438,24 +479,14 @@ class MessageQueue:
         deferred ones whose retry time has come (all deferred ones with ``flush``)."""
         now = time.time() if now is None else now
         ids = [e.name for e in _scan(self._state_dir(MessageState.QUEUED))]
-        for entry in _scan(self._state_dir(MessageState.DEFERRED)):
-            try:
-                if flush or entry.stat().st_mtime <= now:
-                    ids.append(entry.name)
-            except FileNotFoundError:
-                continue
+        retry_times = self._deferred.retry_times()
+        ids.extend(queue_id for queue_id, at in retry_times.items() if flush or at <= now)
         ids.sort()
         return ids
 
     def next_retry_time(self) -> float | None:
         """The earliest retry time among deferred messages, or None when there are none."""
-        times = []
-        for entry in _scan(self._state_dir(MessageState.DEFERRED)):
-            try:
-                times.append(entry.stat().st_mtime)
-            except FileNotFoundError:
-                continue
-        return min(times, default=None)
+        return min(self._deferred.retry_times().values(), default=None)
 
     def claim(self, queue_id: str) -> Claim | None:
         """Claim a due message: lock it, move it to ``sending/`` and read it.
