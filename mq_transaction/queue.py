@@ -650,7 +650,7 @@ class MessageQueue:
                     info = entry.stat()
                 except FileNotFoundError:
                     continue
-                found.append(Entry(entry.name, name, info.st_mtime, info.st_size))
+                found.append(Entry(entry.name, name, info.st_mtime, info.st_size, info.st_ctime))
             yield from sorted(found, key=lambda e: e.queue_id)
 
     def not_messages(self, state: MessageState | str | None = None) -> list[str]:
@@ -689,7 +689,7 @@ class MessageQueue:
             except FileNotFoundError:
                 continue
             if stat.S_ISREG(info.st_mode):
-                return Entry(queue_id, state, info.st_mtime, info.st_size)
+                return Entry(queue_id, state, info.st_mtime, info.st_size, info.st_ctime)
         raise UnknownQueueIdError(f"queue id {queue_id} is not in the queue at {self.path}")
 
     def read(self, entry: Entry) -> tuple[Envelope, bytes]:

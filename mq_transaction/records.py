@@ -25,6 +25,9 @@ class Entry:
     state: MessageState
     mtime: float
     size: int
+    #: When the message last changed (its state or its record; for the directory queue the
+    #: file's ctime): no attempt recorded in it is later. None when the queue cannot tell.
+    changed: float | None = None
 
     @property
     def next_attempt(self) -> float | None:

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from mq_transaction import MessageQueue, queue as queue_module, queuefile
+from mq_transaction import MessageQueue, queuefile
+from mq_transaction import queue as queue_module
 from mq_transaction.queue import new_queue_id
 from mq_transaction.queuefile import Envelope
 
