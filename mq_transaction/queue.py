@@ -186,6 +186,29 @@ class MessageQueue:
             except OSError as exc:
                 raise QueueWriteError(f"cannot create queue directory {directory}: {exc.strerror}") from exc
             os.chmod(directory, self.dir_mode)
+        self._check_state_directories()
+
+    def _check_state_directories(self) -> None:
+        """Refuse a state directory that is a symbolic link or belongs to an unexpected user.
+
+        In the two-user setup the web app owns the queue root and could replace ``tmp/`` by
+        a link to a directory of the sender's user (or root's), whose old files clean-up
+        would then delete. A state directory must be a real directory owned by the owner of
+        the queue root or by this process's user.
+        """
+        root_owner = os.stat(self.path).st_uid
+        for directory in self._dirs.values():
+            info = os.lstat(directory)
+            if stat.S_ISLNK(info.st_mode):
+                raise QueueWriteError(
+                    f"queue directory {directory} is a symbolic link: refusing to use it; "
+                    "replace it by a real directory (see docs/queue.md)"
+                )
+            if info.st_uid not in (root_owner, os.geteuid()):
+                raise QueueWriteError(
+                    f"queue directory {directory} belongs to user id {info.st_uid}, not to the owner of "
+                    f"{self.path} (user id {root_owner}) nor to this user (user id {os.geteuid()}): refusing it"
+                )
 
     def __repr__(self) -> str:
         return f"MessageQueue({self.path!r})"
@@ -429,18 +452,31 @@ class MessageQueue:
         removed = []
         for directory in self._dirs.values():
             in_tmp = directory == self._dirs[TMP_DIR]
-            for entry in _scan(directory, dotfiles=True):
-                if not in_tmp and not (entry.name.startswith(".") and entry.name.endswith(".rewrite")):
-                    continue
-                if in_tmp and (entry.name.startswith(COMMIT_RECORD_PREFIX) or entry.name in being_published):
-                    continue  # rolled forward above, or still in use
-                try:
-                    if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime > max_age:
-                        os.unlink(entry.path)
-                        removed.append(entry.name)
-                        log.info("removed stale file %s (older than %.0fs)", entry.path, max_age)
-                except FileNotFoundError:
-                    continue
+            # Removals happen inside the directory opened here, never through a symbolic link
+            # that replaced it meanwhile (O_NOFOLLOW, then names relative to that descriptor).
+            try:
+                dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as exc:
+                log.error("cannot clean up %s: %s; it is not a real directory of the queue", directory, exc.strerror)
+                continue
+            try:
+                with os.scandir(dir_fd) as entries:
+                    names = [entry.name for entry in entries]
+                for name in names:
+                    if not in_tmp and not (name.startswith(".") and name.endswith(".rewrite")):
+                        continue
+                    if in_tmp and (name.startswith(COMMIT_RECORD_PREFIX) or name in being_published):
+                        continue  # rolled forward above, or still in use
+                    try:
+                        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                        if stat.S_ISREG(info.st_mode) and now - info.st_mtime > max_age:
+                            os.unlink(name, dir_fd=dir_fd)
+                            removed.append(name)
+                            log.info("removed stale file %s (older than %.0fs)", os.path.join(directory, name), max_age)
+                    except FileNotFoundError:
+                        continue
+            finally:
+                os.close(dir_fd)
         return removed
 
     # -- the sender's side ---------------------------------------------------------------
