@@ -127,6 +127,8 @@ class _RetryTimes:
         self.directory = directory
         self._stamp: tuple[int, int, int] | None = None
         self._times: dict[str, float] = {}
+        #: Paths in the directory that are no message (their name is not a queue id).
+        self.strays: list[str] = []
         self._lock = threading.Lock()
 
     def retry_times(self) -> dict[str, float]:
@@ -139,12 +141,16 @@ class _RetryTimes:
             stamp = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
             if stamp != self._stamp:
                 times = {}
+                strays = []
                 for entry in _scan(self.directory):
+                    if not is_queue_id(entry.name):
+                        strays.append(entry.path)
+                        continue
                     try:
                         times[entry.name] = entry.stat().st_mtime
                     except FileNotFoundError:
                         continue
-                self._times = times
+                self._times, self.strays = times, strays
                 self._stamp = stamp if time.time() - info.st_mtime > self.FRESH_STAMP else None
             return self._times
 
@@ -176,6 +182,7 @@ class MessageQueue:
         self.file_mode = 0o660 if group_access else 0o600
         self._dirs = {name: os.path.join(self.path, name) for name in (TMP_DIR, *STATE_DIRS.values())}
         self._deferred = _RetryTimes(self._dirs[STATE_DIRS[MessageState.DEFERRED]])
+        self._strays_reported: set[str] = set()
         for directory in (self.path, *self._dirs.values()):
             try:
                 os.mkdir(directory, self.dir_mode)
@@ -514,11 +521,24 @@ class MessageQueue:
         """Queue ids of messages due for delivery, oldest first: all of ``new/`` and the
         deferred ones whose retry time has come (all deferred ones with ``flush``)."""
         now = time.time() if now is None else now
-        ids = [e.name for e in _scan(self._state_dir(MessageState.QUEUED))]
+        ids = []
+        for entry in _scan(self._state_dir(MessageState.QUEUED)):
+            if is_queue_id(entry.name):
+                ids.append(entry.name)
+            else:
+                self._report_stray(entry.path)
         retry_times = self._deferred.retry_times()
         ids.extend(queue_id for queue_id, at in retry_times.items() if flush or at <= now)
+        for path in self._deferred.strays:
+            self._report_stray(path)
         ids.sort()
         return ids
+
+    def _report_stray(self, path: str) -> None:
+        """Say once per process that a file in the queue is no message (and is left alone)."""
+        if path not in self._strays_reported:
+            self._strays_reported.add(path)
+            log.warning("%s is not a message (its name is not a queue id); skipped (mq-queue status names it)", path)
 
     def next_retry_time(self) -> float | None:
         """The earliest retry time among deferred messages, or None when there are none."""

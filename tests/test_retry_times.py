@@ -74,3 +74,16 @@ def test_changes_within_one_clock_tick_are_not_missed(tmp_path, changes):
     for _ in range(changes):  # faster than the file clock's tick: the stamp is too young to trust
         seen.add(defer(queue, time.time() - 1))
         assert set(queue.due()) == seen
+
+
+def test_a_stray_file_is_never_due_and_is_reported_once(tmp_path, caplog):
+    queue = MessageQueue(tmp_path / "queue", fsync=False)
+    message = defer(queue, time.time() - 1)
+    for directory, name in (("new", "README"), ("deferred", "20261399T101010123456Z-0123456789")):
+        with open(os.path.join(queue.path, directory, name), "w") as handle:
+            handle.write("not a message\n")
+    assert queue.due() == [message]
+    assert queue.due() == [message]
+    assert caplog.text.count("README is not a message") == 1
+    assert caplog.text.count("20261399T101010123456Z-0123456789 is not a message") == 1
+    assert sorted(os.listdir(os.path.join(queue.path, "corrupt"))) == []
