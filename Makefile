@@ -22,8 +22,17 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint docs
+# tests/test_smtp_client.py runs Debian's Postfix smtpd, a real server offering CHUNKING
+# (tests/postfix_server.py; it needs root): the package is installed when it is missing.
+POSTFIX_MASTER := /usr/lib/postfix/sbin/master
+
+test: lint docs $(POSTFIX_MASTER)
 	$(BIN)/python -m pytest
+
+$(POSTFIX_MASTER):
+	@echo "installing Debian's postfix package (a real smtpd for the CHUNKING test)"
+	export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q postfix >/dev/null || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q postfix >/dev/null; }
 
 # The quick loop while working: lint and every test not marked slow (`make test` runs them all).
 test-fast: lint
