@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
 import transaction
 
 from mq_transaction import MessageQueue, QueuedMailer
+
+# -- isolation -----------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def restore_mq_loggers():
+    """Give every test the project's loggers as it found them.
+
+    ``mq-send`` run in-process sets the ``mq_transaction`` logger's level (``-q`` raises
+    it to ERROR) and the dialog logger's propagation; left as they are, a later test's
+    ``caplog`` would miss a WARNING, depending on the order the tests run in.
+    """
+    names = ["mq_transaction", *(n for n in logging.root.manager.loggerDict if n.startswith("mq_transaction."))]
+    saved = {}
+    for name in names:
+        logger = logging.getLogger(name)
+        saved[name] = (logger.level, logger.propagate, list(logger.handlers))
+    yield
+    for name, (level, propagate, handlers) in saved.items():
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        logger.propagate = propagate
+        for handler in logger.handlers[:]:
+            if handler not in handlers:
+                logger.removeHandler(handler)
+    for name in logging.root.manager.loggerDict:
+        if name.startswith("mq_transaction.") and name not in saved:
+            logging.getLogger(name).setLevel(logging.NOTSET)
+
 
 # -- queue core ----------------------------------------------------------------------
 
