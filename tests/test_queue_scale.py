@@ -38,8 +38,8 @@ def test_status_reads_a_bounded_number_of_messages_newest_change_first(tmp_path,
     time.sleep(0.05)  # the failed message changed last (its file's ctime)
     failed = write_message(queue, "failed", [attempt(time.time() - 60, AttemptResult.FAILED, "550 5.1.1 no")])
     reads = []
-    real_read_raw = queue.read_raw
-    monkeypatch.setattr(queue, "read_raw", lambda entry: reads.append(entry.queue_id) or real_read_raw(entry))
+    real_read = queue.read
+    monkeypatch.setattr(queue, "read", lambda entry: reads.append(entry.queue_id) or real_read(entry))
     status = queue_admin.queue_status(queue)
     assert status.counts["deferred"] == queue_admin.STATUS_READ_LIMIT + 50
     assert status.last_failure is not None and status.last_failure.queue_id == failed
@@ -56,8 +56,8 @@ def test_status_stops_reading_once_no_older_change_can_hold_a_newer_event(tmp_pa
     write_message(queue, "deferred", [attempt(future, AttemptResult.DEFERRED, "250 2.0.0 ok")])
     write_message(queue, "failed", [attempt(future, AttemptResult.FAILED, "550 5.1.1 no")])
     reads = []
-    real_read_raw = queue.read_raw
-    monkeypatch.setattr(queue, "read_raw", lambda entry: reads.append(entry.queue_id) or real_read_raw(entry))
+    real_read = queue.read
+    monkeypatch.setattr(queue, "read", lambda entry: reads.append(entry.queue_id) or real_read(entry))
     status = queue_admin.queue_status(queue)
     assert status.last_delivery is not None and status.last_failure is not None
     assert len(reads) == 2  # every other message changed before both events
