@@ -84,6 +84,11 @@ bench-latency: $(VENV)/.installed-bench
 bench-network: $(VENV)/.installed-bench
 	$(BIN)/python bench/network.py
 
+# One SMTP session through a 20 ms round trip: no pipelining, DATA pipelined, BDAT (Postfix smtpd; root).
+.PHONY: bench-round-trips
+bench-round-trips: $(VENV)/.installed-bench
+	$(BIN)/python bench/round_trips.py
+
 # mq-queue list and status on a queue of 100,000 messages (a few minutes, most of it filling the queue).
 .PHONY: bench-queue-scale
 bench-queue-scale: $(VENV)/.installed-bench
