@@ -509,13 +509,14 @@ class Sender:
                 result.failed += 1
         except OSError as exc:
             self._keep_unrecorded(claim, targets, result, exc)
+        tried = set(targets)  # a set: 50,000 recipients must not cost 50,000 list scans each
         event = DeliveryEvent(
             state=state,
             queue_id=claim.queue_id,
             message_id=envelope.message_id,
             sender=envelope.sender,
             recipients=tuple(
-                RecipientResult(r.address, r.status, r.reply, r.address in targets) for r in envelope.recipients
+                RecipientResult(r.address, r.status, r.reply, r.address in tried) for r in envelope.recipients
             ),
             attempt=attempt,
             queued_at=envelope.queued_at,
@@ -530,10 +531,11 @@ class Sender:
         be sent it again, so such a message is held, not given back with its old envelope;
         one that reached nobody now goes back to the queue unchanged."""
         result.queue_error = f"queue id {claim.queue_id}: cannot record its outcome: {exc}"
+        tried = set(targets)
         reached_now = [
             r.address
             for r in claim.envelope.recipients
-            if r.address in targets and r.status == RecipientStatus.DELIVERED
+            if r.address in tried and r.status == RecipientStatus.DELIVERED
         ]
         try:
             if reached_now:
