@@ -98,3 +98,10 @@ bench-queue-scale: $(VENV)/.installed-bench
 .PHONY: bench-daemon-scale
 bench-daemon-scale: $(VENV)/.installed-bench
 	$(BIN)/python bench/daemon_scale.py
+
+# The database queue: what send() adds to a request (same-transaction mode), and drains of
+# 1, 2 and 4 mq-send on one PostgreSQL queue against one directory sender (private servers).
+.PHONY: bench-pg
+bench-pg: $(VENV)/.installed-bench
+	$(BIN)/python bench/pg_enqueue.py
+	$(BIN)/python bench/pg_drain.py

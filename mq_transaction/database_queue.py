@@ -141,7 +141,23 @@ class DatabaseQueue:
             self.url = url_or_engine.url
         else:
             self.url = normalise_url(url_or_engine)
-            self.engine = sa.create_engine(self.url, pool_pre_ping=True, pool_size=2, max_overflow=8)
+            self.engine = sa.create_engine(self.url, pool_size=6, max_overflow=10)
+        # One statement, one round trip: statements that stand alone run in autocommit (no
+        # BEGIN and COMMIT of their own). No pre-ping either (a round trip per checkout): a
+        # connection that died fails once, SQLAlchemy drops the pool, and callers retry.
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Claims and lease changes need not wait for the WAL flush: the durable record of
+        # a delivery (a synchronous commit) flushes them with it. A claim lost in a crash
+        # of the database server puts the message back in queued, as a dead sender's does.
+        self._claims: sa.Engine = self._autocommit
+        if not isinstance(url_or_engine, sa.Engine):
+            self._claims = sa.create_engine(
+                self.url,
+                pool_size=6,
+                max_overflow=10,
+                isolation_level="AUTOCOMMIT",
+                connect_args={"options": "-c synchronous_commit=off"},
+            )
         if claim_timeout <= 0:
             raise ConfigurationError("mq.claim_timeout", f"{claim_timeout!r} must be a positive number of seconds")
         self.claim_timeout = float(claim_timeout)
@@ -163,13 +179,14 @@ class DatabaseQueue:
     # -- connections and errors ----------------------------------------------------------
 
     @contextmanager
-    def _transaction(self, doing: str) -> Iterator[sa.Connection]:
-        """A short transaction on the queue's own connection; connection trouble becomes
+    def _transaction(self, doing: str, engine: sa.Engine | None = None) -> Iterator[sa.Connection]:
+        """A short transaction on the queue's own connection (or one statement in
+        autocommit, with ``engine``); connection trouble becomes
         :class:`QueueUnavailableError` naming what was being done."""
         try:
             if not self._schema_checked:
                 self.check_schema()
-            with self.engine.begin() as connection:
+            with (engine or self.engine).begin() as connection:
                 yield connection
         except sa.exc.DBAPIError as exc:
             if not _is_connection_trouble(exc):
@@ -211,6 +228,8 @@ class DatabaseQueue:
             self._keeper.stop()
             self._keeper = None
         self.engine.dispose()
+        if self._claims is not self._autocommit:
+            self._claims.dispose()
 
     # -- the application's side ------------------------------------------------------------
 
@@ -275,7 +294,7 @@ class DatabaseQueue:
         """Insert a ``staged`` row, committed at once on the queue's own connection; return its id."""
         queue_id = new_queue_id(envelope.queued_at)
         try:
-            with self._transaction(f"staging queue id {queue_id}") as connection:
+            with self._transaction(f"staging queue id {queue_id}", self._autocommit) as connection:
                 connection.execute(_insert_statement(), _row(queue_id, STAGED, envelope, message))
         except QueueUnavailableError as exc:
             raise QueueWriteError(str(exc)) from exc
@@ -322,7 +341,7 @@ class DatabaseQueue:
         """Delete staged rows (the abort); published ones are never touched."""
         if not queue_ids:
             return
-        with self._transaction("discarding aborted mail") as connection:
+        with self._transaction("discarding aborted mail", self._autocommit) as connection:
             connection.execute(
                 sa.delete(messages).where(messages.c.queue_id.in_(queue_ids), messages.c.state == STAGED)
             )
@@ -338,7 +357,7 @@ class DatabaseQueue:
     def cleanup(self, max_age: float, now: float | None = None) -> list[str]:
         """Delete staged rows older than ``max_age`` seconds (their process died mid-request)."""
         now = time.time() if now is None else now
-        with self._transaction("removing abandoned staged mail") as connection:
+        with self._transaction("removing abandoned staged mail", self._autocommit) as connection:
             removed = list(
                 connection.execute(
                     sa.delete(messages)
@@ -354,7 +373,7 @@ class DatabaseQueue:
 
     def recover_stale_claims(self) -> list[str]:
         """Put messages whose sender's lease ran out back in ``queued``; return their ids."""
-        with self._transaction("recovering dead senders' claims") as connection:
+        with self._transaction("recovering dead senders' claims", self._autocommit) as connection:
             rows = connection.execute(
                 sa.update(messages)
                 .where(messages.c.state == _SENDING, messages.c.lease_until < sa.func.now())
@@ -369,23 +388,37 @@ class DatabaseQueue:
         return recovered
 
     def due(self, now: float | None = None, flush: bool = False) -> list[str]:
-        """Ids of the queued messages and the deferred ones due at ``now`` (all with ``flush``), oldest first."""
+        """Ids of the queued messages and the deferred ones due at ``now`` (all with ``flush``).
+
+        Oldest first, while no other sender is at work. While others are (they hold leases),
+        the list starts at a random place and wraps around, so that concurrent senders
+        claim different messages instead of racing for the same ones in the same order.
+        """
         now = time.time() if now is None else now
         deferred_due = messages.c.state == _DEFERRED
         if not flush:
             deferred_due = sa.and_(deferred_due, messages.c.due_at <= _utc(now))
-        with self._transaction("listing due mail") as connection:
-            return list(
+        with self._transaction("listing due mail", self._autocommit) as connection:
+            ids = list(
                 connection.execute(
                     sa.select(messages.c.queue_id)
                     .where(sa.or_(messages.c.state == _QUEUED, deferred_due), _unleased())
                     .order_by(messages.c.queue_id)
                 ).scalars()
             )
+            others = connection.execute(
+                sa.select(messages.c.queue_id)
+                .where(messages.c.state == _SENDING, messages.c.lease_owner != self.lease_owner)
+                .limit(1)
+            ).first()
+        if others is not None and len(ids) > 1:
+            start = secrets.randbelow(len(ids))
+            ids = ids[start:] + ids[:start]
+        return ids
 
     def next_retry_time(self) -> float | None:
         """The earliest next attempt time of a deferred message, or None."""
-        with self._transaction("reading the retry schedule") as connection:
+        with self._transaction("reading the retry schedule", self._autocommit) as connection:
             return _unix(
                 connection.execute(
                     sa.select(sa.func.min(messages.c.due_at)).where(messages.c.state == _DEFERRED)
@@ -394,33 +427,38 @@ class DatabaseQueue:
 
     def claim(self, queue_id: str) -> DatabaseClaim | None:
         """Claim a queued or deferred message with a lease; None when gone or held elsewhere."""
-        with self._transaction(f"claiming queue id {queue_id}") as connection:
+        candidate = (
+            sa.select(messages.c.queue_id)
+            .where(messages.c.queue_id == queue_id, messages.c.state.in_([_QUEUED, _DEFERRED]), _unleased())
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        with self._transaction(f"claiming queue id {queue_id}", self._claims) as connection:
+            # One statement: the row lock of SKIP LOCKED is held only while it runs.
             row = connection.execute(
-                sa.select(messages.c.state, sa.cast(messages.c.envelope, sa.Text).label("envelope"), messages.c.message)
-                .where(
-                    messages.c.queue_id == queue_id,
-                    messages.c.state.in_([_QUEUED, _DEFERRED]),
-                    _unleased(),
-                )
-                .with_for_update(skip_locked=True)
+                sa.update(messages)
+                .where(messages.c.queue_id == candidate)
+                .values(state=_SENDING, state_since=sa.func.now(), **self._lease_values())
+                .returning(sa.cast(messages.c.envelope, sa.Text).label("envelope"), messages.c.message)
             ).one_or_none()
-            if row is None:
-                return None
-            try:
-                envelope = Envelope.from_json(row.envelope.encode())
-                problem = None
-            except CorruptMessageError as exc:
-                problem = exc
+        if row is None:
+            return None
+        try:
+            envelope = Envelope.from_json(row.envelope.encode())
+            problem = None
+        except CorruptMessageError as exc:
+            problem = exc
+            with self._transaction(f"moving queue id {queue_id} to corrupt", self._autocommit) as connection:
                 connection.execute(
                     sa.update(messages)
                     .where(messages.c.queue_id == queue_id)
-                    .values(state=MessageState.CORRUPT.value, state_since=sa.func.now(), due_at=None)
-                )
-            else:
-                connection.execute(
-                    sa.update(messages)
-                    .where(messages.c.queue_id == queue_id)
-                    .values(state=_SENDING, state_since=sa.func.now(), **self._lease_values())
+                    .values(
+                        state=MessageState.CORRUPT.value,
+                        state_since=sa.func.now(),
+                        due_at=None,
+                        lease_owner=None,
+                        lease_until=None,
+                    )
                 )
         if problem is not None:  # raised once the move to corrupt has committed
             raise CorruptMessageError(f"queue id {queue_id}: {problem}; moved to corrupt")
@@ -470,7 +508,7 @@ class DatabaseQueue:
         pause = 0.25
         while True:
             try:
-                with self._transaction(f"{doing} (queue id {queue_id})") as connection:
+                with self._transaction(f"{doing} (queue id {queue_id})", self._autocommit) as connection:
                     done = connection.execute(
                         statement().where(
                             messages.c.queue_id == queue_id,
@@ -518,7 +556,7 @@ class DatabaseQueue:
         """Let a lease run out now: a sender's message is then recovered by the next run."""
         self._forget(claim)
         try:
-            with self._transaction(f"releasing queue id {claim.queue_id}") as connection:
+            with self._transaction(f"releasing queue id {claim.queue_id}", self._claims) as connection:
                 connection.execute(
                     sa.update(messages)
                     .where(messages.c.queue_id == claim.queue_id, messages.c.lease_owner == self.lease_owner)
@@ -529,7 +567,7 @@ class DatabaseQueue:
 
     def renew_leases(self, queue_ids: list[str]) -> list[str]:
         """Extend this process's leases on ``queue_ids``; return the ids whose lease was lost."""
-        with self._transaction("renewing claims") as connection:
+        with self._transaction("renewing claims", self._claims) as connection:
             renewed = set(
                 connection.execute(
                     sa.update(messages)
@@ -562,7 +600,7 @@ class DatabaseQueue:
         ).where(messages.c.state != STAGED)
         if state is not None:
             query = query.where(messages.c.state == MessageState(state).value)
-        with self._transaction("listing the queue") as connection:
+        with self._transaction("listing the queue", self._autocommit) as connection:
             rows = connection.execute(query.order_by(messages.c.queue_id)).all()
         found = [_entry(*row) for row in rows]
         order = {name: index for index, name in enumerate(STATES)}
@@ -578,7 +616,7 @@ class DatabaseQueue:
             raise UnknownQueueIdError(
                 f"{queue_id!r} is not a queue id (expected e.g. 20261128T151136123456Z-9f3a2b1c0d)"
             )
-        with self._transaction(f"looking up queue id {queue_id}") as connection:
+        with self._transaction(f"looking up queue id {queue_id}", self._autocommit) as connection:
             row = connection.execute(
                 sa.select(
                     messages.c.queue_id,
@@ -604,7 +642,7 @@ class DatabaseQueue:
         return envelope_json + b"\n" + message
 
     def _read_row(self, entry: Entry) -> tuple[bytes, bytes]:
-        with self._transaction(f"reading queue id {entry.queue_id}") as connection:
+        with self._transaction(f"reading queue id {entry.queue_id}", self._autocommit) as connection:
             row = connection.execute(
                 sa.select(sa.cast(messages.c.envelope, sa.Text), messages.c.message).where(
                     messages.c.queue_id == entry.queue_id, messages.c.state != STAGED
