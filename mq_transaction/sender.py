@@ -533,9 +533,7 @@ class Sender:
         result.queue_error = f"queue id {claim.queue_id}: cannot record its outcome: {exc}"
         tried = set(targets)
         reached_now = [
-            r.address
-            for r in claim.envelope.recipients
-            if r.address in tried and r.status == RecipientStatus.DELIVERED
+            r.address for r in claim.envelope.recipients if r.address in tried and r.status == RecipientStatus.DELIVERED
         ]
         try:
             if reached_now:
