@@ -8,10 +8,8 @@ import sys
 import textwrap
 
 from .config import attach_smtp_log, load_settings, setup_logging
-from .daemon import Daemon
 from .errors import ConfigurationError, MailQueueError, QueueUnavailableError
 from .exit_status import SendExit, help_text
-from .metrics import Metrics
 from .preflight import check_sender_start
 from .sender import Sender, open_queue
 from .settings import LOG_FORMATS, key
@@ -108,8 +106,16 @@ def main(argv: list[str] | None = None) -> int:
         if settings.smtp_log:
             attach_smtp_log(settings.smtp_log, propagate=verbosity > 0, mode=0o640 if settings.group_access else 0o600)
         sender = Sender(settings, queue=open_queue(settings))
-        metrics = Metrics(settings.metrics_file) if settings.metrics_file else None
+        # Imported only when used: each costs start-up time (prometheus_client most), which a
+        # one-shot run from cron pays every time (bench/network.py, bench/drain.py).
+        metrics = None
+        if settings.metrics_file:
+            from .metrics import Metrics
+
+            metrics = Metrics(settings.metrics_file)
         if args.daemon:
+            from .daemon import Daemon
+
             daemon = Daemon(sender, metrics=metrics, idle_timeout=settings.smtp_idle_timeout)
             daemon.acquire_lock()
     except QueueUnavailableError as exc:  # the database queue is away: try again later

@@ -15,13 +15,16 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .errors import (
     DaemonAlreadyRunning,  # noqa: F401 - importable from here, as before
     QueueUnavailableError,
 )
-from .metrics import Metrics
 from .sender import RunResult, Sender
+
+if TYPE_CHECKING:  # imported by cli_send only with --metrics-file: prometheus_client costs start-up time
+    from .metrics import Metrics
 
 log = logging.getLogger("mq_transaction.daemon")
 
