@@ -61,3 +61,24 @@ def test_status_stops_reading_once_no_older_change_can_hold_a_newer_event(tmp_pa
     status = queue_admin.queue_status(queue)
     assert status.last_delivery is not None and status.last_failure is not None
     assert len(reads) == 2  # every other message changed before both events
+
+
+def test_is_queue_id_agrees_with_datetime_on_every_day_and_random_times():
+    """The cached day check and the string comparisons of the time say what datetime says."""
+    import datetime
+    import random
+
+    from mq_transaction.queue import is_queue_id
+
+    rng = random.Random(12)
+    for year in (2024, 2025, 2026, 2100):
+        for month in range(0, 14):
+            for day in range(0, 33):
+                hour, minute, second = rng.randrange(26), rng.randrange(62), rng.randrange(62)
+                value = f"{year:04d}{month:02d}{day:02d}T{hour:02d}{minute:02d}{second:02d}123456Z-0123456789"
+                try:
+                    datetime.datetime(year, month, day, hour, minute, second)
+                    real = True
+                except ValueError:
+                    real = False
+                assert is_queue_id(value) is real, value
