@@ -256,3 +256,15 @@ def test_every_metric_is_in_the_operations_table_with_its_type_and_labels(tmp_pa
     )
     for state in states.STATES:
         assert f"`{state}`" in rows["mq_messages"][2], f"the labels of mq_messages in the docs lack {state}"
+
+
+# -- architecture ------------------------------------------------------------------------
+
+
+def test_the_architecture_page_names_every_module():
+    text = page("architecture")
+    for package in ("mq_transaction", "mq_pyramid"):
+        for module in sorted((DOCS.parent / package).glob("*.py")):
+            if module.name in ("__init__.py", "_version.py"):
+                continue
+            assert module.name in text, f"docs/architecture.md does not say what {package}/{module.name} owns"
