@@ -284,6 +284,37 @@ class DatabaseQueue:
         zope.sqlalchemy.mark_changed(session, transaction_manager=transaction_manager)
         return queue_id
 
+    def insert_existing(self, queue_id: str, state: MessageState | str, envelope: Envelope, message: bytes) -> bool:
+        """Store a message from another queue under its own queue id and in its own state
+        (a deferred one due at its next attempt); False when that id is already here."""
+        state = MessageState(state)
+        now = _utc(time.time())
+        due_at: datetime.datetime | None = None
+        if state == MessageState.QUEUED:
+            due_at = now
+        elif state == MessageState.DEFERRED:
+            due_at = _utc(envelope.next_attempt) if envelope.next_attempt is not None else now
+        statement = (
+            postgresql.insert(messages)
+            .values(
+                queue_id=queue_id,
+                state=state.value,
+                state_since=now,
+                due_at=due_at,
+                envelope=_envelope_json(envelope),
+                message=message,
+            )
+            .on_conflict_do_nothing(index_elements=[messages.c.queue_id])
+        )
+        try:
+            with self._transaction(f"storing queue id {queue_id}", self._autocommit) as connection:
+                inserted = connection.execute(statement).rowcount
+                if inserted and state == MessageState.QUEUED:
+                    connection.execute(_notify_statement())
+        except QueueUnavailableError as exc:
+            raise QueueWriteError(str(exc)) from exc
+        return bool(inserted)
+
     def same_database(self, connection: sa.Connection) -> bool:
         """True when ``connection`` talks to this queue's database (same server, same database)."""
         with self.engine.connect() as own:
