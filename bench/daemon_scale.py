@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"mq-send --daemon beside {args.messages} deferred: commit-to-delivery p50 {p50:.1f} ms "
             f"({'ok' if p50 <= TARGET_DELIVERY_MS else 'MISSED'}, target <= {TARGET_DELIVERY_MS:g} ms), "
-            f"max {max(latencies):.1f} ms over {len(latencies)} commits; CPU while mostly idle {idle_cpu:.2f} %"
+            f"max {max(latencies):.1f} ms over {len(latencies)} commits; "
+            f"daemon CPU over the probes {idle_cpu:.2f} % of one core"
         )
         return 0
     finally:
