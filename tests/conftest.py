@@ -70,5 +70,28 @@ def queue_files(mail_queue):
     return listing
 
 
+@pytest.fixture(autouse=True)
+def _mq_loggers_as_they_were():
+    """Give the ``mq_transaction`` loggers back as they were after each test.
+
+    An in-process ``mq-send``/``mq-queue`` with an ini file runs ``logging.config.fileConfig``
+    (through plaster), which disables every logger that exists and is not named in the file;
+    ``-q`` and ``--smtp-log`` change levels and propagation. Without this, a later test that
+    reads records with ``caplog`` sees none, depending on the order the tests ran in.
+    """
+    names = ["mq_transaction", *(n for n in logging.root.manager.loggerDict if n.startswith("mq_transaction."))]
+    saved = {}
+    for name in names:
+        logger = logging.getLogger(name)
+        saved[name] = (logger.level, logger.propagate, logger.disabled)
+    yield
+    for name in list(logging.root.manager.loggerDict):
+        if name == "mq_transaction" or name.startswith("mq_transaction."):
+            level, propagate, disabled = saved.get(name, (logging.NOTSET, True, False))
+            logger = logging.getLogger(name)
+            logger.setLevel(level)  # setLevel, not .level: it also clears the loggers' level cache
+            logger.propagate, logger.disabled = propagate, disabled
+
+
 # -- SMTP servers (tests/smtp_sinks.py) ----------------------------------------------
 pytest_plugins = ["smtp_sinks", "postgres_server"]
