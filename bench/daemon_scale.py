@@ -23,7 +23,7 @@ import transaction
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from latency import Child, Sink, cpu_seconds, make_message, percentile  # noqa: E402
+from latency import Sink, cpu_seconds, make_message, percentile, start_daemon  # noqa: E402
 
 from mq_transaction import MessageQueue, QueuedMailer, queuefile  # noqa: E402
 from mq_transaction.queue import new_queue_id  # noqa: E402
@@ -49,22 +49,7 @@ def build_backlog(queue: MessageQueue, count: int) -> None:
 
 def measure_daemon(queue: MessageQueue, probes: int) -> tuple[list[float], float]:
     sink = Sink()
-    daemon = Child(
-        "mq-send --daemon",
-        [
-            sys.executable,
-            "-m",
-            "mq_transaction.cli_send",
-            "--daemon",
-            "--queue-dir",
-            queue.path,
-            "--smtp-host",
-            "127.0.0.1",
-            "--smtp-port",
-            str(sink.port),
-        ],
-        ready_marker="daemon ready",
-    )
+    daemon = start_daemon(queue.path, sink.port)
     try:
         daemon.wait_ready(timeout=300)
         mailer = QueuedMailer(queue)

@@ -277,27 +277,19 @@ def report(name: str, result: dict[str, object], targets: bool) -> bool:
     return ok_p50 and ok_p99 and result["missing"] == 0
 
 
+def start_daemon(queue_dir: str, smtp_port: int) -> Child:
+    """``mq-send --daemon`` on ``queue_dir``, sending to 127.0.0.1:``smtp_port``, as a child process."""
+    argv = [sys.executable, "-m", "mq_transaction.cli_send", "--daemon", "--queue-dir", queue_dir]
+    argv += ["--smtp-host", "127.0.0.1", "--smtp-port", str(smtp_port)]
+    return Child("mq-send --daemon", argv, ready_marker="daemon ready")
+
+
 def bench_ours(args: argparse.Namespace, scratch: str, cleanup: list[Callable[[], object]]) -> bool:
     sink = Sink()
     cleanup.append(sink.stop)
     queue_dir = os.path.join(scratch, "mq-queue")
     queue = MessageQueue(queue_dir)  # the default: fully durable
-    daemon = Child(
-        "mq-send --daemon",
-        [
-            sys.executable,
-            "-m",
-            "mq_transaction.cli_send",
-            "--daemon",
-            "--queue-dir",
-            queue_dir,
-            "--smtp-host",
-            "127.0.0.1",
-            "--smtp-port",
-            str(sink.port),
-        ],
-        ready_marker="daemon ready",
-    )
+    daemon = start_daemon(queue_dir, sink.port)
     cleanup.append(daemon.stop)
     daemon.wait_ready(timeout=30)
     mailer = QueuedMailer(queue)
