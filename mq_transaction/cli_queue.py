@@ -23,7 +23,7 @@ from .cli_format import (
     visible,
 )
 from .config import load_settings, setup_logging
-from .database_opening import open_database_queue
+from .database_opening import database_ddl, open_database_queue
 from .durations import parse_duration
 from .errors import ConfigurationError, MailQueueError
 from .exit_status import QUEUE_MEANINGS, QueueExit, help_text
@@ -169,9 +169,7 @@ def _warn_not_messages(paths: list[str] | tuple[str, ...]) -> None:
 
 def _init_db(args: argparse.Namespace) -> int:
     if args.sql:
-        from .database_schema import ddl
-
-        print(ddl(), end="")
+        print(database_ddl(), end="")
         return QueueExit.OK
     settings = load_settings(args.config_uri, {key("queue_dir"): args.queue_dir, key("queue_url"): args.queue_url})
     if not settings.queue_url:

@@ -25,7 +25,8 @@ def read_config_uri(config_uri: str) -> dict[str, str]:
 
     path = config_uri.split("#", 1)[0]
     if "://" not in config_uri and not os.path.isfile(path):
-        raise ConfigurationError("CONFIG_URI", f"{path} does not exist")
+        problem = "is a directory, not an ini file" if os.path.isdir(path) else "does not exist"
+        raise ConfigurationError("CONFIG_URI", f"{path} {problem}")
     try:
         name = plaster.parse_uri(config_uri).fragment or "main"
         loader = plaster.get_loader(config_uri, protocols=["wsgi"])

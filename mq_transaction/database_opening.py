@@ -24,11 +24,24 @@ def open_database_queue(settings: Settings, *, check_schema: bool = True) -> Dat
     try:
         from .database_queue import DatabaseQueue
     except ImportError as exc:
-        raise ConfigurationError(
-            "mq.queue_url",
-            f"the database queue needs the postgresql extra: pip install 'mq_transaction[postgresql]' ({exc})",
-        ) from None
+        raise _missing_extra(exc) from None
     queue = DatabaseQueue(settings.queue_url, claim_timeout=settings.claim_timeout)
     if check_schema:
         queue.check_schema()
     return queue
+
+
+def database_ddl() -> str:
+    """The SQL that creates the database queue's tables (``mq-queue init-db --sql``)."""
+    try:
+        from .database_schema import ddl
+    except ImportError as exc:
+        raise _missing_extra(exc) from None
+    return ddl()
+
+
+def _missing_extra(exc: ImportError) -> ConfigurationError:
+    return ConfigurationError(
+        "mq.queue_url",
+        f"the database queue needs the postgresql extra: pip install 'mq_transaction[postgresql]' ({exc})",
+    )

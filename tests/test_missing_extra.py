@@ -10,8 +10,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 WITHOUT_SQLALCHEMY = (
     "import sys\n"
     "sys.modules['sqlalchemy'] = None\n"
@@ -35,12 +33,6 @@ def test_init_db_without_the_extra_is_a_one_line_error():
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by frontdoor: cli_queue._init_db imports database_schema (sqlalchemy) for --sql outside its"
-    " ImportError handling, so a user without the extra gets a ModuleNotFoundError traceback and exit 1;"
-    " remove this marker with the fix",
-)
 def test_init_db_sql_without_the_extra_is_a_one_line_error():
     result = run_mq_queue_without_sqlalchemy("--queue-url", "postgresql://app@127.0.0.1:1/db", "init-db", "--sql")
     assert "Traceback" not in result.stderr, result.stderr
