@@ -117,6 +117,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positionals(argv: list[str]) -> list[str]:
+    """The arguments of ``argv`` that are neither options nor an option's value."""
+    found = []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        if token in ("--queue-dir", "--queue-url"):
+            index += 2
+            continue
+        if not token.startswith("-"):
+            found.append(token)
+        index += 1
+    return found
+
+
+def _looks_like_config_uri(token: str) -> bool:
+    path = token.split("#", 1)[0]
+    return token not in COMMANDS and (path.endswith(".ini") or "://" in token or os.path.exists(path))
+
+
 def _config_uri_slot(argv: list[str]) -> list[str]:
     """argv with an empty CONFIG_URI before the command when none is given.
 
@@ -138,7 +158,12 @@ def _config_uri_slot(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run ``mq-queue``; return its exit status."""
     parser = build_parser()
-    args = parser.parse_args(_config_uri_slot(sys.argv[1:] if argv is None else list(argv)))
+    argv = _config_uri_slot(sys.argv[1:] if argv is None else list(argv))
+    positionals = _positionals(argv)
+    if len(positionals) == 1 and _looks_like_config_uri(positionals[0]):
+        # argparse would read the ini file as the command ("invalid choice: 'production.ini'")
+        parser.error(f"a COMMAND is required after CONFIG_URI {positionals[0]}: one of {', '.join(COMMANDS)}")
+    args = parser.parse_args(argv)
     args.config_uri = args.config_uri or None
     if args.command == "retry" and not (args.ids or args.all_failed or args.all_deferred):
         parser.error("retry needs IDs, --all-failed or --all-deferred")

@@ -26,3 +26,14 @@ def test_a_missing_ini_file_is_said_not_to_exist(tmp_path):
     )
     assert result.returncode == 2
     assert f"CONFIG_URI: {missing} does not exist" in result.stderr
+
+
+def test_mq_queue_with_an_ini_file_and_no_command_asks_for_a_command(tmp_path):
+    ini = tmp_path / "production.ini"
+    ini.write_text("[app:main]\nmq.queue_dir = %(here)s/queue\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "mq_transaction.cli_queue", str(ini)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert f"a COMMAND is required after CONFIG_URI {ini}: one of status, list" in result.stderr
+    assert "invalid choice" not in result.stderr
