@@ -313,19 +313,25 @@ class MessageQueue:
                     exc,
                     self._dirs[TMP_DIR],
                 )
+        failures: list[tuple[str, OSError]] | None = None
         try:
             failures = self._rename_into_new(queue_ids)
         finally:
             if record is not None:
                 path, fd = record
-                if not any(os.path.lexists(self._file(TMP_DIR, queue_id)) for queue_id in queue_ids):
+                # Only a failed rename can have left a message in tmp/ (all of them, if renaming raised).
+                unsure = queue_ids if failures is None else [queue_id for queue_id, _ in failures]
+                if not any(os.path.lexists(self._file(TMP_DIR, queue_id)) for queue_id in unsure):
                     _unlink_quietly(path)  # done; a rename that failed is retried by cleanup()
                 os.close(fd)
         return failures
 
+    def _commit_record_path(self, first_queue_id: str) -> str:
+        return os.path.join(self._dirs[TMP_DIR], COMMIT_RECORD_PREFIX + first_queue_id)
+
     def _write_commit_record(self, queue_ids: list[str]) -> tuple[str, int]:
         """Write the ids and an end line to ``tmp/.commit-<first id>``, durably; return it locked."""
-        path = os.path.join(self._dirs[TMP_DIR], COMMIT_RECORD_PREFIX + queue_ids[0])
+        path = self._commit_record_path(queue_ids[0])
         content = "".join(f"{queue_id}\n" for queue_id in queue_ids) + COMMIT_RECORD_END
         fd = self._write_new_file(path, content.encode("ascii"), lock=True)
         try:
@@ -415,7 +421,7 @@ class MessageQueue:
             failures = [(queue_id, OSError(str(unexpected))) for queue_id in queue_ids]
         problems = []
         new_dir = self._state_dir(MessageState.QUEUED)
-        record = os.path.join(self._dirs[TMP_DIR], COMMIT_RECORD_PREFIX + queue_ids[0]) if queue_ids else ""
+        record = self._commit_record_path(queue_ids[0]) if queue_ids else ""
         for queue_id, exc in failures:
             staged = self._file(TMP_DIR, queue_id)
             if os.path.lexists(staged) and os.path.lexists(record):
