@@ -508,7 +508,7 @@ class Sender:
                 self.queue.finish_failed(claim)
                 result.failed += 1
         except OSError as exc:
-            self._keep_unrecorded(claim, targets, result, exc)
+            self._keep_unrecorded(claim, set(targets), result, exc)
         tried = set(targets)  # a set: 50,000 recipients must not cost 50,000 list scans each
         event = DeliveryEvent(
             state=state,
@@ -526,12 +526,11 @@ class Sender:
         self._report(event, now)
         self.hooks.call(event)
 
-    def _keep_unrecorded(self, claim: Claim, targets: list[str], result: RunResult, exc: OSError) -> None:
+    def _keep_unrecorded(self, claim: Claim, tried: set[str], result: RunResult, exc: OSError) -> None:
         """The outcome could not be written. A recipient delivered in this attempt must never
         be sent it again, so such a message is held, not given back with its old envelope;
         one that reached nobody now goes back to the queue unchanged."""
         result.queue_error = f"queue id {claim.queue_id}: cannot record its outcome: {exc}"
-        tried = set(targets)
         reached_now = [
             r.address for r in claim.envelope.recipients if r.address in tried and r.status == RecipientStatus.DELIVERED
         ]
