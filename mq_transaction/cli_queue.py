@@ -254,7 +254,7 @@ def _report(results: list[queue_admin.ChangeResult], nothing: str = "") -> int:
         if result.done:
             print(visible(result.text))
         else:
-            print(f"mq-queue: {visible(result.text)}", file=sys.stderr)
+            print(f"mq-queue: error: {visible(result.text)}", file=sys.stderr)
     return QueueExit.OK if all(result.done for result in results) else QueueExit.PROBLEM
 
 

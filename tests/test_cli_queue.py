@@ -445,7 +445,7 @@ def test_every_command_in_every_state(capsys, built, command, state):
     if status == 0:
         assert out.startswith(f"{queue_id}: ") and err == ""
     else:
-        assert out == "" and err.startswith(f"mq-queue: queue id {queue_id} ") and err.count("\n") == 1
+        assert out == "" and err.startswith(f"mq-queue: error: queue id {queue_id} ") and err.count("\n") == 1
     assert {s: state_of(built, i) for s, i in others.items()} == {s: s for s in others}  # nothing else moved
 
 
@@ -453,7 +453,7 @@ def test_a_missing_id_among_others_exits_1_and_the_others_are_done(capsys, built
     status, out, err = run(capsys, built, "hold", ABSENT, built.ids[MessageState.QUEUED])
     assert status == 1
     assert out == f"{built.ids[MessageState.QUEUED]}: queued -> held\n"
-    assert err == f"mq-queue: queue id {ABSENT} is not in the queue at {built.queue.path}\n"
+    assert err == f"mq-queue: error: queue id {ABSENT} is not in the queue at {built.queue.path}\n"
 
 
 def test_retry_all_failed_and_all_deferred(capsys, built):
