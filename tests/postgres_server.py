@@ -170,3 +170,53 @@ def postgres_url(postgres_admin_url) -> Iterator[str]:
         with admin.connect() as connection:
             connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_queue_database(postgres_admin_url) -> Iterator[str]:
+    """The URL of the run's one database holding the queue's tables (``init-db``, once)."""
+    import sqlalchemy as sa
+
+    from mq_transaction import DatabaseQueue
+
+    admin_url = sa.make_url(postgres_admin_url)
+    name = f"mq_queue_{os.getpid()}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = admin_url.set(database=name).render_as_string(hide_password=False)
+    queue = DatabaseQueue(url)
+    queue.init_db()
+    queue.dispose()
+    try:
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture
+def postgres_queue_url(postgres_queue_database) -> str:
+    """The URL of a database holding the queue's tables, empty, and nobody connected to it.
+
+    One database serves every test (a new database per test costs about ten times as
+    much): before each test every other connection to it is cut (whatever an earlier test
+    left open, a killed sender's session or a forgotten pool, goes with them) and its
+    tables are emptied, so each test starts from what a new database would give it.
+    """
+    import sqlalchemy as sa
+
+    from mq_transaction import database_schema
+
+    tables = ", ".join(table.name for table in database_schema.metadata.sorted_tables if table.name != "mq_schema")
+    engine = sa.create_engine(postgres_queue_database, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with engine.connect() as connection:
+        connection.exec_driver_sql(
+            "select pg_terminate_backend(pid) from pg_stat_activity "
+            "where datname = current_database() and pid <> pg_backend_pid()"
+        )
+        connection.exec_driver_sql(f"TRUNCATE {tables}")
+    engine.dispose()
+    return postgres_queue_database

@@ -1,6 +1,8 @@
 """mq-send and mq-queue on a database queue: a real PostgreSQL server, a real SMTP server on 127.0.0.1.
 
-The sender is the directory queue's sender; only the queue differs.
+The sender is the directory queue's sender; only the queue differs. What every queue must
+do is tested on both queues by the tests that take ``queue_backend`` (tests/test_sender.py
+and the others); what is here is what only a database queue does (senders on several hosts).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from mq_transaction import DatabaseQueue, QueuedMailer
 from mq_transaction.cli_queue import main as mq_queue
 from mq_transaction.sender import Sender
 from mq_transaction.settings import parse_settings
-from mq_transaction.states import MessageState
 
 SENDER = "app@example.com"
 
@@ -54,59 +55,6 @@ def table_states(url: str) -> dict[str, int]:
         rows = connection.execute(sa.text("select state, count(*) from mq_messages group by state")).all()
     engine.dispose()
     return {state: count for state, count in rows}
-
-
-def run_sender(url: str, port: int, **extra: object):
-    sender = Sender(make_settings(url, port, **extra))
-    try:
-        return sender.run(flush=True)
-    finally:
-        sender.queue.dispose()
-
-
-def test_a_run_delivers_every_message_and_leaves_no_row(db_queue, postgres_url, smtp_sink):
-    ids = queue_messages(db_queue, 5)
-    result = run_sender(postgres_url, smtp_sink.port)
-    assert result.exit_status == 0 and result.delivered == 5
-    assert len(smtp_sink.received) == 5
-    assert smtp_sink.handler.sessions == 1
-    assert table_states(postgres_url) == {}
-    assert sorted(ids) == ids
-
-
-def test_the_server_receives_the_exact_bytes(db_queue, postgres_url, smtp_sink):
-    queue_id = queue_messages(db_queue)[0]
-    stored = db_queue.read(db_queue.find(queue_id))[1]
-    run_sender(postgres_url, smtp_sink.port)
-    assert smtp_sink.received[0].content.replace(b"\r\n", b"\n") == stored.replace(b"\r\n", b"\n")
-
-
-def test_a_deferred_recipient_is_retried_alone_and_a_delivered_one_never_again(db_queue, postgres_url, smtp_sink):
-    queue_messages(db_queue, to=("ann@example.org", "bob@example.org"))
-    smtp_sink.behaviour.rcpt_replies["bob@example.org"] = "451 4.3.0 try later"
-    first = run_sender(postgres_url, smtp_sink.port)
-    assert first.exit_status == 75 and first.deferred == 1
-    assert table_states(postgres_url) == {"deferred": 1}
-    entry = next(db_queue.entries())
-    envelope, _message = db_queue.read(entry)
-    assert [(r.address, r.status) for r in envelope.recipients] == [
-        ("ann@example.org", "delivered"),
-        ("bob@example.org", "deferred"),
-    ]
-    smtp_sink.behaviour.rcpt_replies.clear()
-    second = run_sender(postgres_url, smtp_sink.port)
-    assert second.exit_status == 0 and second.delivered == 1
-    assert [r.rcpt_tos for r in smtp_sink.received] == [["ann@example.org"], ["bob@example.org"]]
-    assert table_states(postgres_url) == {}
-
-
-def test_a_rejected_message_stays_in_failed_with_its_reply(db_queue, postgres_url, smtp_sink):
-    queue_messages(db_queue)
-    smtp_sink.behaviour.rcpt_replies["ann@example.org"] = "550 5.1.1 no such user"
-    assert run_sender(postgres_url, smtp_sink.port).exit_status == 1
-    entry = next(db_queue.entries())
-    assert entry.state == MessageState.FAILED
-    assert db_queue.read(entry)[0].recipients[0].reply == "550 5.1.1 no such user"
 
 
 def test_two_senders_on_two_hosts_deliver_each_message_once(db_queue, postgres_url, smtp_sink):

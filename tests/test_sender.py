@@ -1,20 +1,24 @@
-"""The sender against a real SMTP server on 127.0.0.1: per-recipient fate, retries, failures."""
+"""The sender against a real SMTP server on 127.0.0.1: per-recipient fate, retries, failures.
+
+Every test runs on both queues (``queue_backend``: the directory queue, the database queue).
+"""
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import re
+import sys
 import time
 
 import pytest
 import transaction
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
+from queue_backends import queue_settings
 from smtp_sinks import PASSWORD, USERNAME, RecordingHandler, free_port
 
-from mq_transaction import MessageQueue, QueuedMailer
+from mq_transaction import QueuedMailer
 from mq_transaction.hooks import Hooks
 from mq_transaction.sender import Sender
 from mq_transaction.settings import parse_settings
@@ -23,8 +27,8 @@ from mq_transaction.states import MessageState
 SENDER = "app@example.com"
 
 
-def make_settings(queue_dir, port, **extra):
-    raw = {"mq.queue_dir": str(queue_dir), "mq.smtp_host": "127.0.0.1", "mq.smtp_port": str(port)}
+def make_settings(queue, port, **extra):
+    raw = {**queue_settings(queue), "mq.smtp_host": "127.0.0.1", "mq.smtp_port": str(port)}
     raw.update({f"mq.{key}": str(value) for key, value in extra.items()})
     return parse_settings(raw)
 
@@ -49,13 +53,14 @@ def states(queue):
 
 
 @pytest.fixture
-def queue(tmp_path):
-    return MessageQueue(tmp_path / "queue")
+def queue(queue_backend):
+    """Every test here runs on the directory queue and on the database queue."""
+    return queue_backend.queue
 
 
 def test_delivers_every_message_over_one_reused_connection(queue, smtp_sink):
     queue_messages(queue, 5)
-    result = Sender(make_settings(queue.path, smtp_sink.port)).run()
+    result = Sender(make_settings(queue, smtp_sink.port)).run()
     assert result.exit_status == 0
     assert result.delivered == 5
     assert len(smtp_sink.received) == 5
@@ -66,7 +71,7 @@ def test_delivers_every_message_over_one_reused_connection(queue, smtp_sink):
 
 def test_messages_per_connection_cap_opens_a_new_session(queue, smtp_sink):
     queue_messages(queue, 5)
-    result = Sender(make_settings(queue.path, smtp_sink.port, max_per_connection=2)).run()
+    result = Sender(make_settings(queue, smtp_sink.port, max_per_connection=2)).run()
     assert result.delivered == 5
     assert smtp_sink.handler.sessions == 3
 
@@ -77,7 +82,7 @@ def test_server_receives_exact_bytes_crlf_normalised_and_dot_stuffing_undone(que
     with transaction.manager:
         queue_id = mailer.send(b"From: a@example.com\nTo: b@example.org\nSubject: bytes\n\n" + body)
     stored = queue.read(queue.find(queue_id))[1]
-    Sender(make_settings(queue.path, smtp_sink.port)).run()
+    Sender(make_settings(queue, smtp_sink.port)).run()
     assert len(smtp_sink.received) == 1
     expected = re.sub(rb"\r?\n", b"\r\n", stored)
     if not expected.endswith(b"\r\n"):
@@ -87,7 +92,7 @@ def test_server_receives_exact_bytes_crlf_normalised_and_dot_stuffing_undone(que
 
 def test_server_down_keeps_every_message_queued_and_exits_75(queue):
     ids = queue_messages(queue, 3)
-    result = Sender(make_settings(queue.path, free_port(), smtp_timeout="2s")).run()
+    result = Sender(make_settings(queue, free_port(), smtp_timeout="2s")).run()
     assert result.exit_status == 75
     assert result.server_error
     assert states(queue) == {"queued": 3}
@@ -100,7 +105,7 @@ def test_server_down_keeps_every_message_queued_and_exits_75(queue):
 def test_451_to_every_recipient_defers_then_delivers_once_after_recovery(queue, smtp_sink):
     (queue_id,) = queue_messages(queue, 1, to=("ann@example.org", "bob@example.org"))
     smtp_sink.behaviour.rcpt_default = "451 4.3.0 try again later"
-    settings = make_settings(queue.path, smtp_sink.port, min_backoff="5m")
+    settings = make_settings(queue, smtp_sink.port, min_backoff="5m")
     before = time.time()
     result = Sender(settings).run()
     assert result.exit_status == 75
@@ -124,7 +129,7 @@ def test_550_for_one_of_three_fails_it_and_delivers_the_others_once(queue, smtp_
     to = ("ann@example.org", "bad@example.org", "cid@example.org")
     (queue_id,) = queue_messages(queue, 1, to=to)
     smtp_sink.behaviour.rcpt_replies["bad@example.org"] = "550 5.1.1 no such user"
-    settings = make_settings(queue.path, smtp_sink.port)
+    settings = make_settings(queue, smtp_sink.port)
     result = Sender(settings).run()
     assert result.exit_status == 1
     assert [m.rcpt_tos for m in smtp_sink.received] == [["ann@example.org", "cid@example.org"]]
@@ -145,7 +150,7 @@ def test_4xx_for_one_of_three_retries_only_that_recipient(queue, smtp_sink):
     to = ("ann@example.org", "busy@example.org", "cid@example.org")
     (queue_id,) = queue_messages(queue, 1, to=to)
     smtp_sink.behaviour.rcpt_replies["busy@example.org"] = "452 4.2.2 mailbox full"
-    settings = make_settings(queue.path, smtp_sink.port)
+    settings = make_settings(queue, smtp_sink.port)
     assert Sender(settings).run().exit_status == 75
     assert queue.find(queue_id).state == MessageState.DEFERRED
     smtp_sink.behaviour.rcpt_replies.clear()
@@ -159,7 +164,7 @@ def test_4xx_for_one_of_three_retries_only_that_recipient(queue, smtp_sink):
 def test_552_too_many_recipients_is_temporary(queue, smtp_sink):
     (queue_id,) = queue_messages(queue, 1, to=("ann@example.org", "bob@example.org"))
     smtp_sink.behaviour.rcpt_replies["bob@example.org"] = "552 5.5.3 too many recipients"
-    assert Sender(make_settings(queue.path, smtp_sink.port)).run().exit_status == 75
+    assert Sender(make_settings(queue, smtp_sink.port)).run().exit_status == 75
     envelope, _ = queue.read(queue.find(queue_id))
     assert [r.status for r in envelope.recipients] == ["delivered", "deferred"]
 
@@ -167,7 +172,7 @@ def test_552_too_many_recipients_is_temporary(queue, smtp_sink):
 def test_554_after_data_fails_every_accepted_recipient(queue, smtp_sink):
     (queue_id,) = queue_messages(queue, 1, to=("ann@example.org", "bob@example.org"))
     smtp_sink.behaviour.data_reply = "554 5.7.1 looks like spam"
-    result = Sender(make_settings(queue.path, smtp_sink.port)).run()
+    result = Sender(make_settings(queue, smtp_sink.port)).run()
     assert result.exit_status == 1
     envelope, _ = queue.read(queue.find(queue_id))
     assert [(r.status, r.reply) for r in envelope.recipients] == [("failed", "554 5.7.1 looks like spam")] * 2
@@ -176,7 +181,7 @@ def test_554_after_data_fails_every_accepted_recipient(queue, smtp_sink):
 def test_421_mid_run_reconnects_once_and_delivers_the_rest(queue, smtp_sink):
     queue_messages(queue, 5)
     smtp_sink.behaviour.close_after = 2
-    result = Sender(make_settings(queue.path, smtp_sink.port)).run()
+    result = Sender(make_settings(queue, smtp_sink.port)).run()
     assert result.exit_status == 0
     assert len(smtp_sink.received) == 5
     assert smtp_sink.handler.sessions == 2
@@ -186,7 +191,7 @@ def test_421_mid_run_reconnects_once_and_delivers_the_rest(queue, smtp_sink):
 def test_server_gone_after_a_421_stops_the_run_and_keeps_the_rest_queued(queue, smtp_sink):
     queue_messages(queue, 4)
     smtp_sink.behaviour.close_after = 2
-    settings = make_settings(queue.path, smtp_sink.port, smtp_timeout="2s")
+    settings = make_settings(queue, smtp_sink.port, smtp_timeout="2s")
     sender = Sender(settings)
     real_open = __import__("mq_transaction.smtp", fromlist=["open_session"]).open_session
     calls = []
@@ -218,7 +223,7 @@ def test_connection_dropped_after_data_defers_and_the_resend_keeps_the_message_i
     """
     (queue_id,) = queue_messages(queue, 1)
     smtp_sink.behaviour.drop_after_data = True
-    settings = make_settings(queue.path, smtp_sink.port)
+    settings = make_settings(queue, smtp_sink.port)
     assert Sender(settings).run().exit_status == 75
     envelope, _ = queue.read(queue.find(queue_id))
     assert envelope.recipients[0].status == "deferred"
@@ -235,7 +240,7 @@ def test_wrong_password_is_a_server_failure_not_a_message_failure(queue, tls_aut
     password_file = tmp_path / "password"
     password_file.write_text("wrong\n")
     settings = make_settings(
-        queue.path,
+        queue,
         sink.port,
         smtp_tls="starttls",
         smtp_ca_file=ca_file,
@@ -250,7 +255,7 @@ def test_wrong_password_is_a_server_failure_not_a_message_failure(queue, tls_aut
 
 def test_starttls_required_but_not_offered_sends_nothing_in_plaintext(queue, smtp_sink):
     queue_messages(queue, 1)
-    result = Sender(make_settings(queue.path, smtp_sink.port, smtp_tls="starttls")).run()
+    result = Sender(make_settings(queue, smtp_sink.port, smtp_tls="starttls")).run()
     assert result.exit_status == 75
     assert "STARTTLS" in result.server_error
     assert smtp_sink.received == []
@@ -260,7 +265,7 @@ def test_starttls_required_but_not_offered_sends_nothing_in_plaintext(queue, smt
 def test_self_signed_certificate_is_refused_without_its_ca_file(queue, tls_auth_sink):
     sink, _ca_file = tls_auth_sink
     queue_messages(queue, 1)
-    result = Sender(make_settings(queue.path, sink.port, smtp_tls="starttls")).run()
+    result = Sender(make_settings(queue, sink.port, smtp_tls="starttls")).run()
     assert result.exit_status == 75
     assert "TLS" in result.server_error or "certificate" in result.server_error.lower()
     assert sink.received == []
@@ -277,7 +282,7 @@ def test_auth_over_starttls_with_a_ca_file_delivers_and_logs_no_secret(queue, tl
     handler = attach_smtp_log(str(smtp_log), propagate=True)
     try:
         settings = make_settings(
-            queue.path,
+            queue,
             sink.port,
             smtp_tls="starttls",
             smtp_ca_file=ca_file,
@@ -305,12 +310,10 @@ def test_auth_over_starttls_with_a_ca_file_delivers_and_logs_no_secret(queue, tl
     assert "[message body," in dialog and "Hello" not in dialog
 
 
-def test_corrupt_file_is_moved_to_corrupt_and_the_run_continues(queue, smtp_sink):
+def test_a_corrupt_message_is_moved_to_corrupt_and_the_run_continues(queue, queue_backend, smtp_sink):
     good, bad, also_good = queue_messages(queue, 3)
-    path = os.path.join(queue.path, "new", bad)
-    with open(path, "r+b") as handle:
-        handle.truncate(os.path.getsize(path) - 5)
-    result = Sender(make_settings(queue.path, smtp_sink.port)).run()
+    queue_backend.damage(bad)
+    result = Sender(make_settings(queue, smtp_sink.port)).run()
     assert result.exit_status == 1
     assert result.corrupt == 1 and result.delivered == 2
     assert queue.find(bad).state == "corrupt"
@@ -320,7 +323,7 @@ def test_corrupt_file_is_moved_to_corrupt_and_the_run_continues(queue, smtp_sink
 def test_message_still_undelivered_after_max_lifetime_fails_as_expired(queue, smtp_sink):
     (queue_id,) = queue_messages(queue, 1)
     smtp_sink.behaviour.rcpt_default = "451 4.3.0 try again later"
-    settings = make_settings(queue.path, smtp_sink.port, max_lifetime="5d")
+    settings = make_settings(queue, smtp_sink.port, max_lifetime="5d")
     later = time.time() + 5 * 86400 + 60
     result = Sender(settings, clock=lambda: later).run()
     assert result.exit_status == 1
@@ -334,7 +337,7 @@ def test_message_still_undelivered_after_max_lifetime_fails_as_expired(queue, sm
 def test_backoff_grows_with_the_message_age_between_minimum_and_maximum(queue, smtp_sink):
     (queue_id,) = queue_messages(queue, 1)
     smtp_sink.behaviour.rcpt_default = "451 4.3.0 later"
-    settings = make_settings(queue.path, smtp_sink.port, min_backoff="5m", max_backoff="1h")
+    settings = make_settings(queue, smtp_sink.port, min_backoff="5m", max_backoff="1h")
     queued_at = queue.read(queue.find(queue_id))[0].queued_at
     for age, backoff in ((60, 300), (20 * 60, 20 * 60), (3 * 3600, 3600)):
         now = queued_at + age
@@ -365,7 +368,7 @@ def test_hooks_get_each_outcome_and_a_raising_hook_changes_nothing(queue, smtp_s
         return reply
 
     smtp_sink.handler.handle_RCPT = rcpt
-    result = Sender(make_settings(queue.path, smtp_sink.port), hooks=hooks).run()
+    result = Sender(make_settings(queue, smtp_sink.port), hooks=hooks).run()
     assert (result.delivered, result.failed, result.deferred) == (1, 1, 1)
     assert [(e.state, e.queue_id) for e in events] == [
         ("delivered", ok_id),
@@ -382,8 +385,9 @@ def test_hooks_get_each_outcome_and_a_raising_hook_changes_nothing(queue, smtp_s
 def test_hooks_named_in_settings_are_called(queue, smtp_sink, tmp_path, monkeypatch):
     (tmp_path / "myhooks.py").write_text("seen = []\ndef on_delivered(event):\n    seen.append(event.queue_id)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "myhooks", raising=False)  # the other queue's run imported its own
     (queue_id,) = queue_messages(queue, 1)
-    Sender(make_settings(queue.path, smtp_sink.port, on_delivered="myhooks:on_delivered")).run()
+    Sender(make_settings(queue, smtp_sink.port, on_delivered="myhooks:on_delivered")).run()
     import myhooks
 
     assert myhooks.seen == [queue_id]
@@ -394,7 +398,7 @@ def test_delivery_log_has_one_line_per_attempt_with_each_recipient(queue, smtp_s
     (queue_id,) = queue_messages(queue, 1, to=("ann@example.org", "bad@example.org"))
     smtp_sink.behaviour.rcpt_replies["bad@example.org"] = "550 5.1.1 no such user"
     log_file = tmp_path / "delivery.log"
-    settings = make_settings(queue.path, smtp_sink.port, delivery_log=log_file, delivery_log_format=fmt)
+    settings = make_settings(queue, smtp_sink.port, delivery_log=log_file, delivery_log_format=fmt)
     Sender(settings).run()
     lines = log_file.read_text().splitlines()
     assert len(lines) == 1
@@ -420,7 +424,7 @@ def test_dead_senders_claim_goes_back_to_the_queue(queue, smtp_sink):
     assert queue.find(queue_id).state == "sending"
     assert queue.recover_stale_claims() == []  # still locked by a live claim
     claim.release()  # the owner "dies": its lock goes with it
-    result = Sender(make_settings(queue.path, smtp_sink.port)).run()
+    result = Sender(make_settings(queue, smtp_sink.port)).run()
     assert result.recovered == 1 and result.delivered == 1
 
 
@@ -428,7 +432,7 @@ def test_non_ascii_addresses_use_smtputf8(queue, smtp_sink):
     mailer = QueuedMailer(queue)
     with transaction.manager:
         mailer.send("From: jörg@exämple.de\nTo: zoë@exämple.org\nSubject: x\n\nhi\n")
-    assert Sender(make_settings(queue.path, smtp_sink.port)).run().exit_status == 0
+    assert Sender(make_settings(queue, smtp_sink.port)).run().exit_status == 0
     assert smtp_sink.received[0].rcpt_tos == ["zoë@exämple.org"]
     assert states(queue) == {}
     assert MessageState.QUEUED  # the state constant exists for the table in docs
@@ -436,7 +440,7 @@ def test_non_ascii_addresses_use_smtputf8(queue, smtp_sink):
 
 def test_parallel_connections_share_the_queue_without_duplicates(queue, smtp_sink):
     queue_messages(queue, 40)
-    result = Sender(make_settings(queue.path, smtp_sink.port, smtp_connections=3)).run()
+    result = Sender(make_settings(queue, smtp_sink.port, smtp_connections=3)).run()
     assert result.exit_status == 0
     assert result.delivered == 40 and result.connections == 3
     assert smtp_sink.handler.sessions == 3
@@ -454,7 +458,7 @@ def test_an_unexpected_error_keeps_the_message_queued_and_stops_the_run(queue, s
         raise RuntimeError("a bug nobody planned for")
 
     monkeypatch.setattr(DialogSMTP, "send_message_bytes", broken)
-    result = Sender(make_settings(queue.path, smtp_sink.port)).run()
+    result = Sender(make_settings(queue, smtp_sink.port)).run()
     assert result.exit_status == 75
     assert "a bug nobody planned for" in result.server_error
     assert states(queue) == {"queued": 3}
@@ -466,7 +470,7 @@ def test_message_with_nobody_left_to_try_is_settled_without_smtp(queue, smtp_sin
     claim.envelope.recipients[0].status = "failed"
     claim.envelope.recipients[0].reply = "550 5.1.1 unknown"
     queue.unclaim(claim, envelope_changed=True)
-    result = Sender(make_settings(queue.path, smtp_sink.port)).run()
+    result = Sender(make_settings(queue, smtp_sink.port)).run()
     assert result.failed == 1 and result.connections == 0
     assert queue.find(queue_id).state == MessageState.FAILED
 
@@ -476,7 +480,7 @@ def test_a_refusal_beside_a_deferral_makes_the_run_exit_1_and_is_logged_at_error
     smtp_sink.behaviour.rcpt_replies["bad@example.org"] = "550 5.1.1 no such user"
     smtp_sink.behaviour.rcpt_replies["busy@example.org"] = "451 4.3.0 try later"
     with caplog.at_level("INFO", logger="mq_transaction"):
-        result = Sender(make_settings(queue.path, smtp_sink.port)).run()
+        result = Sender(make_settings(queue, smtp_sink.port)).run()
     assert queue.find(queue_id).state == MessageState.DEFERRED  # still waiting for busy@
     assert result.refused == 1
     assert result.exit_status == 1  # 1 wins over 75
@@ -492,7 +496,7 @@ def test_a_relay_that_refuses_to_relay_keeps_every_message_queued_and_exits_75(q
     ids = queue_messages(queue, 3, to=("ann@example.org", "bob@example.org"))
     smtp_sink.behaviour.rcpt_default = refusal
     with caplog.at_level("ERROR", logger="mq_transaction"):
-        result = Sender(make_settings(queue.path, smtp_sink.port)).run()
+        result = Sender(make_settings(queue, smtp_sink.port)).run()
     assert result.exit_status == 75
     assert result.failed == result.refused == result.attempts == 0
     assert states(queue) == {MessageState.QUEUED: 3}
@@ -502,7 +506,7 @@ def test_a_relay_that_refuses_to_relay_keeps_every_message_queued_and_exits_75(q
     assert "mq.smtp_username" in result.server_error and "mq.smtp_tls" in result.server_error
     assert any("mq.smtp_username" in r.getMessage() for r in caplog.records)
     smtp_sink.behaviour.rcpt_default = None
-    assert Sender(make_settings(queue.path, smtp_sink.port)).run().exit_status == 0
+    assert Sender(make_settings(queue, smtp_sink.port)).run().exit_status == 0
     assert len(smtp_sink.received) == 3
 
 
@@ -510,7 +514,7 @@ def test_a_policy_refusal_of_one_message_is_judged_once_the_server_relays_for_us
     (blocked,) = queue_messages(queue, 1, to=("blocked@example.org",))
     (fine,) = queue_messages(queue, 1, to=("ann@example.org",))
     smtp_sink.behaviour.rcpt_replies["blocked@example.org"] = "554 5.7.1 <blocked@example.org>: Access denied"
-    result = Sender(make_settings(queue.path, smtp_sink.port)).run()
+    result = Sender(make_settings(queue, smtp_sink.port)).run()
     assert result.exit_status == 1 and result.delivered == 1 and result.failed == 1
     assert queue.find(blocked).state == MessageState.FAILED
     envelope, _ = queue.read(queue.find(blocked))
@@ -520,7 +524,7 @@ def test_a_policy_refusal_of_one_message_is_judged_once_the_server_relays_for_us
 def test_a_lone_policy_refusal_without_proof_that_the_server_relays_keeps_the_message(queue, smtp_sink):
     (blocked,) = queue_messages(queue, 1, to=("blocked@example.org",))
     smtp_sink.behaviour.rcpt_replies["blocked@example.org"] = "554 5.7.1 <blocked@example.org>: Access denied"
-    result = Sender(make_settings(queue.path, smtp_sink.port)).run()
+    result = Sender(make_settings(queue, smtp_sink.port)).run()
     assert result.exit_status == 75 and queue.find(blocked).state == MessageState.QUEUED
 
 
@@ -566,9 +570,9 @@ def limited_sink():
 
 def test_default_settings_open_more_sessions_only_for_a_backlog(queue, smtp_sink):
     queue_messages(queue, 1)
-    assert Sender(make_settings(queue.path, smtp_sink.port)).run().connections == 1
+    assert Sender(make_settings(queue, smtp_sink.port)).run().connections == 1
     queue_messages(queue, 200)
-    result = Sender(make_settings(queue.path, smtp_sink.port)).run()
+    result = Sender(make_settings(queue, smtp_sink.port)).run()
     assert result.exit_status == 0 and result.delivered == 200
     assert result.connections == 4  # the default mq.smtp_connections
     assert len(set(smtp_sink.handler.message_ids())) == 201 == len(smtp_sink.received)
@@ -577,7 +581,7 @@ def test_default_settings_open_more_sessions_only_for_a_backlog(queue, smtp_sink
 def test_421_too_many_connections_means_fewer_sessions_not_deferred_mail(queue, limited_sink, caplog):
     handler, port = limited_sink
     queue_messages(queue, 200)
-    sender = Sender(make_settings(queue.path, port))
+    sender = Sender(make_settings(queue, port))
     with caplog.at_level("WARNING", logger="mq_transaction"):
         result = sender.run()
     assert handler.refused_sessions >= 1
@@ -591,7 +595,7 @@ def test_421_too_many_connections_means_fewer_sessions_not_deferred_mail(queue, 
 
 def test_parallel_sessions_still_stop_at_a_server_level_failure(queue):
     queue_messages(queue, 100)
-    result = Sender(make_settings(queue.path, free_port())).run()
+    result = Sender(make_settings(queue, free_port())).run()
     assert result.exit_status == 75 and result.attempts == 0
     assert states(queue) == {MessageState.QUEUED: 100}
 
@@ -600,7 +604,7 @@ def test_attempt_records_stay_bounded(queue, smtp_sink):
     to = tuple(f"user{n}@example.org" for n in range(250))
     (queue_id,) = queue_messages(queue, 1, to=to)
     smtp_sink.behaviour.rcpt_default = "451 4.3.0 try later"
-    settings = make_settings(queue.path, smtp_sink.port)
+    settings = make_settings(queue, smtp_sink.port)
     for _ in range(13):
         assert Sender(settings).run(flush=True).exit_status == 75
     envelope, _ = queue.read(queue.find(queue_id))
