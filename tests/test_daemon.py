@@ -1,4 +1,10 @@
-"""``mq-send --daemon``: prompt sending, outages, SIGTERM, one daemon per queue, metrics."""
+"""``mq-send --daemon``: prompt sending, outages, SIGTERM, one daemon per queue, metrics.
+
+The tests that take ``backend`` run on both queues (the directory queue, the database
+queue). The one-daemon-per-queue lock is the directory queue's alone (several daemons on
+one database queue are the point of it: tests/test_database_*.py), and the tests of
+command-line checks made before any queue is opened take a directory queue only.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import time
 import pytest
 import transaction
 from prometheus_client.parser import text_string_to_metric_families
+from queue_backends import QueueBackend
 from smtp_sinks import RecordingHandler, Sink, free_port
 
 from mq_transaction import MessageQueue, QueuedMailer
@@ -22,16 +29,19 @@ from mq_transaction.daemon import Daemon
 from mq_transaction.hooks import Hooks
 from mq_transaction.metrics import Metrics
 from mq_transaction.sender import Sender
-from mq_transaction.settings import parse_settings
 
 MQ_SEND = [sys.executable, "-m", "mq_transaction.cli_send"]
 
 
-def commit_messages(queue_dir, count, fsync=True):
-    mailer = QueuedMailer(MessageQueue(queue_dir, fsync=fsync))
-    for number in range(count):
+def commit_messages(backend, count, fsync=True, per_transaction=1):
+    """Commit ``count`` messages through a queue object of the daemon's queue, as an app would
+    (``per_transaction`` of them in each transaction; ``fsync=False``: a quicker directory queue)."""
+    queue = backend.open(fsync=False) if not fsync and not backend.is_database else backend.queue
+    mailer = QueuedMailer(queue)
+    for first in range(0, count, per_transaction):
         with transaction.manager:
-            mailer.send(f"From: app@example.com\nTo: u{number}@example.org\nSubject: {number}\n\nhello\n".encode())
+            for number in range(first, min(count, first + per_transaction)):
+                mailer.send(f"From: app@example.com\nTo: u{number}@example.org\nSubject: {number}\n\nhello\n".encode())
 
 
 def wait_for(condition, timeout=15.0):
@@ -43,13 +53,12 @@ def wait_for(condition, timeout=15.0):
     return condition()
 
 
-def start_daemon(queue_dir, port, *extra):
+def start_daemon(backend, port, *extra):
     process = subprocess.Popen(
         [
             *MQ_SEND,
             "--daemon",
-            "--queue-dir",
-            str(queue_dir),
+            *backend.args,
             "--smtp-host",
             "127.0.0.1",
             "--smtp-port",
@@ -67,23 +76,32 @@ def start_daemon(queue_dir, port, *extra):
         lines.append(line)
         if "daemon ready" in line:
             break
+    process.ready_line = line
     threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
     return process
 
 
 @pytest.fixture
+def backend(queue_backend):
+    """The queue of the test: the directory queue, then the database queue."""
+    return queue_backend
+
+
+@pytest.fixture
 def queue_dir(tmp_path):
+    """A directory queue, for what only it has."""
     MessageQueue(tmp_path / "q")
     return tmp_path / "q"
 
 
 @pytest.mark.slow
-def test_daemon_sends_a_message_committed_after_it_started(queue_dir, smtp_sink):
-    daemon = start_daemon(queue_dir, smtp_sink.port)
+def test_daemon_sends_a_message_committed_after_it_started(backend, smtp_sink):
+    daemon = start_daemon(backend, smtp_sink.port)
     try:
-        commit_messages(queue_dir, 1)
+        assert ("waking by listen" if backend.is_database else "waking by inotify") in daemon.ready_line
+        commit_messages(backend, 1)
         assert wait_for(lambda: len(smtp_sink.received) == 1, timeout=10)
-        commit_messages(queue_dir, 2)
+        commit_messages(backend, 2)
         assert wait_for(lambda: len(smtp_sink.received) == 3, timeout=10)
         assert smtp_sink.handler.sessions == 1  # the session stayed open between messages
     finally:
@@ -93,7 +111,8 @@ def test_daemon_sends_a_message_committed_after_it_started(queue_dir, smtp_sink)
 
 @pytest.mark.slow
 def test_second_daemon_on_the_same_queue_is_refused_with_status_2(queue_dir, smtp_sink):
-    first = start_daemon(queue_dir, smtp_sink.port)
+    """Directory only: its daemon lock file. Any number of daemons share a database queue."""
+    first = start_daemon(QueueBackend("directory", str(queue_dir)), smtp_sink.port)
     try:
         second = subprocess.run(
             [*MQ_SEND, "--daemon", "--queue-dir", str(queue_dir), "--smtp-port", str(smtp_sink.port)],
@@ -110,31 +129,30 @@ def test_second_daemon_on_the_same_queue_is_refused_with_status_2(queue_dir, smt
 
 
 @pytest.mark.slow
-def test_sigterm_mid_backlog_loses_nothing_and_exits_0(queue_dir, smtp_sink):
-    commit_messages(queue_dir, 1500, fsync=False)
-    daemon = start_daemon(queue_dir, smtp_sink.port)
+def test_sigterm_mid_backlog_loses_nothing_and_exits_0(backend, smtp_sink):
+    commit_messages(backend, 1500, fsync=False, per_transaction=50)  # a backlog, quickly
+    daemon = start_daemon(backend, smtp_sink.port)
     assert wait_for(lambda: len(smtp_sink.received) >= 100)
     daemon.send_signal(signal.SIGTERM)
     started = time.monotonic()
     assert daemon.wait(timeout=10) == 0
     assert time.monotonic() - started < 10
-    queue = MessageQueue(queue_dir)
-    left = collections.Counter(entry.state for entry in queue.entries())
+    left = collections.Counter(entry.state for entry in backend.queue.entries())
     assert set(left) <= {"queued"}  # nothing stranded in sending/
     sent = len(smtp_sink.received)
     assert sent + left["queued"] == 1500
     assert 0 < left["queued"]
-    Sender(parse_settings({"mq.queue_dir": str(queue_dir), "mq.smtp_port": str(smtp_sink.port)})).run()
+    Sender(backend.parse(smtp_port=smtp_sink.port)).run()
     ids = collections.Counter(smtp_sink.handler.message_ids())
     assert len(ids) == 1500 and max(ids.values()) == 1
 
 
 @pytest.mark.slow
-def test_daemon_survives_an_outage_and_delivers_the_backlog_after_it(queue_dir, monkeypatch):
+def test_daemon_survives_an_outage_and_delivers_the_backlog_after_it(backend, monkeypatch):
     monkeypatch.setattr(Daemon, "SERVER_RETRY_FIRST", 0.2)
     monkeypatch.setattr(Daemon, "SERVER_RETRY_MAX", 0.5)
     port = free_port()
-    settings = parse_settings({"mq.queue_dir": str(queue_dir), "mq.smtp_port": str(port), "mq.smtp_timeout": "2s"})
+    settings = backend.parse(smtp_port=port, smtp_timeout="2s")
     daemon = Daemon(Sender(settings), poll_interval=0.1)
     ready = threading.Event()
     thread = threading.Thread(target=daemon.run, kwargs={"ready": ready.set})
@@ -142,11 +160,11 @@ def test_daemon_survives_an_outage_and_delivers_the_backlog_after_it(queue_dir, 
     sink = None
     try:
         assert ready.wait(10)
-        commit_messages(queue_dir, 3)
+        commit_messages(backend, 3)
         assert wait_for(lambda: daemon.server_down_since is not None, timeout=10)
         time.sleep(1.0)  # several server retries while it is down
         assert thread.is_alive()
-        assert len(list(MessageQueue(queue_dir).entries("queued"))) == 3
+        assert len(list(backend.queue.entries("queued"))) == 3
         sink = Sink(RecordingHandler(), port=port)
         assert wait_for(lambda: len(sink.received) == 3, timeout=15)
         assert wait_for(lambda: daemon.server_down_since is None, timeout=5)
@@ -159,11 +177,11 @@ def test_daemon_survives_an_outage_and_delivers_the_backlog_after_it(queue_dir, 
 
 
 @pytest.mark.slow
-def test_outage_is_logged_once_per_state_change(queue_dir, monkeypatch, caplog):
+def test_outage_is_logged_once_per_state_change(backend, monkeypatch, caplog):
     monkeypatch.setattr(Daemon, "SERVER_RETRY_FIRST", 0.05)
     monkeypatch.setattr(Daemon, "SERVER_RETRY_MAX", 0.1)
-    settings = parse_settings({"mq.queue_dir": str(queue_dir), "mq.smtp_port": str(free_port())})
-    commit_messages(queue_dir, 5)
+    settings = backend.parse(smtp_port=free_port())
+    commit_messages(backend, 5)
     daemon = Daemon(Sender(settings), poll_interval=0.05)
     thread = threading.Thread(target=daemon.run)
     with caplog.at_level("INFO", logger="mq_transaction"):
@@ -176,24 +194,24 @@ def test_outage_is_logged_once_per_state_change(queue_dir, monkeypatch, caplog):
 
 
 @pytest.mark.slow
-def test_metrics_file_parses_and_counts_deliveries_across_runs(queue_dir, smtp_sink, tmp_path):
+def test_metrics_file_parses_and_counts_deliveries_across_runs(backend, smtp_sink, tmp_path):
     metrics_file = tmp_path / "mq.prom"
 
     def run(port):
-        args = ["--queue-dir", str(queue_dir), "--smtp-port", str(port), "--metrics-file", str(metrics_file), "-q"]
+        args = [*backend.args, "--smtp-port", str(port), "--metrics-file", str(metrics_file), "-q"]
         subprocess.run([*MQ_SEND, *args], capture_output=True, text=True, timeout=60)
         return {f.name: f for f in text_string_to_metric_families(metrics_file.read_text())}
 
-    commit_messages(queue_dir, 2)
+    commit_messages(backend, 2)
     run(smtp_sink.port)
-    commit_messages(queue_dir, 1)
+    commit_messages(backend, 1)
     families = run(smtp_sink.port)
     assert families["mq_messages_delivered"].samples[0].value == 3  # counters add up across runs
     outcomes = {(s.labels["outcome"], s.labels["class"]): s.value for s in families["mq_recipient_outcomes"].samples}
     assert outcomes == {("delivered", "2xx"): 3}
     assert families["mq_last_success_timestamp_seconds"].samples[0].value > time.time() - 60
 
-    commit_messages(queue_dir, 1)
+    commit_messages(backend, 1)
     families = run(free_port())  # the server is down
     states = {s.labels["state"]: s.value for s in families["mq_messages"].samples}
     assert states == {"queued": 1, "sending": 0, "deferred": 0, "held": 0, "failed": 0, "corrupt": 0}
@@ -203,16 +221,16 @@ def test_metrics_file_parses_and_counts_deliveries_across_runs(queue_dir, smtp_s
 
 
 @pytest.mark.slow
-def test_sighup_reopens_the_delivery_log(queue_dir, smtp_sink, tmp_path):
+def test_sighup_reopens_the_delivery_log(backend, smtp_sink, tmp_path):
     log_file = tmp_path / "delivery.log"
-    daemon = start_daemon(queue_dir, smtp_sink.port, "--delivery-log", str(log_file))
+    daemon = start_daemon(backend, smtp_sink.port, "--delivery-log", str(log_file))
     try:
-        commit_messages(queue_dir, 1)
+        commit_messages(backend, 1)
         assert wait_for(lambda: log_file.exists() and log_file.read_text().count("\n") == 1)
         os.rename(log_file, tmp_path / "delivery.log.1")
         daemon.send_signal(signal.SIGHUP)
         time.sleep(0.3)
-        commit_messages(queue_dir, 1)
+        commit_messages(backend, 1)
         assert wait_for(lambda: log_file.exists() and log_file.read_text().count("\n") == 1)
         assert (tmp_path / "delivery.log.1").read_text().count("\n") == 1
     finally:
@@ -221,15 +239,15 @@ def test_sighup_reopens_the_delivery_log(queue_dir, smtp_sink, tmp_path):
 
 
 @pytest.mark.slow
-def test_rotated_delivery_and_dialog_logs_are_reopened_without_a_signal(queue_dir, smtp_sink, tmp_path):
+def test_rotated_delivery_and_dialog_logs_are_reopened_without_a_signal(backend, smtp_sink, tmp_path):
     delivery_log, dialog_log = tmp_path / "delivery.log", tmp_path / "smtp.log"
-    daemon = start_daemon(queue_dir, smtp_sink.port, "--delivery-log", str(delivery_log), "--smtp-log", str(dialog_log))
+    daemon = start_daemon(backend, smtp_sink.port, "--delivery-log", str(delivery_log), "--smtp-log", str(dialog_log))
     try:
-        commit_messages(queue_dir, 1)
+        commit_messages(backend, 1)
         assert wait_for(lambda: delivery_log.exists() and delivery_log.read_text().count("\n") == 1)
         os.rename(delivery_log, tmp_path / "delivery.log.1")  # what logrotate does, without SIGHUP
         os.rename(dialog_log, tmp_path / "smtp.log.1")
-        commit_messages(queue_dir, 1)
+        commit_messages(backend, 1)
         assert wait_for(lambda: delivery_log.exists() and delivery_log.read_text().count("\n") == 1)
         assert wait_for(lambda: dialog_log.exists() and "DATA" in dialog_log.read_text())
         assert (tmp_path / "delivery.log.1").read_text().count("\n") == 1
@@ -240,14 +258,14 @@ def test_rotated_delivery_and_dialog_logs_are_reopened_without_a_signal(queue_di
         assert daemon.wait(timeout=10) == 0
 
 
-def test_metrics_writer_is_atomic_and_keeps_counters(tmp_path, queue_dir):
+def test_metrics_writer_is_atomic_and_keeps_counters(tmp_path, backend):
     from mq_transaction.sender import RunResult
 
     metrics = Metrics(str(tmp_path / "m.prom"))
     metrics.add_run(RunResult(delivered=2, failed=1))
-    metrics.write(MessageQueue(queue_dir))
+    metrics.write(backend.queue)
     metrics.add_run(RunResult(delivered=1))
-    metrics.write(MessageQueue(queue_dir))
+    metrics.write(backend.queue)
     text = (tmp_path / "m.prom").read_text()
     assert "mq_messages_delivered_total 3" in text and "mq_messages_failed_total 1" in text
     assert [p for p in os.listdir(tmp_path) if p.startswith(".mq-metrics")] == []
@@ -273,15 +291,15 @@ def test_daemon_refuses_one_shot_flags(queue_dir):
     assert done.returncode == 2 and "--flush" in done.stderr
 
 
-def test_last_success_does_not_advance_while_the_server_is_known_down(tmp_path, queue_dir):
+def test_last_success_does_not_advance_while_the_server_is_known_down(tmp_path, backend):
     from mq_transaction.sender import RunResult
 
     metrics = Metrics(str(tmp_path / "m.prom"))
     metrics.add_run(RunResult(), server_usable=False)
-    metrics.write(MessageQueue(queue_dir))
+    metrics.write(backend.queue)
     assert last_success(tmp_path / "m.prom") == 0
     metrics.add_run(RunResult(delivered=1))
-    metrics.write(MessageQueue(queue_dir))
+    metrics.write(backend.queue)
     assert last_success(tmp_path / "m.prom") > time.time() - 60
 
 
@@ -290,8 +308,8 @@ def last_success(path):
     return families["mq_last_success_timestamp_seconds"].samples[0].value
 
 
-def run_daemon_in_thread(queue_dir, port):
-    settings = parse_settings({"mq.queue_dir": str(queue_dir), "mq.smtp_port": str(port), "mq.smtp_timeout": "2s"})
+def run_daemon_in_thread(backend, port):
+    settings = backend.parse(smtp_port=port, smtp_timeout="2s")
     daemon = Daemon(Sender(settings), poll_interval=0.1)
     ready = threading.Event()
     thread = threading.Thread(target=daemon.run, kwargs={"ready": ready.set})
@@ -300,17 +318,17 @@ def run_daemon_in_thread(queue_dir, port):
     return daemon, thread
 
 
-def test_new_mail_during_an_outage_probes_the_server_within_seconds(queue_dir, monkeypatch):
+def test_new_mail_during_an_outage_probes_the_server_within_seconds(backend, monkeypatch):
     monkeypatch.setattr(Daemon, "SERVER_RETRY_FIRST", 60.0)  # the outage's own backoff would wait a minute
     monkeypatch.setattr(Daemon, "SERVER_RETRY_MAX", 60.0)
     port = free_port()
-    commit_messages(queue_dir, 1)
-    daemon, thread = run_daemon_in_thread(queue_dir, port)
+    commit_messages(backend, 1)
+    daemon, thread = run_daemon_in_thread(backend, port)
     sink = None
     try:
         assert wait_for(lambda: daemon.server_down_since is not None, timeout=10)
         sink = Sink(RecordingHandler(), port=port)  # the relay is back...
-        commit_messages(queue_dir, 1)  # ...and new mail is committed
+        commit_messages(backend, 1)  # ...and new mail is committed
         committed = time.monotonic()
         assert wait_for(lambda: len(sink.received) == 2, timeout=10)
         assert time.monotonic() - committed < 5.0
@@ -322,15 +340,15 @@ def test_new_mail_during_an_outage_probes_the_server_within_seconds(queue_dir, m
             sink.stop()
 
 
-def test_mail_sent_back_to_the_queue_by_a_failed_try_does_not_count_as_new(queue_dir, monkeypatch):
+def test_mail_sent_back_to_the_queue_by_a_failed_try_does_not_count_as_new(backend, monkeypatch):
     monkeypatch.setattr(Daemon, "SERVER_RETRY_FIRST", 60.0)
     monkeypatch.setattr(Daemon, "SERVER_RETRY_MAX", 60.0)
     monkeypatch.setattr(Daemon, "PROBE_EVERY", 0.1)
     tries = []
     monkeypatch.setattr(Sender, "deliver", lambda self, *args, **kwargs: tries.append(args[0]) or args[1])
     monkeypatch.setattr(Sender, "_server_failed", lambda *args: False)
-    commit_messages(queue_dir, 2)
-    daemon, thread = run_daemon_in_thread(queue_dir, free_port())
+    commit_messages(backend, 2)
+    daemon, thread = run_daemon_in_thread(backend, free_port())
     try:
         assert wait_for(lambda: len(tries) == 1, timeout=10)
         daemon.server_down_since = time.time()  # as a failed try leaves it (deliver is replaced here)
@@ -338,7 +356,7 @@ def test_mail_sent_back_to_the_queue_by_a_failed_try_does_not_count_as_new(queue
         daemon._wake()
         time.sleep(0.5)
         assert len(tries) == 1  # woken, but nothing new: no probe
-        commit_messages(queue_dir, 1)
+        commit_messages(backend, 1)
         assert wait_for(lambda: len(tries) == 2, timeout=5)  # new mail: a probe
         assert len(tries[1]) == 3
     finally:
@@ -354,14 +372,14 @@ class SlowHandler(RecordingHandler):
         return await super().handle_DATA(server, session, envelope)
 
 
-def test_server_back_reports_the_downtime_not_the_time_to_deliver_the_backlog(queue_dir, monkeypatch, caplog):
+def test_server_back_reports_the_downtime_not_the_time_to_deliver_the_backlog(backend, monkeypatch, caplog):
     monkeypatch.setattr(Daemon, "SERVER_RETRY_FIRST", 0.2)
     monkeypatch.setattr(Daemon, "SERVER_RETRY_MAX", 0.2)
     port = free_port()
-    commit_messages(queue_dir, 10)
+    commit_messages(backend, 10)
     sink = None
     with caplog.at_level("INFO", logger="mq_transaction"):
-        daemon, thread = run_daemon_in_thread(queue_dir, port)
+        daemon, thread = run_daemon_in_thread(backend, port)
         try:
             assert wait_for(lambda: daemon.server_down_since is not None, timeout=10)
             time.sleep(1.0)
@@ -377,10 +395,10 @@ def test_server_back_reports_the_downtime_not_the_time_to_deliver_the_backlog(qu
     assert 0.8 <= downtime <= 2.0, line
 
 
-def test_a_hook_calling_sys_exit_does_not_stop_the_daemon(queue_dir, smtp_sink, caplog):
+def test_a_hook_calling_sys_exit_does_not_stop_the_daemon(backend, smtp_sink, caplog):
     hooks = Hooks()
     hooks.add("delivered", lambda event: sys.exit(3))
-    settings = parse_settings({"mq.queue_dir": str(queue_dir), "mq.smtp_port": str(smtp_sink.port)})
+    settings = backend.parse(smtp_port=smtp_sink.port)
     daemon = Daemon(Sender(settings, hooks=hooks), poll_interval=0.1)
     ready = threading.Event()
     thread = threading.Thread(target=daemon.run, kwargs={"ready": ready.set})
@@ -388,9 +406,9 @@ def test_a_hook_calling_sys_exit_does_not_stop_the_daemon(queue_dir, smtp_sink, 
         thread.start()
         try:
             assert ready.wait(10)
-            commit_messages(queue_dir, 1)
+            commit_messages(backend, 1)
             assert wait_for(lambda: len(smtp_sink.received) == 1)
-            commit_messages(queue_dir, 1)  # still serving after the hook's sys.exit()
+            commit_messages(backend, 1)  # still serving after the hook's sys.exit()
             assert wait_for(lambda: len(smtp_sink.received) == 2)
             assert thread.is_alive()
         finally:

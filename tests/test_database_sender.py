@@ -8,11 +8,9 @@ and the others); what is here is what only a database queue does (senders on sev
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import sqlalchemy as sa
@@ -89,31 +87,6 @@ def test_mq_send_command_drains_the_database_queue(db_queue, postgres_url, smtp_
     assert result.returncode == 0, result.stderr
     assert len(smtp_sink.received) == 3
     assert table_states(postgres_url) == {}
-
-
-def test_the_daemon_sends_moments_after_the_commit(db_queue, postgres_url, smtp_sink):
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "mq_transaction.cli_send", "--queue-url", postgres_url, "--daemon"]
-        + ["--smtp-host", "127.0.0.1", "--smtp-port", str(smtp_sink.port)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        ready = ""
-        while "daemon ready" not in ready:
-            line = daemon.stderr.readline()
-            assert line, "the daemon exited before it was ready"
-            ready += line
-        assert "waking by listen" in ready
-        queue_messages(db_queue)
-        deadline = time.monotonic() + 20
-        while not smtp_sink.received and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(smtp_sink.received) == 1
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=30) == 0
-        daemon.stderr.close()
 
 
 def test_mq_queue_lists_holds_releases_and_discards_database_messages(db_queue, postgres_url, capsys):
