@@ -1,8 +1,13 @@
 """The queue directory: its layout, and every transition of a message between states.
 
-This is the only module that builds paths inside a queue. Each state is a directory,
+This is the only module that touches files inside a queue. Each state is a directory,
 each transition one atomic ``rename`` (or ``unlink``) followed by an ``fsync`` of the
 directory. See ``docs/queue.md`` for the table this module mirrors name for name.
+
+The queue root and each state directory are opened once, without following symbolic
+links, and every operation on a message file is made by name relative to those open
+directories (``dir_fd``): a directory swapped for a link after the queue was opened is
+never followed. Paths are built only to name things in messages to people.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from zope.interface import implementer
@@ -54,8 +60,21 @@ COMMIT_RECORD_END = "end"
 #: process died while writing it, before any of its messages was published.
 INCOMPLETE_RECORD_MAX_AGE = 600.0
 
+#: The daemon's lock file, in the queue root.
+DAEMON_LOCK = ".daemon.lock"
+
 #: Where a message lies: a state, or ``TMP_DIR`` while its transaction has not committed.
 _Place = MessageState | str
+
+#: The subdirectories of a queue: ``tmp/`` and one per state.
+_DIR_NAMES: tuple[str, ...] = (TMP_DIR, *STATE_DIRS.values())
+
+# Every open in a queue refuses a symbolic link as its last component (O_NOFOLLOW; the
+# components before it are directories this process opened itself). Files are opened
+# non-blocking, so a FIFO slipped in under a message's name cannot hang a reader.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 #: A queue id: UTC time of queueing to the microsecond, then 10 random hex digits.
 QUEUE_ID = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{10}$")
@@ -99,19 +118,21 @@ class FileClaim(Claim):
     """A claim on a queue file: the open descriptors whose ``flock`` holds it.
 
     ``_reserved`` is the locked scratch file whose blocks were allocated at claim time to
-    record the outcome (see :meth:`MessageQueue.claim`), or None.
+    record the outcome (see :meth:`MessageQueue.claim`), or None; ``_drop_reserved``
+    removes that scratch file from its directory when it goes unused.
     """
 
     _fds: list[int] = field(default_factory=list)
     _reserved: int | None = None
-    _reserved_path: str = ""
+    _drop_reserved: Callable[[], None] | None = None
 
     def release(self) -> None:
         """Close the claim's file descriptors (dropping its locks); drop an unused reservation."""
         while self._fds:
             os.close(self._fds.pop())
         if self._reserved is not None:
-            _unlink_quietly(self._reserved_path)
+            if self._drop_reserved is not None:
+                self._drop_reserved()
             os.close(self._reserved)
             self._reserved = None
 
@@ -122,7 +143,7 @@ class _RetryTimes:
     The daemon asks for due messages at every wake-up; with 100,000 deferred messages a
     ``stat`` of each costs most of a second. Every change to the directory's entries (a
     message deferred, claimed, moved by the operator) changes the directory's own mtime,
-    so one ``stat`` of the directory tells whether the cached times still hold. A stamp
+    so one ``fstat`` of the open directory tells whether the cached times still hold. A stamp
     younger than :data:`FRESH_STAMP` seconds is not trusted (file times have a coarse clock:
     two changes within one tick leave the same mtime), so the directory is read again.
     """
@@ -137,23 +158,21 @@ class _RetryTimes:
         self.strays: list[str] = []
         self._lock = threading.Lock()
 
-    def retry_times(self) -> dict[str, float]:
-        """Queue id -> retry time of every deferred message (do not modify it)."""
+    def retry_times(self, dir_fd: int) -> dict[str, float]:
+        """Queue id -> retry time of every deferred message in the open directory ``dir_fd``
+        (do not modify it)."""
         with self._lock:
-            try:
-                info = os.stat(self.directory)
-            except FileNotFoundError:
-                return {}
+            info = os.fstat(dir_fd)
             stamp = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
             if stamp != self._stamp:
                 times = {}
                 strays = []
-                for entry in _scan(self.directory):
+                for entry in _scan(dir_fd):
                     if not is_queue_id(entry.name):
-                        strays.append(entry.path)
+                        strays.append(os.path.join(self.directory, entry.name))
                         continue
                     try:
-                        times[entry.name] = entry.stat().st_mtime
+                        times[entry.name] = entry.stat(follow_symlinks=False).st_mtime
                     except FileNotFoundError:
                         continue
                 self._times, self.strays = times, strays
@@ -172,91 +191,275 @@ class MessageQueue:
     directories 0770 and files 0660 (for a web app and a sender running as different
     users in one group); the default is 0700 and 0600. ``fsync=False`` skips every
     fsync, for development and test suites only: a crash may then lose mail.
+
+    The queue root and its state directories are opened once, here, without following
+    symbolic links, and each state directory must be owned by the root's owner or by this
+    process's user (:class:`QueueWriteError` otherwise). Every later operation works
+    inside those open directories, so the queue holds a few file descriptors until
+    :meth:`close` (or until it is garbage collected). A forked child may go on using the
+    queue its parent opened.
     """
 
     def __init__(
         self, path: str | os.PathLike, *, create: bool = True, group_access: bool = False, fsync: bool = True
     ) -> None:
-        if not create and not os.path.isdir(path):
-            raise QueueNotFoundError(f"{os.fspath(path)} does not exist or is not a directory")
         self.path = os.path.abspath(os.fspath(path))
         self.location = self.path
-        self._daemon_lock_fd: int | None = None
         self.fsync = fsync
         self.group_access = group_access
         self.dir_mode = 0o770 if group_access else 0o700
         self.file_mode = 0o660 if group_access else 0o600
-        self._dirs = {name: os.path.join(self.path, name) for name in (TMP_DIR, *STATE_DIRS.values())}
+        #: Paths of the subdirectories, for messages to people only: no file is reached through them.
+        self._dirs = {name: os.path.join(self.path, name) for name in _DIR_NAMES}
+        self._dir_of: dict[_Place, str] = {state: directory for state, directory in STATE_DIRS.items()}
+        self._dir_of[TMP_DIR] = TMP_DIR
+        #: The open descriptors: the root under "", each subdirectory under its name.
+        self._open: dict[str, int] = {}
+        #: (st_dev, st_ino) of each open subdirectory, to tell whether its name still leads to it.
+        self._identity: dict[str, tuple[int, int]] = {}
+        #: Descriptors of directories replaced while this queue was open: kept open until
+        #: close(), since another thread may still be using one (a closed number gets reused).
+        self._retired: list[int] = []
+        self._daemon_lock_fd: int | None = None
+        self._finalizer = weakref.finalize(self, _close_all, self._open, self._retired)
         self._deferred = _RetryTimes(self._dirs[STATE_DIRS[MessageState.DEFERRED]])
         self._strays_reported: set[str] = set()
-        for directory in (self.path, *self._dirs.values()):
-            try:
-                os.mkdir(directory, self.dir_mode)
-            except FileExistsError:
-                if not os.path.isdir(directory):
-                    raise QueueWriteError(f"queue path {directory} exists and is not a directory") from None
-                continue
-            except OSError as exc:
-                raise QueueWriteError(f"cannot create queue directory {directory}: {exc.strerror}") from exc
-            os.chmod(directory, self.dir_mode)
-        self._check_state_directories()
+        self._layout_lock = threading.Lock()
+        try:
+            self._open_root(create)
+            for name in _DIR_NAMES:
+                self._open[name] = fd = self._open_subdirectory(name)
+                info = os.fstat(fd)
+                self._identity[name] = (info.st_dev, info.st_ino)
+        except BaseException:
+            self.close()
+            raise
 
-    def _check_state_directories(self) -> None:
-        """Refuse a state directory that is a symbolic link or belongs to an unexpected user.
+    def _open_root(self, create: bool) -> None:
+        made = False
+        if create:
+            try:
+                os.mkdir(self.path, self.dir_mode)
+                made = True
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise QueueWriteError(f"cannot create queue directory {self.path}: {exc.strerror}") from exc
+        try:
+            self._open[""] = root = os.open(self.path, _DIR_FLAGS)
+        except OSError as exc:
+            link = _link_target(self.path)
+            if link is not None:
+                raise QueueWriteError(
+                    f"queue directory {self.path} is a symbolic link (to {link}): refusing to follow it; "
+                    f"give the real directory ({os.path.realpath(self.path)}) as the queue directory"
+                ) from exc
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR) and not create:
+                raise QueueNotFoundError(f"{self.path} does not exist or is not a directory") from exc
+            if exc.errno == errno.ENOTDIR:
+                raise QueueWriteError(f"queue path {self.path} exists and is not a directory") from exc
+            raise QueueWriteError(f"cannot open queue directory {self.path}: {exc.strerror}") from exc
+        if made:
+            os.fchmod(root, self.dir_mode)  # the umask may have taken bits away
+
+    def _open_subdirectory(self, name: str) -> int:
+        """Open ``name`` in the root (made when missing), refusing a link or a foreign owner.
 
         In the two-user setup the web app owns the queue root and could replace ``tmp/`` by
         a link to a directory of the sender's user (or root's), whose old files clean-up
         would then delete. A state directory must be a real directory owned by the owner of
         the queue root or by this process's user.
         """
-        root_owner = os.stat(self.path).st_uid
-        for directory in self._dirs.values():
-            info = os.lstat(directory)
-            if stat.S_ISLNK(info.st_mode):
+        root = self._open[""]
+        directory = self._dirs[name]
+        made = False
+        try:
+            os.mkdir(name, self.dir_mode, dir_fd=root)
+            made = True
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise QueueWriteError(f"cannot create queue directory {directory}: {exc.strerror}") from exc
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=root)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTDIR, errno.ELOOP):
                 raise QueueWriteError(
-                    f"queue directory {directory} is a symbolic link: refusing to use it; "
+                    f"queue directory {directory} {self._what_is(name)}: refusing to use it; "
                     "replace it by a real directory (see docs/queue.md)"
-                )
+                ) from exc
+            raise QueueWriteError(f"cannot open queue directory {directory}: {exc.strerror}") from exc
+        try:
+            info = os.fstat(fd)
+            root_owner = os.fstat(root).st_uid
             if info.st_uid not in (root_owner, os.geteuid()):
                 raise QueueWriteError(
                     f"queue directory {directory} belongs to user id {info.st_uid}, not to the owner of "
                     f"{self.path} (user id {root_owner}) nor to this user (user id {os.geteuid()}): refusing it"
                 )
+            if made:
+                os.fchmod(fd, self.dir_mode)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _what_is(self, name: str) -> str:
+        """What stands at ``name`` in the root now, for an error message."""
+        try:
+            info = os.stat(name, dir_fd=self._open[""], follow_symlinks=False)
+        except FileNotFoundError:
+            return "is gone"
+        except (OSError, KeyError) as exc:
+            return f"cannot be examined ({exc})"
+        if stat.S_ISLNK(info.st_mode):
+            try:
+                return f"is a symbolic link (to {os.readlink(name, dir_fd=self._open[''])})"
+            except OSError:
+                return "is a symbolic link"
+        if not stat.S_ISDIR(info.st_mode):
+            return "is not a directory"
+        return "is another directory"
+
+    def close(self) -> None:
+        """Close the queue's directories (and drop the daemon lock). Idempotent; the queue
+        cannot be used afterwards. Claims still held keep their own locks."""
+        self._daemon_lock_fd = None
+        self._finalizer()
+
+    def __enter__(self) -> MessageQueue:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"MessageQueue({self.path!r})"
 
-    # -- paths (private: no other module builds them) -------------------------------
+    # -- the open directories (private: no other module reaches into the queue) ----------
+
+    def _fd(self, place: _Place) -> int:
+        """The open directory of ``place`` (a state, or ``TMP_DIR``)."""
+        try:
+            return self._open[self._dir_of[place]]
+        except KeyError:
+            if not self._open:
+                raise QueueUnavailableError(f"the queue at {self.path} was closed") from None
+            raise
+
+    def _root(self) -> int:
+        try:
+            return self._open[""]
+        except KeyError:
+            raise QueueUnavailableError(f"the queue at {self.path} was closed") from None
 
     def _state_dir(self, state: MessageState) -> str:
         return self._dirs[STATE_DIRS[state]]
 
     def _file(self, place: _Place, queue_id: str) -> str:
-        return os.path.join(self._dirs[TMP_DIR if place == TMP_DIR else STATE_DIRS[MessageState(place)]], queue_id)
+        """The path of a file, to name it to people."""
+        return os.path.join(self._dirs[self._dir_of[place]], queue_id)
 
-    def _sync_dir(self, directory: str) -> None:
-        if not self.fsync:
-            return
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    def _sync_dir(self, place: _Place) -> None:
+        if self.fsync:
+            os.fsync(self._fd(place))
+
+    def _rename(self, name: str, source: _Place, target: _Place, new_name: str | None = None) -> None:
+        os.rename(name, new_name or name, src_dir_fd=self._fd(source), dst_dir_fd=self._fd(target))
+
+    def _exists(self, place: _Place, name: str) -> bool:
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            os.stat(name, dir_fd=self._fd(place), follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _unlink_quietly(self, place: _Place, name: str) -> None:
+        try:
+            os.unlink(name, dir_fd=self._fd(place))
+        except FileNotFoundError:
+            pass
+
+    def layout_problems(self, places: Iterable[_Place] | None = None) -> list[str]:
+        """What is wrong with the queue's directories now, one sentence each (none: all well).
+
+        Each name (``new``, ``tmp``...) must still lead to the directory this queue opened:
+        one replaced by a symbolic link, removed, or swapped for another directory since
+        then is reported, and never followed.
+        """
+        names = _DIR_NAMES if places is None else [self._dir_of[place] for place in places]
+        return [problem for name in names if (problem := self._replaced(name))]
+
+    def _replaced(self, name: str) -> str:
+        """What became of subdirectory ``name`` since the queue opened it; empty if nothing."""
+        try:
+            info = os.stat(name, dir_fd=self._root(), follow_symlinks=False)
+            if (info.st_dev, info.st_ino) == self._identity[name]:
+                return ""
+        except FileNotFoundError:
+            pass
+        return (
+            f"queue directory {self._dirs[name]} {self._what_is(name)} since this process opened the queue: "
+            "refusing to follow it (nothing is written, moved or removed through it)"
+        )
+
+    def check_layout(
+        self, places: Iterable[_Place] | None = None, *, error: type[OSError] = QueueUnavailableError
+    ) -> None:
+        """Raise ``error`` naming each directory of ``places`` (default: all) whose name no
+        longer leads to the directory this queue opened (see :meth:`layout_problems`)."""
+        problems = self.layout_problems(places)
+        if problems:
+            raise error("; ".join(problems) + ". Restore the real directory, then restart this process")
+
+    def _reopen_replaced(self) -> None:
+        """Open again, with the checks of the first open, each directory that was replaced
+        by a real one (an operator recreated it); raise for a link or a foreign owner.
+
+        Only for the start of a sender's pass (:meth:`cleanup`, :meth:`due`), when this
+        process holds no claim inside a directory that may change.
+        """
+        with self._layout_lock:
+            for name in _DIR_NAMES:
+                problem = self._replaced(name)
+                if not problem:
+                    continue
+                try:
+                    now = os.stat(name, dir_fd=self._root(), follow_symlinks=False)
+                except FileNotFoundError:
+                    now = None  # removed: made again, as at open
+                if now is not None and not stat.S_ISDIR(now.st_mode):
+                    raise QueueUnavailableError(f"{problem}; put the real directory back (see docs/queue.md)")
+                try:
+                    fd = self._open_subdirectory(name)
+                except QueueWriteError as exc:
+                    raise QueueUnavailableError(f"{exc}; it was replaced since this process opened the queue") from exc
+                info = os.fstat(fd)
+                self._retired.append(self._open[name])
+                self._open[name], self._identity[name] = fd, (info.st_dev, info.st_ino)
+                log.warning(
+                    "queue directory %s was replaced by another directory since this process opened the queue; "
+                    "using the new one (files left in the old one are no longer part of the queue)",
+                    self._dirs[name],
+                )
 
     def check_writable(self) -> None:
         """Raise :class:`QueueWriteError` unless this process can write every state directory."""
+        self.check_layout(error=QueueWriteError)
         for directory in self._dirs.values():
             if not os.access(directory, os.W_OK | os.X_OK):
                 raise QueueWriteError(f"queue directory {directory} is not writable by this user")
 
     # -- writing: tmp -> new -----------------------------------------------------------
 
-    def _write_new_file(self, path: str, content: bytes, mtime: float | None = None, lock: bool = False) -> int:
-        """Create ``path`` exclusively, write and fsync ``content``; return the open fd."""
+    def _write_new_file(
+        self, place: _Place, name: str, content: bytes, mtime: float | None = None, lock: bool = False
+    ) -> int:
+        """Create ``name`` in ``place`` exclusively, write and fsync ``content``; return the open fd."""
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.file_mode)
+            fd = os.open(name, _CREATE_FLAGS, self.file_mode, dir_fd=self._fd(place))
         except OSError as exc:
-            raise QueueWriteError(f"cannot create {path}: {exc.strerror}") from exc
+            raise QueueWriteError(f"cannot create {self._file(place, name)}: {exc.strerror}") from exc
         try:
             if lock:
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -274,17 +477,22 @@ class MessageQueue:
                 os.fsync(fd)
         except OSError as exc:
             os.close(fd)
-            _unlink_quietly(path)
-            raise QueueWriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            self._unlink_quietly(place, name)
+            raise QueueWriteError(f"cannot write {self._file(place, name)}: {exc.strerror or exc}") from exc
         return fd
 
     def stage(self, envelope: Envelope, message: bytes) -> str:
-        """Write a message durably into ``tmp/`` and return its new queue id."""
+        """Write a message durably into ``tmp/`` and return its new queue id.
+
+        Raises :class:`QueueWriteError` when ``tmp/`` or ``new/`` was replaced since the
+        queue was opened (the commit could not publish the message).
+        """
+        self.check_layout((TMP_DIR, MessageState.QUEUED), error=QueueWriteError)
         content = queuefile.encode(envelope, message)
         while True:
             queue_id = new_queue_id(envelope.queued_at)
             try:
-                os.close(self._write_new_file(self._file(TMP_DIR, queue_id), content))
+                os.close(self._write_new_file(TMP_DIR, queue_id, content))
                 return queue_id
             except QueueWriteError as exc:
                 if isinstance(exc.__cause__, FileExistsError):
@@ -318,29 +526,26 @@ class MessageQueue:
             failures = self._rename_into_new(queue_ids)
         finally:
             if record is not None:
-                path, fd = record
+                name, fd = record
                 # Only a failed rename can have left a message in tmp/ (all of them, if renaming raised).
                 unsure = queue_ids if failures is None else [queue_id for queue_id, _ in failures]
-                if not any(os.path.lexists(self._file(TMP_DIR, queue_id)) for queue_id in unsure):
-                    _unlink_quietly(path)  # done; a rename that failed is retried by cleanup()
+                if not any(self._exists(TMP_DIR, queue_id) for queue_id in unsure):
+                    self._unlink_quietly(TMP_DIR, name)  # done; a rename that failed is retried by cleanup()
                 os.close(fd)
         return failures
 
-    def _commit_record_path(self, first_queue_id: str) -> str:
-        return os.path.join(self._dirs[TMP_DIR], COMMIT_RECORD_PREFIX + first_queue_id)
-
     def _write_commit_record(self, queue_ids: list[str]) -> tuple[str, int]:
-        """Write the ids and an end line to ``tmp/.commit-<first id>``, durably; return it locked."""
-        path = self._commit_record_path(queue_ids[0])
+        """Write the ids and an end line to ``tmp/.commit-<first id>``, durably; return its name, locked."""
+        name = COMMIT_RECORD_PREFIX + queue_ids[0]
         content = "".join(f"{queue_id}\n" for queue_id in queue_ids) + COMMIT_RECORD_END
-        fd = self._write_new_file(path, content.encode("ascii"), lock=True)
+        fd = self._write_new_file(TMP_DIR, name, content.encode("ascii"), lock=True)
         try:
-            self._sync_dir(self._dirs[TMP_DIR])
+            self._sync_dir(TMP_DIR)
         except OSError as exc:
             os.close(fd)
-            _unlink_quietly(path)
+            self._unlink_quietly(TMP_DIR, name)
             raise QueueWriteError(f"cannot fsync {self._dirs[TMP_DIR]}: {exc.strerror or exc}") from exc
-        return path, fd
+        return name, fd
 
     def _finish_interrupted_commits(self, now: float) -> set[str]:
         """Roll forward: publish what is left in ``tmp/`` of each commit record whose process died.
@@ -352,45 +557,46 @@ class MessageQueue:
         Returns the ids named by the records of live committers (not to be cleaned up).
         """
         in_use: set[str] = set()
-        for entry in _scan(self._dirs[TMP_DIR], dotfiles=True):
-            if not entry.name.startswith(COMMIT_RECORD_PREFIX):
-                continue
+        tmp = self._fd(TMP_DIR)
+        records = [entry.name for entry in _scan(tmp, dotfiles=True) if entry.name.startswith(COMMIT_RECORD_PREFIX)]
+        for name in records:
+            path = self._file(TMP_DIR, name)
             try:
-                fd = _open_locked(entry.path)
+                fd = _open_locked(name, tmp)
             except OSError as exc:
-                log.error("commit record %s: cannot open it: %s", entry.path, exc.strerror)
+                log.error("commit record %s: cannot open it: %s", path, exc.strerror)
                 continue
             if fd is None:  # its committer is renaming right now: leave its messages alone
-                in_use.update(_read_ids(entry.path))
+                in_use.update(_read_ids(name, tmp))
                 continue
             try:
                 lines = _read_all(fd).decode("ascii", "replace").split("\n")
                 if lines[-1] != COMMIT_RECORD_END:
                     if now - os.fstat(fd).st_mtime > INCOMPLETE_RECORD_MAX_AGE:
-                        os.unlink(entry.path)  # its process died before its transaction's commit was recorded
+                        os.unlink(name, dir_fd=tmp)  # its process died before its transaction's commit was recorded
                     continue
                 finished = []
                 for queue_id in lines[:-1]:
                     if not is_queue_id(queue_id):
                         continue
                     try:
-                        os.rename(self._file(TMP_DIR, queue_id), self._file(MessageState.QUEUED, queue_id))
+                        self._rename(queue_id, TMP_DIR, MessageState.QUEUED)
                     except FileNotFoundError:
                         continue  # published before the process died
                     finished.append(queue_id)
-                self._sync_dir(self._state_dir(MessageState.QUEUED))
-                os.unlink(entry.path)
+                self._sync_dir(MessageState.QUEUED)
+                os.unlink(name, dir_fd=tmp)
                 if finished:
                     log.warning(
                         "finished publishing %d of the %d messages of a transaction whose process died while "
                         "committing it (commit record %s): queue ids %s",
                         len(finished),
                         len(lines) - 1,
-                        entry.path,
+                        path,
                         ", ".join(finished),
                     )
             except OSError as exc:
-                log.error("commit record %s: cannot finish its publication: %s; retried next time", entry.path, exc)
+                log.error("commit record %s: cannot finish its publication: %s; retried next time", path, exc)
             finally:
                 os.close(fd)
         return in_use
@@ -398,13 +604,14 @@ class MessageQueue:
     def _rename_into_new(self, queue_ids: list[str]) -> list[tuple[str, OSError]]:
         """Rename from ``tmp/`` into ``new/``, then fsync ``new/``; return the failures."""
         failures: list[tuple[str, OSError]] = []
+        tmp, new = self._fd(TMP_DIR), self._fd(MessageState.QUEUED)
         for queue_id in queue_ids:
             try:
-                os.rename(self._file(TMP_DIR, queue_id), self._file(MessageState.QUEUED, queue_id))
+                os.rename(queue_id, queue_id, src_dir_fd=tmp, dst_dir_fd=new)
             except OSError as exc:
                 failures.append((queue_id, exc))
         try:
-            self._sync_dir(self._state_dir(MessageState.QUEUED))
+            self._sync_dir(MessageState.QUEUED)
         except OSError as exc:
             failures.extend((queue_id, exc) for queue_id in queue_ids)
         return failures
@@ -419,17 +626,25 @@ class MessageQueue:
             failures = self._publish(queue_ids)
         except Exception as unexpected:  # noqa: BLE001 - the commit's last step must not raise
             failures = [(queue_id, OSError(str(unexpected))) for queue_id in queue_ids]
+        if not failures:
+            return []
+        try:
+            layout = "; ".join(self.layout_problems((TMP_DIR, MessageState.QUEUED)))
+        except OSError as unusable:
+            layout = str(unusable)
         problems = []
         new_dir = self._state_dir(MessageState.QUEUED)
-        record = self._commit_record_path(queue_ids[0]) if queue_ids else ""
+        record = COMMIT_RECORD_PREFIX + queue_ids[0]
         for queue_id, exc in failures:
             staged = self._file(TMP_DIR, queue_id)
-            if os.path.lexists(staged) and os.path.lexists(record):
+            if layout:
+                problem = f"could not be published: {exc}: {layout}; look for the message as {staged}"
+            elif self._exists_quietly(TMP_DIR, queue_id) and self._exists_quietly(TMP_DIR, record):
                 problem = (
                     f"could not be published: {exc}; the message is still in {staged}, and the commit "
-                    f"record {record} names it: the next mq-send run retries the rename"
+                    f"record {self._file(TMP_DIR, record)} names it: the next mq-send run retries the rename"
                 )
-            elif os.path.lexists(staged):
+            elif self._exists_quietly(TMP_DIR, queue_id):
                 problem = (
                     f"could not be published: {exc}; the message is still in {staged}: "
                     f"move it into {new_dir}/ by hand to send it"
@@ -443,10 +658,16 @@ class MessageQueue:
             problems.append((queue_id, problem))
         return problems
 
+    def _exists_quietly(self, place: _Place, name: str) -> bool:
+        try:
+            return self._exists(place, name)
+        except OSError:
+            return False
+
     def discard(self, queue_ids: list[str]) -> None:
         """Remove uncommitted messages from ``tmp/`` (the abort); missing files are fine."""
         for queue_id in queue_ids:
-            _unlink_quietly(self._file(TMP_DIR, queue_id))
+            self._unlink_quietly(TMP_DIR, queue_id)
 
     def enqueue(self, envelope: Envelope, message: bytes) -> str:
         """Write a message and publish it at once (no transaction); return its queue id."""
@@ -454,7 +675,7 @@ class MessageQueue:
         for _queue_id, exc in self._publish([queue_id]):
             # Not durably queued: withdraw it, so that a caller who retries sends it once.
             self.discard([queue_id])
-            _unlink_quietly(self._file(MessageState.QUEUED, queue_id))
+            self._unlink_quietly(MessageState.QUEUED, queue_id)
             raise QueueWriteError(f"cannot publish queue id {queue_id}: {exc.strerror or exc}") from exc
         return queue_id
 
@@ -464,38 +685,32 @@ class MessageQueue:
         These are the leftovers of processes killed mid-request or mid-rewrite; nothing
         else ever removes mail. First, the publication of a transaction whose process died
         while committing it is finished (its commit record names the messages). Returns the
-        names removed.
+        names removed. Raises :class:`QueueUnavailableError` when a directory was replaced
+        by a symbolic link (or by a directory of another user) since the queue was opened.
         """
         now = time.time() if now is None else now
+        self._reopen_replaced()
         being_published = self._finish_interrupted_commits(now)
         removed = []
-        for directory in self._dirs.values():
-            in_tmp = directory == self._dirs[TMP_DIR]
-            # Removals happen inside the directory opened here, never through a symbolic link
-            # that replaced it meanwhile (O_NOFOLLOW, then names relative to that descriptor).
-            try:
-                dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError as exc:
-                log.error("cannot clean up %s: %s; it is not a real directory of the queue", directory, exc.strerror)
-                continue
-            try:
-                with os.scandir(dir_fd) as entries:
-                    names = [entry.name for entry in entries]
-                for name in names:
-                    if not in_tmp and not (name.startswith(".") and name.endswith(".rewrite")):
-                        continue
-                    if in_tmp and (name.startswith(COMMIT_RECORD_PREFIX) or name in being_published):
-                        continue  # rolled forward above, or still in use
-                    try:
-                        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                        if stat.S_ISREG(info.st_mode) and now - info.st_mtime > max_age:
-                            os.unlink(name, dir_fd=dir_fd)
-                            removed.append(name)
-                            log.info("removed stale file %s (older than %.0fs)", os.path.join(directory, name), max_age)
-                    except FileNotFoundError:
-                        continue
-            finally:
-                os.close(dir_fd)
+        for name in _DIR_NAMES:
+            in_tmp = name == TMP_DIR
+            dir_fd = self._open[name]
+            for entry in _scan(dir_fd, dotfiles=True):
+                if not in_tmp and not (entry.name.startswith(".") and entry.name.endswith(".rewrite")):
+                    continue
+                if in_tmp and (entry.name.startswith(COMMIT_RECORD_PREFIX) or entry.name in being_published):
+                    continue  # rolled forward above, or still in use
+                try:
+                    if now - entry.stat(follow_symlinks=False).st_mtime > max_age:
+                        os.unlink(entry.name, dir_fd=dir_fd)
+                        removed.append(entry.name)
+                        log.info(
+                            "removed stale file %s (older than %.0fs)",
+                            os.path.join(self._dirs[name], entry.name),
+                            max_age,
+                        )
+                except FileNotFoundError:
+                    continue
         return removed
 
     # -- the sender's side ---------------------------------------------------------------
@@ -507,39 +722,44 @@ class MessageQueue:
         process, so an unlocked file in ``sending/`` is an orphan.
         """
         recovered = []
-        for entry in _scan(self._state_dir(MessageState.SENDING)):
+        sending = self._fd(MessageState.SENDING)
+        for name in [entry.name for entry in _scan(sending)]:
             try:
-                fd = _open_locked(entry.path)
+                fd = _open_locked(name, sending)
             except OSError as exc:
-                log.error("queue id %s: cannot open %s: %s", entry.name, entry.path, exc.strerror)
+                log.error("queue id %s: cannot open %s: %s", name, self._file(MessageState.SENDING, name), exc.strerror)
                 continue
             if fd is None:
                 continue
             try:
-                if _same_file(fd, entry.path):
-                    os.rename(entry.path, self._file(MessageState.QUEUED, entry.name))
-                    recovered.append(entry.name)
-                    log.warning("queue id %s: its sender died mid-delivery; back in the queue", entry.name)
+                self._rename(name, MessageState.SENDING, MessageState.QUEUED)
+                recovered.append(name)
+                log.warning("queue id %s: its sender died mid-delivery; back in the queue", name)
             except FileNotFoundError:
                 pass
             finally:
                 os.close(fd)
         if recovered:
-            self._sync_dir(self._state_dir(MessageState.QUEUED))
-            self._sync_dir(self._state_dir(MessageState.SENDING))
+            self._sync_dir(MessageState.QUEUED)
+            self._sync_dir(MessageState.SENDING)
         return recovered
 
     def due(self, now: float | None = None, flush: bool = False) -> list[str]:
         """Queue ids of messages due for delivery, oldest first: all of ``new/`` and the
-        deferred ones whose retry time has come (all deferred ones with ``flush``)."""
+        deferred ones whose retry time has come (all deferred ones with ``flush``).
+
+        Raises :class:`QueueUnavailableError` when a directory was replaced by a symbolic
+        link (or by a directory of another user) since the queue was opened.
+        """
         now = time.time() if now is None else now
+        self._reopen_replaced()
         ids = []
-        for entry in _scan(self._state_dir(MessageState.QUEUED)):
+        for entry in _scan(self._fd(MessageState.QUEUED)):
             if is_queue_id(entry.name):
                 ids.append(entry.name)
             else:
-                self._report_stray(entry.path)
-        retry_times = self._deferred.retry_times()
+                self._report_stray(self._file(MessageState.QUEUED, entry.name))
+        retry_times = self._deferred.retry_times(self._fd(MessageState.DEFERRED))
         ids.extend(queue_id for queue_id, at in retry_times.items() if flush or at <= now)
         for path in self._deferred.strays:
             self._report_stray(path)
@@ -554,7 +774,7 @@ class MessageQueue:
 
     def next_retry_time(self) -> float | None:
         """The earliest retry time among deferred messages, or None when there are none."""
-        return min(self._deferred.retry_times().values(), default=None)
+        return min(self._deferred.retry_times(self._fd(MessageState.DEFERRED)).values(), default=None)
 
     def claim(self, queue_id: str) -> Claim | None:
         """Claim a due message: lock it, move it to ``sending/`` and read it.
@@ -563,19 +783,18 @@ class MessageQueue:
         :class:`CorruptMessageError` (after moving the file to ``corrupt/``) when the
         file cannot be decoded.
         """
-        target = self._file(MessageState.SENDING, queue_id)
         for state in (MessageState.QUEUED, MessageState.DEFERRED):
-            source = self._file(state, queue_id)
             try:
-                fd = _open_locked(source)
+                fd = _open_locked(queue_id, self._fd(state))
             except OSError as exc:  # EMFILE, EACCES...: a fault of this process or host, not of the message
                 raise QueueUnavailableError(
-                    f"queue id {queue_id}: cannot open {source}: {exc.strerror}; it stays where it is"
+                    f"queue id {queue_id}: cannot open {self._file(state, queue_id)}: {exc.strerror}; "
+                    "it stays where it is"
                 ) from exc
             if fd is None:
                 continue
             try:
-                os.rename(source, target)
+                self._rename(queue_id, state, MessageState.SENDING)
             except FileNotFoundError:
                 os.close(fd)  # another sender moved it between our open and rename
                 continue
@@ -595,7 +814,9 @@ class MessageQueue:
                 try:
                     needed = os.fstat(fd).st_size + RECORD_RESERVE + 256 * len(envelope.recipients)
                     claim._reserved = self._reserve_record_space(queue_id, needed)
-                    claim._reserved_path = self._scratch_path(MessageState.SENDING, queue_id)
+                    claim._drop_reserved = functools.partial(
+                        self._unlink_quietly, MessageState.SENDING, _scratch_name(queue_id)
+                    )
                 except OSError as exc:
                     self._give_back(queue_id, state, fd)
                     raise QueueFullError(
@@ -609,7 +830,7 @@ class MessageQueue:
     def _give_back(self, queue_id: str, state: MessageState, fd: int) -> None:
         """Undo a claim before anything was tried: back to ``state``, unlocked."""
         try:
-            os.rename(self._file(MessageState.SENDING, queue_id), self._file(state, queue_id))
+            self._rename(queue_id, MessageState.SENDING, state)
         finally:
             os.close(fd)  # if the rename failed, the next run recovers it from sending/
 
@@ -622,20 +843,20 @@ class MessageQueue:
         queue file's size, :data:`RECORD_RESERVE` and room for each recipient's reply), and
         :meth:`_rewrite` writes into them. Returns the scratch file's locked descriptor.
         """
-        scratch = self._scratch_path(MessageState.SENDING, queue_id)
-        _unlink_quietly(scratch)
-        fd = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, self.file_mode)
+        scratch = _scratch_name(queue_id)
+        sending = self._fd(MessageState.SENDING)
+        self._unlink_quietly(MessageState.SENDING, scratch)
+        fd = os.open(
+            scratch, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, self.file_mode, dir_fd=sending
+        )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.posix_fallocate(fd, 0, needed)
         except OSError:
             os.close(fd)
-            _unlink_quietly(scratch)
+            self._unlink_quietly(MessageState.SENDING, scratch)
             raise
         return fd
-
-    def _scratch_path(self, state: MessageState, queue_id: str) -> str:
-        return os.path.join(self._state_dir(state), f".{queue_id}.rewrite")
 
     def _rewrite(self, claim: Claim, state: MessageState, mtime: float | None = None) -> None:
         """Replace the claimed file in ``state`` with one holding the claim's new envelope.
@@ -643,8 +864,7 @@ class MessageQueue:
         The replacement is locked before it is published, so a sweeper never mistakes it
         for an orphan.
         """
-        path = self._file(state, claim.queue_id)
-        scratch = self._scratch_path(state, claim.queue_id)
+        scratch = _scratch_name(claim.queue_id)
         content = queuefile.encode(claim.envelope, claim.message)
         file_claim = _file_claim(claim)
         if file_claim._reserved is not None and state == MessageState.SENDING:
@@ -657,24 +877,22 @@ class MessageQueue:
                 if self.fsync:
                     os.fsync(fd)
             except OSError as exc:
-                raise QueueWriteError(f"cannot write {scratch}: {exc.strerror or exc}") from exc
+                raise QueueWriteError(f"cannot write {self._file(state, scratch)}: {exc.strerror or exc}") from exc
         else:
-            _unlink_quietly(scratch)
-            fd = self._write_new_file(scratch, content, mtime, lock=True)
+            self._unlink_quietly(state, scratch)
+            fd = self._write_new_file(state, scratch, content, mtime, lock=True)
             file_claim._fds.append(fd)
-        os.rename(scratch, path)
+        self._rename(scratch, state, state, claim.queue_id)
 
     def _move(self, queue_id: str, source: MessageState, target: MessageState) -> None:
-        source_path = self._file(source, queue_id)
-        target_path = self._file(target, queue_id)
-        os.rename(source_path, target_path)
-        self._sync_dir(self._state_dir(target))
-        self._sync_dir(self._state_dir(source))
+        self._rename(queue_id, source, target)
+        self._sync_dir(target)
+        self._sync_dir(source)
 
     def finish_delivered(self, claim: Claim) -> None:
         """The message reached every recipient: remove it, durably, at once."""
-        os.unlink(self._file(MessageState.SENDING, claim.queue_id))
-        self._sync_dir(self._state_dir(MessageState.SENDING))
+        os.unlink(claim.queue_id, dir_fd=self._fd(MessageState.SENDING))
+        self._sync_dir(MessageState.SENDING)
         claim.release()
 
     def finish_deferred(self, claim: Claim, next_attempt: float) -> None:
@@ -708,14 +926,18 @@ class MessageQueue:
         """Every message in ``state`` (or in all states), oldest first within a state.
 
         A file whose name is not a queue id is no message: see :meth:`not_messages`.
+        Raises :class:`QueueUnavailableError` when a directory listed was replaced since
+        the queue was opened.
         """
-        for name in [MessageState(state)] if state else STATES:
+        states = [MessageState(state)] if state else STATES
+        self.check_layout(states)
+        for name in states:
             found = []
-            for entry in _scan(self._state_dir(name)):
+            for entry in _scan(self._fd(name)):
                 if not is_queue_id(entry.name):
                     continue
                 try:
-                    info = entry.stat()
+                    info = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
                 found.append(Entry(entry.name, name, info.st_mtime, info.st_size, info.st_ctime))
@@ -729,20 +951,15 @@ class MessageQueue:
         """
         found = []
         for name in [MessageState(state)] if state else STATES:
-            directory = self._state_dir(name)
-            try:
-                with os.scandir(directory) as entries:
-                    for entry in entries:
-                        if entry.name.startswith("."):
-                            continue
-                        try:
-                            regular = entry.is_file(follow_symlinks=False)
-                        except OSError:
-                            regular = False
-                        if not (regular and is_queue_id(entry.name)):
-                            found.append(entry.path)
-            except FileNotFoundError:
-                continue
+            for entry in _listing(self._fd(name)):
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    regular = entry.is_file(follow_symlinks=False)
+                except OSError:
+                    regular = False
+                if not (regular and is_queue_id(entry.name)):
+                    found.append(self._file(name, entry.name))
         return sorted(found)
 
     def find(self, queue_id: str) -> Entry:
@@ -751,29 +968,38 @@ class MessageQueue:
             raise UnknownQueueIdError(
                 f"{queue_id!r} is not a queue id (expected e.g. 20261128T151136123456Z-9f3a2b1c0d)"
             )
+        self.check_layout(STATES)
         for state in STATES:
             try:
-                info = os.stat(self._file(state, queue_id), follow_symlinks=False)
+                info = os.stat(queue_id, dir_fd=self._fd(state), follow_symlinks=False)
             except FileNotFoundError:
                 continue
             if stat.S_ISREG(info.st_mode):
                 return Entry(queue_id, state, info.st_mtime, info.st_size, info.st_ctime)
         raise UnknownQueueIdError(f"queue id {queue_id} is not in the queue at {self.path}")
 
+    def _read_file(self, entry: Entry) -> bytes:
+        fd = os.open(entry.queue_id, _READ_FLAGS, dir_fd=self._fd(entry.state))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, f"{self._file(entry.state, entry.queue_id)} is not a regular file")
+            return _read_all(fd)
+        finally:
+            os.close(fd)
+
     def read(self, entry: Entry) -> tuple[Envelope, bytes]:
         """Return the envelope and message of a listed entry (raises ``CorruptMessageError``)."""
-        with open(self._file(entry.state, entry.queue_id), "rb") as handle:
-            return queuefile.decode(handle.read())
+        return queuefile.decode(self._read_file(entry))
 
     def read_raw(self, entry: Entry) -> bytes:
         """Return a listed entry's file content as it is on disk."""
-        with open(self._file(entry.state, entry.queue_id), "rb") as handle:
-            return handle.read()
+        return self._read_file(entry)
 
     def lock(self, entry: Entry) -> Claim | None:
         """Lock a message where it lies (for the operator tool); None when a sender holds it."""
+        self.check_layout([entry.state])
         try:
-            fd = _open_locked(self._file(entry.state, entry.queue_id))
+            fd = _open_locked(entry.queue_id, self._fd(entry.state))
         except OSError as exc:
             raise QueueWriteError(f"queue id {entry.queue_id}: cannot open it: {exc.strerror}") from exc
         if fd is None:
@@ -786,6 +1012,7 @@ class MessageQueue:
 
     def move(self, claim: Claim, source: MessageState, target: MessageState, envelope_changed: bool = False) -> None:
         """Move a locked message between states on an operator's request."""
+        self.check_layout([source, target])
         if envelope_changed:
             self._rewrite(claim, source)
         self._move(claim.queue_id, source, target)
@@ -793,26 +1020,32 @@ class MessageQueue:
 
     def remove(self, claim: Claim, state: MessageState) -> None:
         """Remove a locked message for good on an operator's request."""
-        os.unlink(self._file(state, claim.queue_id))
-        self._sync_dir(self._state_dir(state))
+        self.check_layout([state])
+        os.unlink(claim.queue_id, dir_fd=self._fd(state))
+        self._sync_dir(state)
         claim.release()
 
     # -- the daemon's side -------------------------------------------------------------
 
     def watch(self, wake_fd: int, poll_interval: float) -> DirectoryWatcher:
         """Watch ``new/`` for committed mail (inotify; polling where it is missing)."""
-        return DirectoryWatcher(self._state_dir(MessageState.QUEUED), wake_fd, poll_interval)
+        return DirectoryWatcher(
+            self._state_dir(MessageState.QUEUED), wake_fd, poll_interval, dir_fd=self._fd(MessageState.QUEUED)
+        )
 
     def daemon_lock(self) -> None:
         """Take ``.daemon.lock`` in the queue directory for the life of this process: one
         daemon per queue directory. Raise :class:`DaemonAlreadyRunning` when another holds it."""
         if self._daemon_lock_fd is not None:
             return
-        path = os.path.join(self.path, ".daemon.lock")
+        path = os.path.join(self.path, DAEMON_LOCK)
+        root = self._root()
         try:
             # Never through a symbolic link: whoever can write the queue root could point it at
             # a file of the daemon's user (or root's), which would then be truncated.
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            fd = os.open(
+                DAEMON_LOCK, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600, dir_fd=root
+            )
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise QueueUnavailableError(
@@ -820,8 +1053,23 @@ class MessageQueue:
                 ) from exc
             raise
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
                 raise QueueUnavailableError(f"{path} is not a regular file: refusing to use it as the daemon lock")
+            # A hard link to another file (made by whoever can write the queue root) would
+            # have that file truncated; so would a file of an unexpected user.
+            if info.st_nlink != 1:
+                raise QueueUnavailableError(
+                    f"{path} has {info.st_nlink} hard links: refusing to use it as the daemon lock (it may be "
+                    "another file); remove it"
+                )
+            root_owner = os.fstat(root).st_uid
+            if info.st_uid not in (root_owner, os.geteuid()):
+                raise QueueUnavailableError(
+                    f"{path} belongs to user id {info.st_uid}, not to the owner of {self.path} (user id "
+                    f"{root_owner}) nor to this user (user id {os.geteuid()}): refusing it as the daemon lock; "
+                    "remove it"
+                )
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
@@ -837,6 +1085,30 @@ class MessageQueue:
         except OSError as exc:
             log.warning("cannot write this daemon's PID into %s (%s); the lock is held all the same", path, exc)
         self._daemon_lock_fd = fd
+        self._open[DAEMON_LOCK] = fd  # closed with the queue
+
+
+def _close_all(held: dict[str, int], retired: list[int]) -> None:
+    """Close a queue's descriptors (its close(), or its finalizer)."""
+    for fd in [*held.values(), *retired]:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    held.clear()
+    retired.clear()
+
+
+def _link_target(path: str) -> str | None:
+    """Where ``path`` points when it is a symbolic link, else None."""
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def _scratch_name(queue_id: str) -> str:
+    return f".{queue_id}.rewrite"
 
 
 def _file_claim(claim: Claim) -> FileClaim:
@@ -845,20 +1117,32 @@ def _file_claim(claim: Claim) -> FileClaim:
     return claim
 
 
-def _scan(directory: str, dotfiles: bool = False) -> Iterator[os.DirEntry]:
-    """Regular files in ``directory``; dot-files and anything else are ignored."""
+def _listing(dir_fd: int) -> Iterator[os.DirEntry]:
+    """Every entry of the open directory ``dir_fd``; stat an entry before the next one.
+
+    The listing reads a descriptor of its own (``.`` opened relative to ``dir_fd``): a
+    directory offset is shared by every duplicate of a descriptor, so two listings through
+    the queue's descriptor (two threads, or a parent and its forked child) would disturb
+    each other.
+    """
+    fd = os.open(".", _DIR_FLAGS, dir_fd=dir_fd)
     try:
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                if entry.name.startswith(".") and not dotfiles:
-                    continue
-                try:
-                    if entry.is_file(follow_symlinks=False):
-                        yield entry
-                except OSError:
-                    continue
-    except FileNotFoundError:
-        return
+        with os.scandir(fd) as entries:
+            yield from entries
+    finally:
+        os.close(fd)
+
+
+def _scan(dir_fd: int, dotfiles: bool = False) -> Iterator[os.DirEntry]:
+    """Regular files in the open directory ``dir_fd``; dot-files and anything else are ignored."""
+    for entry in _listing(dir_fd):
+        if entry.name.startswith(".") and not dotfiles:
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False):
+                yield entry
+        except OSError:
+            continue
 
 
 def _write_over(fd: int, content: bytes) -> None:
@@ -873,22 +1157,26 @@ def _write_over(fd: int, content: bytes) -> None:
     os.ftruncate(fd, len(content))
 
 
-def _read_ids(record_path: str) -> list[str]:
+def _read_ids(name: str, dir_fd: int) -> list[str]:
     """The queue ids a commit record names (none if it vanished)."""
     try:
-        with open(record_path, "rb") as handle:
-            return [line for line in handle.read().decode("ascii", "replace").split("\n") if is_queue_id(line)]
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
         return []
+    try:
+        return [line for line in _read_all(fd).decode("ascii", "replace").split("\n") if is_queue_id(line)]
+    finally:
+        os.close(fd)
 
 
-def _open_locked(path: str) -> int | None:
-    """Open ``path`` and take its exclusive lock without waiting; None if missing or held.
+def _open_locked(name: str, dir_fd: int) -> int | None:
+    """Open ``name`` in the open directory ``dir_fd`` and take its exclusive lock without
+    waiting; None if missing or held.
 
-    Other errors (a file this user cannot read) raise ``OSError``.
+    Other errors (a file this user cannot read, a symbolic link) raise ``OSError``.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     try:
@@ -896,15 +1184,15 @@ def _open_locked(path: str) -> int | None:
     except BlockingIOError:
         os.close(fd)
         return None
-    if not _same_file(fd, path):
+    if not _same_file(fd, name, dir_fd):
         os.close(fd)  # replaced or moved while we were locking it
         return None
     return fd
 
 
-def _same_file(fd: int, path: str) -> bool:
+def _same_file(fd: int, name: str, dir_fd: int) -> bool:
     try:
-        a, b = os.fstat(fd), os.stat(path, follow_symlinks=False)
+        a, b = os.fstat(fd), os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) and stat.S_ISREG(b.st_mode)
@@ -921,10 +1209,3 @@ def _read_all(fd: int) -> bytes:
         chunks.append(chunk)
         offset += len(chunk)
     return b"".join(chunks)
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -27,13 +27,19 @@ log = logging.getLogger("mq_transaction.daemon")
 # empty new/ every 1 ms: 1.7 % of a core, before any daemon pass). tests/test_hand_written_parts.py
 # checks the binding against the kernel's own events (a committed message is IN_MOVED_TO).
 _IN_CREATE, _IN_MOVED_TO = 0x100, 0x80  # <sys/inotify.h>
+_IN_ONLYDIR, _IN_DONT_FOLLOW = 0x01000000, 0x02000000
 
 
 @implementer(IMailWatcher)
 class DirectoryWatcher:
-    """Waits for files to appear in a directory: inotify on Linux, else plain timeouts."""
+    """Waits for files to appear in a directory: inotify on Linux, else plain timeouts.
 
-    def __init__(self, directory: str, wake_fd: int, poll_interval: float) -> None:
+    With ``dir_fd`` (the directory, already open) the watch is put on that very directory,
+    through ``/proc/self/fd``, whatever its name leads to now; without ``/proc``, on
+    ``directory`` only if it is a real directory (a symbolic link is not followed).
+    """
+
+    def __init__(self, directory: str, wake_fd: int, poll_interval: float, *, dir_fd: int | None = None) -> None:
         self.wake_fd = wake_fd
         self.poll_interval = poll_interval
         self.fd: int | None = None
@@ -42,7 +48,10 @@ class DirectoryWatcher:
             fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
             if fd < 0:
                 raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-            if libc.inotify_add_watch(fd, os.fsencode(directory), _IN_CREATE | _IN_MOVED_TO) < 0:
+            target, flags = directory, _IN_CREATE | _IN_MOVED_TO | _IN_ONLYDIR | _IN_DONT_FOLLOW
+            if dir_fd is not None and os.path.isdir(f"/proc/self/fd/{dir_fd}"):
+                target, flags = f"/proc/self/fd/{dir_fd}", _IN_CREATE | _IN_MOVED_TO | _IN_ONLYDIR
+            if libc.inotify_add_watch(fd, os.fsencode(target), flags) < 0:
                 os.close(fd)
                 raise OSError(ctypes.get_errno(), "inotify_add_watch failed")
             self.fd = fd

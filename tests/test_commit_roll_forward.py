@@ -33,9 +33,9 @@ queue_dir, marker = sys.argv[1], sys.argv[2]
 mailer = QueuedMailer(MessageQueue(queue_dir, fsync=False))
 real_rename, published = os.rename, []
 
-def rename(source, target):
-    real_rename(source, target)
-    if os.path.basename(os.path.dirname(target)) == "new":
+def rename(source, target, **dir_fds):  # the queue renames by name between the directories it opened
+    real_rename(source, target, **dir_fds)
+    if os.path.basename(os.readlink("/proc/self/fd/%d" % dir_fds["dst_dir_fd"])) == "new":
         published.append(target)
         if len(published) == 5:
             open(marker, "w").close()
@@ -84,8 +84,8 @@ def test_a_live_committers_record_is_left_alone(tmp_path, monkeypatch):
     real_rename = os.rename
     renaming, go_on = threading.Event(), threading.Event()
 
-    def rename(source, target):
-        real_rename(source, target)
+    def rename(source, target, **dir_fds):
+        real_rename(source, target, **dir_fds)
         if threading.current_thread().name == "committer":
             renaming.set()
             go_on.wait(30)

@@ -68,14 +68,20 @@ class Fault:
         return self.original(fd)
 
     def _rename(self, source, target, **kwargs):
-        if self._hit(source):
+        if self._hit(at(source, kwargs.get("src_dir_fd"))):
             self._raise()
         return self.original(source, target, **kwargs)
 
     def _open(self, path, flags, mode=0o777, **kwargs):
-        if self._hit(path) and flags & os.O_CREAT:
+        if self._hit(at(path, kwargs.get("dir_fd"))) and flags & os.O_CREAT:
             self._raise()
         return self.original(path, flags, mode, **kwargs)
+
+
+def at(name, dir_fd) -> str:
+    """The path a call names: ``name`` alone, or relative to the open directory ``dir_fd``
+    (the queue works by name inside the directories it opened)."""
+    return os.fspath(name) if dir_fd is None else os.path.join(fd_path(dir_fd), name)
 
 
 def tmp_dir(queue) -> str:

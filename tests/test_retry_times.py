@@ -46,9 +46,9 @@ def test_unchanged_deferred_directory_is_not_read_again(tmp_path, monkeypatch):
     scanned = []
     real_scan = queue_module._scan
 
-    def scan(directory, *args, **kwargs):
-        scanned.append(os.path.basename(directory))
-        return real_scan(directory, *args, **kwargs)
+    def scan(dir_fd, *args, **kwargs):  # the queue lists the directories it holds open
+        scanned.append(os.path.basename(os.readlink(f"/proc/self/fd/{dir_fd}")))
+        return real_scan(dir_fd, *args, **kwargs)
 
     monkeypatch.setattr(queue_module, "_scan", scan)
     assert queue.due(flush=True) == sorted([due_now, later])
