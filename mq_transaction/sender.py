@@ -158,6 +158,9 @@ class Sender:
         self.clock = clock
         self.session: DialogSMTP | None = None
         self._session_messages = 0
+        #: the next message, claimed early so that its transaction could begin in the write
+        #: that ends the current one's body (see :meth:`_look_ahead`)
+        self._lookahead: Claim | None = None
         #: True once the server accepted a recipient from us (reset by a server-level failure)
         self._relays_for_us = False
         self._relay_suspects: list[tuple[str, ServerError]] = []
@@ -213,7 +216,7 @@ class Sender:
         helpers = [self._helper() for _ in range(count - 1)]
         results = [RunResult() for _ in helpers]
         threads = [
-            threading.Thread(target=helper._work, args=(pending, partial, None, should_stop), name=f"mq-send-{n}")
+            threading.Thread(target=helper._work_then_close, args=(pending, partial, should_stop), name=f"mq-send-{n}")
             for n, (helper, partial) in enumerate(zip(helpers, results, strict=True), 2)
         ]
         for thread in threads:
@@ -224,7 +227,7 @@ class Sender:
             for thread in threads:
                 thread.join()
             for helper, partial in zip(helpers, results, strict=True):
-                helper.close()
+                helper.close()  # (closed by its thread already, unless that thread died)
                 result.merge(partial)
         refused = sum(1 for helper in helpers if helper._backed_off)
         if refused:
@@ -238,6 +241,15 @@ class Sender:
                 self._session_limit,
                 self.FEWER_SESSIONS_FOR / 60,
             )
+
+    def _work_then_close(
+        self, pending: collections.deque[str], result: RunResult, should_stop: Callable[[], bool] | None
+    ) -> None:
+        """An additional session's thread: its share of ``pending``, then its QUIT (each session's in parallel)."""
+        try:
+            self._work(pending, result, None, should_stop)
+        finally:
+            self.close()
 
     def _helper(self) -> Sender:
         helper = Sender(self.settings, queue=self.queue, delivery_log=self.delivery_log, clock=self.clock)
@@ -289,17 +301,53 @@ class Sender:
         the server cannot be used."""
         total = total or len(pending)
         self._relay_suspects = []
+        try:
+            while True:
+                if should_stop is not None and should_stop():
+                    break
+                if self.progress:
+                    self.progress(total - len(pending), total)
+                claim, self._lookahead = self._lookahead, None
+                if claim is None:
+                    try:
+                        claim = self._claim_next(pending, result)
+                    except QueueUnavailableError as exc:
+                        result.queue_error = str(exc)
+                        log.error("%s; this run stops, every message stays queued", exc)
+                        break
+                if claim is None:
+                    if self._relay_suspects:
+                        self._relay_refused(result, self._relay_suspects[0][1])
+                    break
+                try:
+                    if not self._attempt(claim, result, pending, should_stop):
+                        break
+                except Exception as exc:  # noqa: BLE001 - never lose the claim to a surprise
+                    self._unexpected(claim, result, exc)
+                    break
+                if self._relays_for_us and self._relay_suspects:
+                    # The server relays for us after all: the suspects' refusals were about
+                    # their recipients; try them again, now judged like any other reply.
+                    pending.extendleft(reversed([queue_id for queue_id, _error in self._relay_suspects]))
+                    self._relay_suspects = []
+        finally:
+            self._give_back_lookahead()
+        self._relay_suspects = []
+        if self.progress:
+            self.progress(total, total)
+
+    def _claim_next(self, pending: collections.deque[str], result: RunResult) -> Claim | None:
+        """Claim the next message of ``pending`` that no other sender has; None when there is none left.
+
+        A corrupt file or a full disk concerns one message: counted, logged, and the next one
+        is taken. :class:`QueueUnavailableError` (the queue itself is away) is raised, with the
+        message given back to ``pending``.
+        """
         while True:
-            if should_stop is not None and should_stop():
-                break
-            if self.progress:
-                self.progress(total - len(pending), total)
             try:
                 queue_id = pending.popleft()
             except IndexError:
-                if self._relay_suspects:
-                    self._relay_refused(result, self._relay_suspects[0][1])
-                break
+                return None
             try:
                 claim = self.queue.claim(queue_id)
             except CorruptMessageError as exc:
@@ -310,26 +358,48 @@ class Sender:
                 result.queue_error = str(exc)
                 log.error("%s; the run goes on with the other messages", exc)
                 continue
-            except QueueUnavailableError as exc:
-                result.queue_error = str(exc)
-                log.error("%s; this run stops, every message stays queued", exc)
-                break
-            if claim is None:
-                continue  # another sender has it
+            except QueueUnavailableError:
+                pending.appendleft(queue_id)
+                raise
+            if claim is not None:
+                return claim  # (None: another sender has it)
+
+    def _look_ahead(
+        self, pending: collections.deque[str], result: RunResult, should_stop: Callable[[], bool] | None
+    ) -> tuple[str, list[str], bytes] | None:
+        """The next message of this session, claimed now: its envelope and bytes, or None.
+
+        The SMTP session calls this when the current message's body is about to go, to begin
+        the next transaction in the same write (one round trip a message instead of two).
+        The claim comes first, so no other sender can have that message; it is tried next
+        (:meth:`_work`), on this session or, if this one ends, on a new one, or given back.
+        """
+        if self._lookahead is None:
+            if self._session_messages + 1 >= self.settings.max_per_connection:
+                return None  # the next message goes over a new session
+            if should_stop is not None and should_stop():
+                return None
             try:
-                if not self._attempt(claim, result, pending):
-                    break
-            except Exception as exc:  # noqa: BLE001 - never lose the claim to a surprise
-                self._unexpected(claim, result, exc)
-                break
-            if self._relays_for_us and self._relay_suspects:
-                # The server relays for us after all: the suspects' refusals were about
-                # their recipients; try them again, now judged like any other reply.
-                pending.extendleft(reversed([queue_id for queue_id, _error in self._relay_suspects]))
-                self._relay_suspects = []
-        self._relay_suspects = []
-        if self.progress:
-            self.progress(total, total)
+                self._lookahead = self._claim_next(pending, result)
+            except QueueUnavailableError:
+                return None  # the loop meets it again, and stops there
+            if self._lookahead is None:
+                return None
+        envelope = self._lookahead.envelope
+        targets = [r.address for r in envelope.undelivered()]
+        return (envelope.sender, targets, self._lookahead.message) if targets else None
+
+    def _give_back_lookahead(self) -> None:
+        """The run stops with a message claimed ahead: end its begun transaction, and unclaim it."""
+        claim, self._lookahead = self._lookahead, None
+        if claim is None:
+            return
+        if self.session is not None and self.session.begun is not None:
+            self.close()  # without QUIT: the only way to end a begun transaction undelivered
+        try:
+            self.queue.unclaim(claim)
+        except OSError:
+            claim.release()  # left in sending/: the next run recovers it
 
     # -- one message ---------------------------------------------------------------------
 
@@ -342,7 +412,13 @@ class Sender:
             result.connections += 1
         return self.session
 
-    def _attempt(self, claim: Claim, result: RunResult, pending: collections.deque[str]) -> bool:
+    def _attempt(
+        self,
+        claim: Claim,
+        result: RunResult,
+        pending: collections.deque[str],
+        should_stop: Callable[[], bool] | None = None,
+    ) -> bool:
         """Try one claimed message; return False when this session cannot go on."""
         envelope = claim.envelope
         targets = [r.address for r in envelope.undelivered()]
@@ -351,7 +427,9 @@ class Sender:
             opening = self.session is None
             try:
                 session = self._session(result)
-                outcome = session.send_message_bytes(envelope.sender, targets, claim.message)
+                outcome = session.send_message_bytes(
+                    envelope.sender, targets, claim.message, lambda: self._look_ahead(pending, result, should_stop)
+                )
                 self._session_messages += 1
                 break
             except ConnectionLost as exc:

@@ -21,6 +21,7 @@ import smtplib
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -106,6 +107,36 @@ class TransactionReplies:
     def status(self, address: str) -> RecipientStatus:
         """``delivered``, ``deferred`` or ``failed`` for one recipient."""
         return recipient_status(self.replies[address])
+
+
+#: What :meth:`DialogSMTP.send_message_bytes` calls when it is about to send a message's body:
+#: the next message, already claimed, as ``(sender, recipients, message)``, or None.
+NextMessage = Callable[[], "tuple[str, list[str], bytes] | None"]
+
+
+@dataclass
+class _Envelope:
+    """One message as a transaction sends it: its commands, its wire bytes, and who is tried."""
+
+    sender: str
+    recipients: list[str]  # as asked
+    message: bytes
+    tried: list[str]  # those whose RCPT TO goes out (an address with no ASCII form is refused here)
+    outcome: TransactionReplies  # the replies settled before sending (those refusals)
+    wire: bytes
+    mail: str
+    rcpts: list[str]
+
+    def is_for(self, sender: str, recipients: list[str], message: bytes) -> bool:
+        return message is self.message and sender == self.sender and recipients == self.recipients
+
+
+class _PartlySent(OSError):
+    """A write failed after ``sent`` of its bytes went out."""
+
+    def __init__(self, sent: int, error: OSError) -> None:
+        super().__init__(f"{error} (after {sent} bytes)")
+        self.sent = sent
 
 
 def wire_format(message: bytes) -> bytes:
@@ -211,6 +242,9 @@ class DialogSMTP(smtplib.SMTP):
         self._reply_timeout: float | None = None  # None: the command timeout
         self._buffer = b""
         self._buffered_sock: socket.socket | None = None
+        #: The next message's transaction, begun in the write that ended the previous one's
+        #: body (RFC 2920 3.1): its commands are out, their replies not read yet.
+        self.begun: _Envelope | None = None
         super().__init__(host, port, local_hostname=local_hostname, timeout=timeout, **smtplib_options)
 
     # -- the dialog log ----------------------------------------------------------------
@@ -227,6 +261,11 @@ class DialogSMTP(smtplib.SMTP):
                 pass  # the server went first: nothing to be polite to
         return code, text
 
+    def close(self) -> None:
+        """Close the connection (smtplib's close); a begun transaction ends with it, undelivered."""
+        self.begun = None
+        super().close()
+
     def _log_line(self, direction: str, text: str) -> None:
         log.debug("[%s #%d] %s %s", self.peer, self.number, direction, text)
 
@@ -239,8 +278,11 @@ class DialogSMTP(smtplib.SMTP):
                 self._log_line("C:", redacted)
         super().send(s)
 
-    def _send_group(self, commands: list[str], body: bytes = b"") -> None:
-        """Send ``commands`` and then ``body`` in one write, logging the commands and the body's size."""
+    def _send_group(self, commands: list[str], body: bytes = b"", then: list[str] | None = None) -> None:
+        """Send ``commands``, ``body`` and the commands ``then`` in one write, logging the commands and the body's size.
+
+        With ``then``, a failed write raises :class:`_PartlySent`, which tells how many bytes went out.
+        """
         if log.isEnabledFor(logging.DEBUG):
             for command in commands:
                 self._log_line("C:", command)
@@ -250,7 +292,11 @@ class DialogSMTP(smtplib.SMTP):
                         self._log_line("C:", line)
                 else:
                     self._log_line("C:", f"[message body, {len(body)} bytes]")
+            for command in then or ():
+                self._log_line("C:", command)
         data = "".join(f"{command}\r\n" for command in commands).encode(self.command_encoding) + body
+        if then:
+            data += "".join(f"{command}\r\n" for command in then).encode(self.command_encoding)
         if not body or self.sock is None:
             super().send(data)  # smtplib's send: the lines are logged above, once
             return
@@ -258,10 +304,24 @@ class DialogSMTP(smtplib.SMTP):
         # the data timeout, not the command timeout, or it could never be sent.
         self.sock.settimeout(max(self.timeout, self.data_timeout))
         try:
-            super().send(data)
+            if then:
+                self._send_counting(data)
+            else:
+                super().send(data)
         finally:
             if self.sock is not None:
                 self.sock.settimeout(self.timeout)
+
+    def _send_counting(self, data: bytes) -> None:
+        """``sendall`` that says, when it fails, how much of ``data`` went out (:class:`_PartlySent`)."""
+        assert self.sock is not None
+        view, sent = memoryview(data), 0
+        try:
+            while sent < len(data):
+                sent += self.sock.send(view[sent:])
+        except OSError as exc:
+            self.close()
+            raise _PartlySent(sent, exc) from exc
 
     def _redact(self, line: str) -> str:
         if line[:5].upper() == "AUTH ":
@@ -347,7 +407,9 @@ class DialogSMTP(smtplib.SMTP):
 
     # -- one message ---------------------------------------------------------------------
 
-    def send_message_bytes(self, sender: str, recipients: list[str], message: bytes) -> TransactionReplies:
+    def send_message_bytes(
+        self, sender: str, recipients: list[str], message: bytes, next_message: NextMessage | None = None
+    ) -> TransactionReplies:
         """Send one message to ``recipients`` and return every recipient's reply.
 
         Recipients refused as "too many recipients" (``452 4.5.3``, ``552 5.5.3``) in a
@@ -358,19 +420,28 @@ class DialogSMTP(smtplib.SMTP):
         "too many recipients" reply (deferred) and the earlier results stand: nothing is
         sent twice for it.
 
+        ``next_message`` (with PIPELINING, without CHUNKING) is called when the body is about
+        to go: the next message of this session, already claimed by the caller, or None. Its
+        MAIL FROM, RCPT TOs and DATA then go in the same write as this body and its final dot
+        (RFC 2920 3.1: the message content may be the first "command" of a group), so a
+        message costs one round trip. Only this message's final reply is read here: the next
+        call, for that message, reads the rest (it must come next, with the same arguments;
+        :attr:`begun` holds it). Nothing about the next transaction can change this one's
+        result, which the caller records before the next call.
+
         Raises :class:`ServerError` when the server refuses something that is not about
         this message (421, a 5xx to MAIL FROM about the server), and
         :class:`ConnectionLost` when the session ends mid-transaction.
         """
-        outcome = self._transaction(sender, recipients, message)
+        outcome = self._transaction(sender, recipients, message, next_message)
         batch = recipients
-        while True:
+        while self.begun is None:  # once the next message's group is out, this session is its
             delivered = [a for a in batch if a in outcome.replies and outcome.status(a) == RecipientStatus.DELIVERED]
             batch = [a for a in recipients if a in outcome.replies and _too_many_for_now(outcome.replies[a])]
             if not batch or not delivered:
                 return outcome
             try:
-                more = self._transaction(sender, batch, message)
+                more = self._transaction(sender, batch, message, next_message)
             except ConnectionLost as exc:
                 if not exc.after_data or exc.outcome is None:
                     self.close()
@@ -381,44 +452,62 @@ class DialogSMTP(smtplib.SMTP):
             except ServerError:
                 return outcome  # the next message meets the same refusal, with nothing delivered to lose
             outcome.replies.update(more.replies)
+        return outcome
 
-    def _transaction(self, sender: str, recipients: list[str], message: bytes) -> TransactionReplies:
-        """One SMTP mail transaction: the message to ``recipients``, every recipient's reply.
-
-        Without PIPELINING, one command at a time. With PIPELINING (RFC 2920), MAIL FROM,
-        every RCPT TO and DATA go in one write, and the body follows the 354. With
-        PIPELINING and CHUNKING (RFC 3030), ``BDAT <size> LAST`` and the message go in that
-        same write. Either way each recipient gets its own reply.
-
-        Raises :class:`ServerError` when the server refuses something that is not about
-        this message (421, a 5xx to MAIL FROM about the server), and
-        :class:`ConnectionLost` when the session ends mid-transaction.
-        """
+    def _prepare(self, sender: str, recipients: list[str], message: bytes, chunking: bool) -> _Envelope:
+        """The commands and the wire bytes of one transaction (ESMTP options, ASCII forms)."""
         outcome = TransactionReplies()
-        pipelining = self.has_extn("pipelining")
-        chunking = pipelining and self.has_extn("chunking")
         wire = crlf_lines(message) if chunking else wire_format(message)
         options = []
         if self.has_extn("size"):
             options.append(f"SIZE={len(wire)}")
         wire_address: dict[str, str] = {}  # envelope address -> its ASCII form, without SMTPUTF8
+        tried = recipients
         if needs_smtputf8(sender, recipients):
             if self.has_extn("smtputf8"):
                 options.append("SMTPUTF8")
                 self.command_encoding = "utf-8"
             else:
-                recipients = _ascii_envelope(sender, recipients, outcome, wire_address)
-                if not recipients:
-                    return outcome
+                tried = _ascii_envelope(sender, recipients, outcome, wire_address)
         if not message.isascii() and self.has_extn("8bitmime"):
             options.append("BODY=8BITMIME")
         mail = f"MAIL FROM:<{wire_address.get(sender, sender)}>{''.join(' ' + o for o in options)}"
-        rcpts = [f"RCPT TO:<{wire_address.get(address, address)}>" for address in recipients]
+        rcpts = [f"RCPT TO:<{wire_address.get(address, address)}>" for address in tried]
+        return _Envelope(sender, recipients, message, tried, outcome, wire, mail, rcpts)
+
+    def _transaction(
+        self, sender: str, recipients: list[str], message: bytes, next_message: NextMessage | None = None
+    ) -> TransactionReplies:
+        """One SMTP mail transaction: the message to ``recipients``, every recipient's reply.
+
+        Without PIPELINING, one command at a time. With PIPELINING (RFC 2920), MAIL FROM,
+        every RCPT TO and DATA go in one write, and the body follows the 354 (with the next
+        message's group, see :meth:`send_message_bytes`). With PIPELINING and CHUNKING
+        (RFC 3030), ``BDAT <size> LAST`` and the message go in that same write. Either way
+        each recipient gets its own reply.
+
+        Raises :class:`ServerError` when the server refuses something that is not about
+        this message (421, a 5xx to MAIL FROM about the server), and
+        :class:`ConnectionLost` when the session ends mid-transaction.
+        """
+        begun, self.begun = self.begun, None
+        if begun is not None and not begun.is_for(sender, recipients, message):
+            self.close()  # the begun transaction cannot be finished nor taken back: end it undelivered
+            raise RuntimeError("a transaction was begun for another message than the one asked for")
+        pipelining = self.has_extn("pipelining")
+        chunking = pipelining and self.has_extn("chunking")
+        envelope = begun or self._prepare(sender, recipients, message, chunking)
+        outcome, recipients, mail, rcpts = envelope.outcome, envelope.tried, envelope.mail, envelope.rcpts
+        if not recipients:
+            return outcome
         if chunking:
-            return self._send_chunked(outcome, mail, rcpts, recipients, wire)
+            return self._send_chunked(outcome, mail, rcpts, recipients, envelope.wire)
+        follow: _Envelope | None = None
+        body = b""
         try:
             if pipelining:
-                self._send_group([mail, *rcpts, "DATA"])
+                if begun is None:
+                    self._send_group([mail, *rcpts, "DATA"])
                 mail_reply = self._command_reply()
                 rcpt_replies = [self._command_reply() for _ in rcpts]
                 data_reply = self._command_reply()
@@ -446,14 +535,33 @@ class DialogSMTP(smtplib.SMTP):
             if data_reply.code != 354:
                 self._reset()
                 return _settle(outcome, accepted, data_reply)
-            self._send_group([], wire + b".\r\n")
+            body = envelope.wire + b".\r\n"
+            if pipelining and next_message is not None and not any(map(_too_many_for_now, rcpt_replies)):
+                follow = self._next_envelope(next_message)
+            if follow is None:
+                self._send_group([], body)
+            else:
+                self._send_group([], body, then=[follow.mail, *follow.rcpts, "DATA"])
+        except _PartlySent as exc:
+            if exc.sent < len(body):
+                raise ConnectionLost(f"connection lost: {exc}") from exc
+            raise self._lost_after_data(outcome, accepted, exc) from exc  # the final dot went out
         except smtplib.SMTPServerDisconnected as exc:
             raise ConnectionLost(f"connection lost: {exc}") from exc
         except OSError as exc:
             self.close()
             raise ConnectionLost(f"connection lost: {exc}") from exc
         # The message is out: only now a lost connection may mean it was delivered.
+        self.begun = follow
         return self._final_reply(outcome, accepted)
+
+    def _next_envelope(self, next_message: NextMessage) -> _Envelope | None:
+        """The next message's envelope, to begin its transaction in this write; None if there is none to send."""
+        following = next_message()
+        if following is None:
+            return None
+        envelope = self._prepare(*following, chunking=False)
+        return envelope if envelope.tried else None
 
     def _send_chunked(
         self, outcome: TransactionReplies, mail: str, rcpts: list[str], recipients: list[str], body: bytes
@@ -542,8 +650,8 @@ class DialogSMTP(smtplib.SMTP):
                 outcome=_settle(outcome, accepted, reply),
             )
         _settle(outcome, accepted, reply)
-        if reply.code >= 300:
-            self._reset()
+        if reply.code >= 300 and self.begun is None:
+            self._reset()  # (the end of data ends the transaction anyway: no RSET before a begun one)
         return outcome
 
     def _lost_after_data(self, outcome: TransactionReplies, recipients: list[str], exc: Exception) -> ConnectionLost:
@@ -698,8 +806,18 @@ def _ehlo(session: DialogSMTP) -> None:
 
 
 def close_session(session: smtplib.SMTP | None) -> None:
-    """QUIT politely; close the socket whatever happens."""
+    """QUIT politely; close the socket whatever happens.
+
+    A session with a begun transaction (:attr:`DialogSMTP.begun`) is closed without QUIT:
+    the server may be reading its message, and closing before a final dot is the one way to
+    end it undelivered.
+    """
     if session is None:
+        return
+    if isinstance(session, DialogSMTP) and session.begun is not None:
+        if log.isEnabledFor(logging.DEBUG):
+            session._log_line("C:", "[connection closed: the begun transaction is abandoned, undelivered]")
+        session.close()
         return
     try:
         if session.sock:

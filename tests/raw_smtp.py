@@ -82,12 +82,18 @@ class ScriptedSMTP:
     extensions: list[str] = field(default_factory=lambda: ["PIPELINING", "SIZE 1000000", "8BITMIME"])
     rcpt_replies: dict[str, str] = field(default_factory=dict)  # address -> "550 5.1.1 unknown"
     mail_reply: str = "250 2.1.0 OK"  # to every MAIL FROM
+    mail_replies: dict[int, str] = field(default_factory=dict)  # MAIL FROM number (from 1) -> its reply; 421 closes
     max_recipients: int | None = None  # RCPTs past this many in a transaction: 452 4.5.3 too many recipients
     data_reply: str = "250 2.0.0 queued"  # after the final dot, or to BDAT ... LAST
+    #: message number (from 1, over all sessions) -> its final reply; "" takes the message and hangs up unanswered
+    data_replies: dict[int, str] = field(default_factory=dict)
+    close_after_messages: int | None = None  # a session's messages, after whose final reply it hangs up
     final_reply: bytes | None = None  # raw bytes to send instead of data_reply (garbage, tarpits...)
     greeting: str = "220 raw.test ESMTP"
     pause_after_354: float = 0.0  # seconds to stop reading once DATA is accepted (a slow link)
     chunks: list[bytes] = field(default_factory=list)  # every recv(), as it arrived
+    mails: int = 0  # MAIL FROM commands received
+    ended: int = 0  # messages whose data ended (final dot, or BDAT LAST), accepted or not
     commands: list[str] = field(default_factory=list)  # every command line
     messages: list[Delivered] = field(default_factory=list)
 
@@ -128,6 +134,7 @@ class _Session:
         self.rcpts = 0  # RCPT commands in this transaction
         self.in_data = False
         self.chunk_left: int | None = None  # BDAT bytes still to come
+        self.messages = 0  # messages this session accepted
 
     def feed(self, data: bytes) -> None:
         self.buffer += data
@@ -172,10 +179,14 @@ class _Session:
                 f"250{'-' if i < len(lines) - 1 else ' '}{text}\r\n" for i, text in enumerate(lines)
             ).encode()
         if verb == "MAIL":
-            if not self.script.mail_reply.startswith("2"):
-                return f"{self.script.mail_reply}\r\n".encode()
+            self.script.mails += 1
+            reply = self.script.mail_replies.get(self.script.mails, self.script.mail_reply)
+            if reply.startswith("421"):
+                self.closed = True
+            if not reply.startswith("2"):
+                return f"{reply}\r\n".encode()
             self.sender, self.accepted, self.rcpts = _address(line), [], 0
-            return f"{self.script.mail_reply}\r\n".encode()
+            return f"{reply}\r\n".encode()
         if verb == "RCPT":
             if self.sender is None:
                 return b"503 5.5.1 need MAIL first\r\n"
@@ -206,13 +217,23 @@ class _Session:
         return b"500 5.5.2 unknown command\r\n"
 
     def _end_of_message(self, content: bytes, command: str) -> bytes:
+        self.script.ended += 1
         if not self.accepted or self.sender is None:
             return b"554 5.5.1 no valid recipients\r\n"
-        self.script.messages.append(Delivered(self.sender, list(self.accepted), content, command))
+        reply = self.script.data_replies.get(self.script.ended, self.script.data_reply)
+        if reply.startswith("2") or reply == "":
+            self.script.messages.append(Delivered(self.sender, list(self.accepted), content, command))
         self.sender, self.accepted = None, []
+        self.messages += 1
+        if reply == "" or (
+            self.script.close_after_messages is not None and self.messages >= self.script.close_after_messages
+        ):
+            self.closed = True  # hang up after this reply, whatever else the read held
+            if reply == "":
+                return b""
         if self.script.final_reply is not None:
             return self.script.final_reply
-        return f"{self.script.data_reply}\r\n".encode()
+        return f"{reply}\r\n".encode()
 
 
 def _address(line: str) -> str:

@@ -454,7 +454,7 @@ def test_an_unexpected_error_keeps_the_message_queued_and_stops_the_run(queue, s
 
     queue_messages(queue, 3)
 
-    def broken(self, sender, recipients, message):
+    def broken(self, sender, recipients, message, next_message=None):
         raise RuntimeError("a bug nobody planned for")
 
     monkeypatch.setattr(DialogSMTP, "send_message_bytes", broken)

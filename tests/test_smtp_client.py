@@ -726,3 +726,208 @@ def test_a_bdat_group_that_cannot_be_sent_in_full_is_a_plain_lost_connection(raw
     finally:
         server.stop()
     assert not lost.value.after_data  # the server cannot have the message: tried again at once, no duplicate
+
+
+# -- the next message's group in the write of this one's final dot (RFC 2920 3.1) ---------------
+
+NEXT = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: the next one\r\n\r\nsecond\r\n"
+
+
+def two_messages(session, first_to, second_to, second=NEXT):
+    """Send MESSAGE with ``second`` offered as the next message, then ``second``: both outcomes."""
+    offered = []
+
+    def next_message():
+        offered.append(second)
+        return "a@example.com", second_to, second
+
+    first = session.send_message_bytes("a@example.com", first_to, MESSAGE, next_message)
+    return first, session.send_message_bytes("a@example.com", second_to, second), offered
+
+
+def test_the_final_dot_and_the_next_messages_mail_rcpt_and_data_go_in_one_write(raw_smtp, caplog):
+    script, port = raw_smtp(extensions=["PIPELINING", "SIZE 1000000"])
+    session = session_to(port)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="mq_transaction.smtp"):
+            first, second, _ = two_messages(session, ["ok@example.org"], ["b@example.org", "c@example.org"])
+    finally:
+        close_session(session)
+    assert (
+        wire_format(MESSAGE)
+        + f".\r\nMAIL FROM:<a@example.com> SIZE={len(NEXT)}\r\nRCPT TO:<b@example.org>\r\n"
+        "RCPT TO:<c@example.org>\r\nDATA\r\n".encode()
+        in script.chunks
+    )
+    assert statuses(first) == {"ok@example.org": "delivered"}
+    assert statuses(second) == {"b@example.org": "delivered", "c@example.org": "delivered"}
+    assert [(m.recipients, m.content) for m in script.messages] == [
+        (["ok@example.org"], MESSAGE),
+        (["b@example.org", "c@example.org"], NEXT),
+    ]
+    assert session.begun is None
+    # the dialog log has every line, in the order it went out
+    dialog = [r.getMessage().split("] ", 1)[1] for r in caplog.records if r.name == "mq_transaction.smtp"]
+    body = dialog.index(f"C: [message body, {len(wire_format(MESSAGE)) + 3} bytes]")
+    assert dialog[body + 1 : body + 5] == [
+        f"C: MAIL FROM:<a@example.com> SIZE={len(NEXT)}",
+        "C: RCPT TO:<b@example.org>",
+        "C: RCPT TO:<c@example.org>",
+        "C: DATA",
+    ]
+    assert dialog[body + 5] == "S: 250 2.0.0 queued"
+
+
+def test_the_second_message_of_a_group_records_a_refused_and_a_deferred_recipient_each_with_its_own_reply(
+    raw_smtp,
+):
+    script, port = raw_smtp(
+        rcpt_replies={"no@example.org": "550 5.1.1 no such user", "later@example.org": "451 4.2.0 mailbox busy"}
+    )
+    session = session_to(port)
+    try:
+        first, second, _ = two_messages(
+            session, ["ok@example.org"], ["b@example.org", "no@example.org", "later@example.org"]
+        )
+    finally:
+        close_session(session)
+    assert any(chunk.startswith(wire_format(MESSAGE) + b".\r\nMAIL FROM:") for chunk in script.chunks)
+    assert statuses(first) == {"ok@example.org": "delivered"}
+    assert statuses(second) == {
+        "b@example.org": "delivered",
+        "no@example.org": "failed",
+        "later@example.org": "deferred",
+    }
+    assert str(second.replies["no@example.org"]) == "550 5.1.1 no such user"
+    assert str(second.replies["later@example.org"]) == "451 4.2.0 mailbox busy"
+    assert [m.recipients for m in script.messages] == [["ok@example.org"], ["b@example.org"]]
+
+
+def test_a_server_that_hangs_up_after_the_first_messages_250_loses_only_the_begun_transaction(raw_smtp):
+    script, port = raw_smtp(close_after_messages=1)
+    session = session_to(port)
+    try:
+        first = session.send_message_bytes(
+            "a@example.com", ["ok@example.org"], MESSAGE, lambda: ("a@example.com", ["b@example.org"], NEXT)
+        )
+        assert session.begun is not None
+        with pytest.raises(ConnectionLost) as lost:
+            session.send_message_bytes("a@example.com", ["b@example.org"], NEXT)
+    finally:
+        close_session(session)
+    assert statuses(first) == {"ok@example.org": "delivered"}  # recorded before the next one's replies are read
+    assert not lost.value.after_data  # the next message's body never went: tried again at once, no duplicate
+    assert [m.content for m in script.messages] == [MESSAGE]
+
+
+def test_a_421_to_the_next_messages_mail_from_ends_the_session_and_leaves_the_first_delivered(raw_smtp):
+    script, port = raw_smtp(mail_replies={2: "421 4.3.2 shutting down"})
+    session = session_to(port)
+    try:
+        first = session.send_message_bytes(
+            "a@example.com", ["ok@example.org"], MESSAGE, lambda: ("a@example.com", ["b@example.org"], NEXT)
+        )
+        with pytest.raises(ConnectionLost) as lost:
+            session.send_message_bytes("a@example.com", ["b@example.org"], NEXT)
+    finally:
+        close_session(session)
+    assert statuses(first) == {"ok@example.org": "delivered"}
+    assert not lost.value.after_data and lost.value.reply.code == 421
+    assert session.sock is None
+    assert [m.content for m in script.messages] == [MESSAGE]
+
+
+def test_a_refused_end_of_data_before_a_begun_transaction_sends_no_rset(raw_smtp):
+    script, port = raw_smtp(data_replies={1: "554 5.7.1 looks like spam"})
+    session = session_to(port)
+    try:
+        first, second, _ = two_messages(session, ["ok@example.org"], ["b@example.org"])
+    finally:
+        close_session(session)
+    assert str(first.replies["ok@example.org"]) == "554 5.7.1 looks like spam"
+    assert statuses(second) == {"b@example.org": "delivered"}
+    assert "RSET" not in [command.upper() for command in script.commands]  # it would reset the next one
+    assert [m.content for m in script.messages] == [NEXT]
+
+
+def test_a_lost_connection_after_the_first_dot_is_its_duplicate_window_and_the_next_is_untouched(raw_smtp):
+    def hang_up_after_the_dot(connection):
+        connection.sendall(b"220 raw.test\r\n")
+        connection.recv(1000)
+        connection.sendall(b"250-raw.test\r\n250 PIPELINING\r\n")
+        connection.recv(65536)
+        connection.sendall(b"250 2.1.0 OK\r\n250 2.1.5 OK\r\n354 go ahead\r\n")
+        connection.recv(65536)  # the body, its dot and the next group: then the server is gone
+
+    server = RawServer(hang_up_after_the_dot)
+    try:
+        session = session_to(server.port)
+        with pytest.raises(ConnectionLost) as lost:
+            session.send_message_bytes(
+                "a@example.com", ["ok@example.org"], MESSAGE, lambda: ("a@example.com", ["b@example.org"], NEXT)
+            )
+    finally:
+        server.stop()
+    assert lost.value.after_data
+    assert "may have been delivered" in str(lost.value.outcome.replies["ok@example.org"])
+    assert session.begun is None and session.sock is None
+
+
+def test_closing_a_session_with_a_begun_transaction_sends_no_quit_and_delivers_nothing_more(raw_smtp, caplog):
+    script, port = raw_smtp()
+    session = session_to(port)
+    with caplog.at_level(logging.DEBUG, logger="mq_transaction.smtp"):
+        session.send_message_bytes(
+            "a@example.com", ["ok@example.org"], MESSAGE, lambda: ("a@example.com", ["b@example.org"], NEXT)
+        )
+        close_session(session)
+    deadline = time.monotonic() + 5
+    while script.mails < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert script.mails == 2  # the next group did go out...
+    assert [m.content for m in script.messages] == [MESSAGE]  # ...and its message was never delivered
+    assert "QUIT" not in [command.upper() for command in script.commands]
+    assert any("abandoned" in r.getMessage() for r in caplog.records)
+
+
+def test_the_next_message_waits_for_recipients_that_need_a_transaction_of_their_own(raw_smtp):
+    script, port = raw_smtp(max_recipients=1)
+    session = session_to(port)
+    try:
+        first, second, _ = two_messages(session, ["ok@example.org", "ok2@example.org"], ["b@example.org"])
+    finally:
+        close_session(session)
+    body = wire_format(MESSAGE) + b".\r\n"
+    # the "too many recipients" go first, in a transaction of their own, which the next message follows
+    bodies = [chunk for chunk in script.chunks if chunk.startswith(body)]
+    assert bodies[0] == body and bodies[1].startswith(body + b"MAIL FROM:<a@example.com>") and len(bodies) == 2
+    assert statuses(first) == {"ok@example.org": "delivered", "ok2@example.org": "delivered"}
+    assert statuses(second) == {"b@example.org": "delivered"}
+    assert [m.recipients for m in script.messages] == [["ok@example.org"], ["ok2@example.org"], ["b@example.org"]]
+
+
+def test_without_pipelining_or_with_chunking_no_next_message_is_asked_for(raw_smtp):
+    for extensions in (["8BITMIME"], ["PIPELINING", "CHUNKING"]):
+        script, port = raw_smtp(extensions=extensions)
+        session = session_to(port)
+        try:
+            _first, second, offered = two_messages(session, ["ok@example.org"], ["b@example.org"])
+        finally:
+            close_session(session)
+        assert offered == [] and statuses(second) == {"b@example.org": "delivered"}
+        assert len(script.messages) == 2
+
+
+def test_a_call_for_another_message_than_the_begun_one_is_refused_and_ends_the_session(raw_smtp):
+    script, port = raw_smtp()
+    session = session_to(port)
+    try:
+        session.send_message_bytes(
+            "a@example.com", ["ok@example.org"], MESSAGE, lambda: ("a@example.com", ["b@example.org"], NEXT)
+        )
+        with pytest.raises(RuntimeError):
+            session.send_message_bytes("a@example.com", ["c@example.org"], NEXT)
+    finally:
+        close_session(session)
+    assert session.sock is None
+    assert [m.content for m in script.messages] == [MESSAGE]
