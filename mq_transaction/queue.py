@@ -131,10 +131,14 @@ class FileClaim(Claim):
         while self._fds:
             os.close(self._fds.pop())
         if self._reserved is not None:
-            if self._drop_reserved is not None:
-                self._drop_reserved()
-            os.close(self._reserved)
-            self._reserved = None
+            fd, self._reserved = self._reserved, None
+            try:
+                if self._drop_reserved is not None:
+                    self._drop_reserved()
+            except OSError:
+                pass  # (a closed queue): the scratch file left behind is stale, and cleanup() removes it
+            finally:
+                os.close(fd)
 
 
 class _RetryTimes:
@@ -319,7 +323,7 @@ class MessageQueue:
                 return "is a symbolic link"
         if not stat.S_ISDIR(info.st_mode):
             return "is not a directory"
-        return "is another directory"
+        return "was replaced by another directory"
 
     def close(self) -> None:
         """Close the queue's directories (and drop the daemon lock). Idempotent; the queue

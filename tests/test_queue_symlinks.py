@@ -14,6 +14,10 @@ import os
 import pwd
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
@@ -250,3 +254,46 @@ def test_a_swap_during_a_delivery_does_not_redirect_its_outcome(tmp_path, name, 
     kept = [os.path.relpath(path, root) for path in root.rglob(queue_id)]
     if name == "deferred":  # its outcome went where the sender opened deferred/, or aside to hold/
         assert kept == (["deferred.old/" + queue_id] if how == "moved" else ["hold/" + queue_id])
+
+
+@pytest.mark.slow
+def test_a_daemon_names_a_swapped_directory_sends_nothing_through_it_and_recovers(tmp_path, sink):
+    victim, _ = victim_directory(tmp_path)
+    root = tmp_path / "queue"
+    MessageQueue(root, fsync=False)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "mq_transaction.cli_send", "--daemon", "--queue-dir", str(root)]
+        + ["--smtp-host", "127.0.0.1", "--smtp-port", str(sink.port)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(daemon.stderr), daemon=True).start()
+    try:
+        assert wait_for(lambda: any("daemon ready" in line for line in lines))
+        commit(MessageQueue(root, fsync=False))
+        assert wait_for(lambda: len(sink.received) == 1)
+        before = snapshot(victim)
+        swap_for_link(root, "new", victim, "moved")
+        daemon.send_signal(signal.SIGHUP)  # wakes it for a pass (and reopens its logs)
+        where = f"queue directory {root / 'new'} is a symbolic link (to {victim})"
+        assert wait_for(lambda: any(where in line for line in lines))
+        os.unlink(root / "new")  # the operator puts the real directory back
+        os.rename(root / "new.old", root / "new")
+        commit(MessageQueue(root, fsync=False))
+        assert wait_for(lambda: len(sink.received) == 2, timeout=30)  # after its back-off
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=15) == 0
+    assert [received.rcpt_tos for received in sink.received] == [["bob@example.org"]] * 2  # never victim@
+    assert snapshot(victim) == before
+    assert "Traceback" not in "".join(lines)
+
+
+def wait_for(condition, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
