@@ -25,7 +25,7 @@ from .cli_format import (
 from .config import load_settings, setup_logging
 from .database_opening import database_ddl, open_database_queue
 from .durations import parse_duration
-from .errors import ConfigurationError, MailQueueError
+from .errors import ConfigurationError, MailQueueError, QueueUnavailableError
 from .exit_status import QUEUE_MEANINGS, QueueExit, help_text
 from .interfaces import IMailQueue
 from .preflight import check_operator_start
@@ -182,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     except queue_admin.MessageNotFoundError as exc:
         print(f"mq-queue: error: {exc}", file=sys.stderr)
         return QueueExit.PROBLEM
+    except QueueUnavailableError as exc:  # the database queue is away (restart, fail-over): try again later
+        print(f"mq-queue: error: {exc}", file=sys.stderr)
+        return QueueExit.TEMPFAIL
     except (ConfigurationError, MailQueueError, OSError) as exc:
         print(f"mq-queue: error: {exc}", file=sys.stderr)
         return QueueExit.USAGE

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(args.config_uri, verbosity)
         if settings.smtp_log:
             attach_smtp_log(settings.smtp_log, propagate=verbosity > 0, mode=0o640 if settings.group_access else 0o600)
-        sender = Sender(settings, queue=open_queue(settings))
+        sender = Sender(settings, queue=open_queue(settings, wait=args.daemon))
         # Imported only when used: each costs start-up time (prometheus_client most), which a
         # one-shot run from cron pays every time (bench/network.py, bench/drain.py).
         metrics = None

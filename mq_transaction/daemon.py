@@ -18,9 +18,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import (
+    ConfigurationError,
     DaemonAlreadyRunning,  # noqa: F401 - importable from here, as before
     QueueUnavailableError,
 )
+from .exit_status import SendExit
+from .interfaces import IMailWatcher
 from .sender import RunResult, Sender
 
 if TYPE_CHECKING:  # imported by cli_send only with --metrics-file: prometheus_client costs start-up time
@@ -133,60 +136,20 @@ class Daemon:
     # -- the loop -------------------------------------------------------------------------
 
     def run(self, ready: Callable[[], None] | None = None) -> int:
-        """Serve until stopped; return 0."""
+        """Serve until stopped; return 0, or 2 when the queue turns out to be misconfigured.
+
+        A database queue that cannot be reached at start-up is waited for like any later
+        outage; its tables are checked once it can be, and missing or foreign tables stop
+        the daemon with status 2 (a configuration error: waiting would not fix it).
+        """
         if not self._locked:
             self.acquire_lock()
         watcher = self.queue.watch(self._wake_r, self.poll_interval)
-        housekeeping_at = metrics_at = 0.0
-        first = True
         try:
-            while not self.stopping:
-                now = self.clock()
-                result = RunResult()
-                try:
-                    due: list[str] = []
-                    if now >= self.queue_retry_at:
-                        if now >= housekeeping_at:
-                            self.sender.housekeeping(result)
-                            housekeeping_at = now + self.HOUSEKEEPING_EVERY
-                        due = self.queue.due(now) if now >= self.server_retry_at else self._new_mail_probe(now)
-                        self._queue_state(None)
-                except QueueUnavailableError as exc:  # a database queue's restart or fail-over
-                    self._queue_state(exc)
-                if first:  # ready once the queue has been scanned, before the backlog is sent
-                    first = False
-                    log.info(
-                        "mq-send daemon ready: pid %d, queue %s, waking by %s, %d message(s) due",
-                        os.getpid(),
-                        self.queue.location,
-                        watcher.mode,
-                        len(due),
-                    )
-                    notify_systemd("READY=1")
-                    if ready:
-                        ready()
-                if due:
-                    self._last_server_try, self._tried = now, frozenset(due)
-                    try:
-                        self.sender.deliver(due, result, should_stop=lambda: self.stopping)
-                    except QueueUnavailableError as exc:
-                        self._queue_state(exc)
-                    self._server_state(result)
-                if self.metrics is not None:
-                    self.metrics.add_run(result, server_usable=self.server_down_since is None)
-                    if result.attempts or result.corrupt or now >= metrics_at:
-                        self._write_metrics()
-                        metrics_at = now + self.METRICS_EVERY
-                if self._reopen:
-                    self._reopen = False
-                    reopen_log_files()
-                    if self.sender.delivery_log is not None:
-                        self.sender.delivery_log.reopen()
-                    log.info("log files reopened")
-                if self.stopping:
-                    break
-                self._close_if_idle()
-                watcher.wait(self._timeout(housekeeping_at, metrics_at))
+            self._serve(watcher, ready)
+        except ConfigurationError as exc:
+            log.error("%s; the daemon stops", exc)
+            return SendExit.USAGE
         finally:
             notify_systemd("STOPPING=1")
             self.sender.close()
@@ -194,13 +157,71 @@ class Daemon:
             if self.metrics is not None:
                 self._write_metrics()
             log.info("mq-send daemon stopped")
-        return 0
+        return SendExit.OK
+
+    def _serve(self, watcher: IMailWatcher, ready: Callable[[], None] | None) -> None:
+        housekeeping_at = metrics_at = 0.0
+        first = True
+        while not self.stopping:
+            now = self.clock()
+            result = RunResult()
+            try:
+                due: list[str] = []
+                if now >= self.queue_retry_at:
+                    if now >= housekeeping_at:
+                        self.sender.housekeeping(result)
+                        housekeeping_at = now + self.HOUSEKEEPING_EVERY
+                    due = self.queue.due(now) if now >= self.server_retry_at else self._new_mail_probe(now)
+                    self._queue_state(None)
+            except QueueUnavailableError as exc:  # a database queue's restart or fail-over
+                self._queue_state(exc)
+            if first:  # ready once the queue has been scanned, before the backlog is sent
+                first = False
+                log.info(
+                    "mq-send daemon ready: pid %d, queue %s, waking by %s, %s",
+                    os.getpid(),
+                    self.queue.location,
+                    watcher.mode,
+                    f"{len(due)} message(s) due"
+                    if self.queue_down_since is None
+                    else "waiting for the queue to be usable",
+                )
+                notify_systemd("READY=1")
+                if ready:
+                    ready()
+            if due:
+                self._last_server_try, self._tried = now, frozenset(due)
+                try:
+                    self.sender.deliver(due, result, should_stop=lambda: self.stopping)
+                except QueueUnavailableError as exc:
+                    self._queue_state(exc)
+                self._server_state(result)
+            if self.metrics is not None:
+                self.metrics.add_run(result, server_usable=self.server_down_since is None)
+                if result.attempts or result.corrupt or now >= metrics_at:
+                    self._write_metrics()
+                    metrics_at = now + self.METRICS_EVERY
+            if self._reopen:
+                self._reopen = False
+                reopen_log_files()
+                if self.sender.delivery_log is not None:
+                    self.sender.delivery_log.reopen()
+                log.info("log files reopened")
+            if self.stopping:
+                break
+            self._close_if_idle()
+            watcher.wait(self._timeout(housekeeping_at, metrics_at))
 
     def _write_metrics(self) -> None:
         if self.metrics is None:
             return
         try:
             self.metrics.write(self.queue)
+        except QueueUnavailableError as exc:  # its gauges need the queue; the counters wait for the next write
+            if self.queue_down_since is None:
+                self._queue_state(exc)
+        except ConfigurationError:  # the queue's tables are wrong: the daemon is stopping for it
+            pass
         except OSError as exc:
             log.error("cannot write metrics file %s: %s", self.metrics.path, exc)
 

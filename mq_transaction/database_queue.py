@@ -211,13 +211,18 @@ class DatabaseQueue:
     def init_db(self) -> bool:
         """Create the tables unless they exist (``mq-queue init-db``); True if created.
 
-        Raises :class:`QueueWriteError` saying what the database answered when it refuses
-        (no connection, no permission to create tables).
+        Raises :class:`QueueUnavailableError` when the database cannot be reached, and
+        :class:`QueueWriteError` saying what the database answered when it refuses (no
+        permission to create tables).
         """
         try:
             with self.engine.begin() as connection:
                 created = schema.init_db(connection)
         except sa.exc.DBAPIError as exc:
+            if _is_connection_trouble(exc):
+                raise QueueUnavailableError(
+                    f"cannot connect to the queue database {self.location}: {_reason(exc)}"
+                ) from exc
             raise QueueWriteError(f"cannot create the mail queue tables in {self.location}: {_reason(exc)}") from exc
         self._schema_checked = True
         return created
@@ -810,12 +815,12 @@ class NotificationWatcher:
             cursor.execute(f"LISTEN {NOTIFY_CHANNEL}")
             cursor.close()
         except Exception as exc:  # noqa: BLE001 - any failure means: poll, try again later
-            if self._down_since is None:
+            if self._down_since is None:  # the daemon logs the database's outages; this is only its wake-ups
                 self._down_since = time.monotonic()
-                log.error("cannot listen for new mail on %s: %s; polling meanwhile", self.queue.location, exc)
+                log.info("cannot listen for new mail on %s: %s; polling meanwhile", self.queue.location, exc)
             return False
         if self._down_since is not None:
-            log.warning("listening for new mail on %s again", self.queue.location)
+            log.info("listening for new mail on %s again", self.queue.location)
             self._down_since = None
         self._connection = connection
         return True
@@ -848,7 +853,7 @@ class NotificationWatcher:
             self._drop(exc)
 
     def _drop(self, exc: Exception) -> None:
-        log.error("lost the listening connection to %s: %s; polling until it is back", self.queue.location, exc)
+        log.info("lost the listening connection to %s: %s; polling until it is back", self.queue.location, exc)
         self._down_since = time.monotonic()
         try:
             self._connection.close()

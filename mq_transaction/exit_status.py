@@ -29,11 +29,12 @@ MEANINGS: dict[SendExit, str] = {
 
 
 class QueueExit(IntEnum):
-    """How an ``mq-queue`` command ended."""
+    """How an ``mq-queue`` command ended (``sysexits.h``'s ``EX_TEMPFAIL`` for 75)."""
 
     OK = 0
     PROBLEM = 1
     USAGE = 2
+    TEMPFAIL = 75
 
 
 #: One phrase per status, as ``mq-queue --help`` prints it.
@@ -44,6 +45,7 @@ QUEUE_MEANINGS: dict[QueueExit, str] = {
         " apply to (the other ids were done), or discard was not confirmed"
     ),
     QueueExit.USAGE: "usage or configuration error, or an argument that is not a queue id (then nothing was done)",
+    QueueExit.TEMPFAIL: "the database of a database queue cannot be reached: try again later",
 }
 
 

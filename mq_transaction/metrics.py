@@ -101,11 +101,8 @@ class Metrics:
     def write(self, queue: IMailQueue, now: float | None = None) -> None:
         """Write the metrics file atomically (temporary file, fsync, rename)."""
         now = time.time() if now is None else now
-        counters, last_success = self._previous()
-        counters.update(self.pending)
-        self.pending.clear()
-        if self.last_success is not None:
-            last_success = self.last_success
+        # The queue first: when it cannot be read (a database queue away), nothing is
+        # written and this process's counts wait for the next write.
         counts = dict.fromkeys(STATES, 0)
         oldest = None
         for entry in queue.entries():
@@ -113,6 +110,11 @@ class Metrics:
             if entry.state in WAITING:
                 age = now - queued_time(entry.queue_id)
                 oldest = age if oldest is None else max(oldest, age)
+        counters, last_success = self._previous()
+        counters.update(self.pending)
+        self.pending.clear()
+        if self.last_success is not None:
+            last_success = self.last_success
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Snapshot(counts, oldest, counters, last_success))
         directory = os.path.dirname(os.path.abspath(self.path))

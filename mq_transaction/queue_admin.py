@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from . import queuefile
 from .delivery_log import read_backwards
 from .durations import iso_utc, parse_iso_utc
-from .errors import CorruptMessageError, UnknownQueueIdError
+from .errors import CorruptMessageError, QueueUnavailableError, UnknownQueueIdError
 from .interfaces import IMailQueue
 from .policy import attempts_made
 from .queue import is_queue_id, new_queue_id, queued_time
@@ -263,6 +263,8 @@ def _read(queue: IMailQueue, entry: Entry) -> _Read | None:
         return None
     except CorruptMessageError as exc:
         return _Read(entry, _envelope_only(queue, entry), None, str(exc))
+    except QueueUnavailableError:  # the whole queue (its database) is away, not this message
+        raise
     except OSError as exc:
         return _Read(entry, None, None, f"cannot read it: {exc.strerror or exc}")
     return _Read(entry, envelope, message)
@@ -553,6 +555,8 @@ def _act(
         return ChangeResult(queue_id, False, str(exc))
     try:
         claim = queue.lock(entry)
+    except QueueUnavailableError:  # the whole queue (its database) is away: the command stops
+        raise
     except OSError as exc:
         return ChangeResult(queue_id, False, str(exc))
     if claim is None:
@@ -563,6 +567,8 @@ def _act(
         return ChangeResult(queue_id, True, actions[entry.state](queue, claim, entry))
     except CorruptMessageError as exc:
         return ChangeResult(queue_id, False, f"queue id {queue_id}: {exc}; only discard removes it")
+    except QueueUnavailableError:
+        raise
     except OSError as exc:
         return ChangeResult(queue_id, False, f"queue id {queue_id}: {exc.strerror or exc}; it was left as it was")
     finally:

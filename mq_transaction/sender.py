@@ -109,11 +109,15 @@ def server_config(settings: Settings) -> ServerConfig:
     )
 
 
-def open_queue(settings: Settings) -> Any:
+def open_queue(settings: Settings, *, wait: bool = False) -> Any:
     """The queue named by ``mq.queue_url`` (its tables checked), or by ``mq.queue_dir``,
-    which must exist (ConfigurationError if not)."""
+    which must exist (ConfigurationError if not).
+
+    ``wait`` (the daemon): a database that cannot be reached yet is no error; its tables
+    are checked once it can be (see :func:`~mq_transaction.database_opening.open_database_queue`).
+    """
     if settings.queue_url:
-        return open_database_queue(settings)
+        return open_database_queue(settings, wait=wait)
     if not settings.queue_dir:
         raise ConfigurationError("mq.queue_dir", "missing: set it to the queue directory")
     try:

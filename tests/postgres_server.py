@@ -110,6 +110,14 @@ class PostgresServer:
         """Stop the server (``immediate`` kills it as a crash would)."""
         self._run("pg_ctl", "-D", self.datadir, "-m", mode, "-w", "stop")
 
+    def is_running(self) -> bool:
+        """True while the server runs (``pg_ctl status``)."""
+        try:
+            self._run("pg_ctl", "-D", self.datadir, "status")
+        except RuntimeError:
+            return False
+        return True
+
     def restart(self) -> None:
         """``pg_ctl restart``: every connection is cut; the server comes back on the same port."""
         self.stop()

@@ -131,3 +131,123 @@ def test_a_restart_in_the_middle_of_a_drain_loses_nothing(server, url, smtp_sink
     log = "".join(lines)
     outages = log.count("no mail is lost")
     assert outages <= 1 and log.count("is back after") == outages
+
+
+# -- the database away at start-up ------------------------------------------------------------
+
+PASSWORD = "s3cret-never-shown"
+
+
+@pytest.fixture
+def stopped(server, url):
+    """The server stopped (after ``url``'s database was made); started again afterwards."""
+    server.stop()
+    yield server
+    if not server.is_running():
+        server.start()
+
+
+def with_password(url: str) -> str:
+    return url.replace("postgres@", f"postgres:{PASSWORD}@")  # the server trusts 127.0.0.1: any password
+
+
+def error_lines(lines: list[str]) -> list[str]:
+    return [line for line in lines if " ERROR " in line]
+
+
+def test_a_daemon_started_while_the_database_is_down_waits_and_delivers_once_it_is_back(stopped, url, smtp_sink):
+    daemon, lines = start_daemon(with_password(url), smtp_sink.port)
+    try:
+        assert any("waiting for the queue to be usable" in line for line in lines), "".join(lines)
+        time.sleep(6)  # past the first retry: still one line for the outage
+        assert daemon.poll() is None, "".join(lines)
+        stopped.start()
+        enqueue(url, 1)
+        assert wait_for(lambda: len(smtp_sink.received) == 1, 60), "".join(lines)
+        assert remaining(url) == 0
+    finally:
+        stop(daemon, lines)
+    log = "".join(lines)
+    assert log.count("no mail is lost") == 1 and log.count("is back after") == 1, log
+    assert len(error_lines(lines)) == 1, log  # the outage, logged once
+    assert "cannot connect to the queue database" in error_lines(lines)[0]
+    assert "Traceback" not in log
+    assert PASSWORD not in log and "***" in log
+
+
+def test_sigterm_stops_a_daemon_that_waits_for_the_database(stopped, url, smtp_sink):
+    daemon, lines = start_daemon(url, smtp_sink.port)
+    time.sleep(1)
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=10) == 0, "".join(lines)
+    assert "mq-send daemon stopped" in "".join(lines)
+
+
+def test_a_daemon_that_finds_no_tables_once_the_database_is_back_exits_2_saying_to_run_init_db(server, url, smtp_sink):
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE mq_messages, mq_schema")
+    engine.dispose()
+    server.stop()
+    try:
+        daemon, lines = start_daemon(url, smtp_sink.port)
+    finally:
+        server.start()
+    try:
+        assert daemon.wait(timeout=60) == 2, "".join(lines)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    time.sleep(0.2)  # the reader thread's last lines
+    log = "".join(lines)
+    assert "init-db" in log and "Traceback" not in log
+
+
+def test_a_one_shot_run_exits_75_while_the_database_is_down(stopped, url, capsys):
+    from mq_transaction.cli_send import main as mq_send
+
+    assert mq_send(["--queue-url", with_password(url), "-q"]) == 75
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"127.0.0.1:{stopped.port}" in err
+    assert PASSWORD not in err and "***" in err
+
+
+QUEUE_ID = "20261128T151136123456Z-9f3a2b1c0d"
+MQ_QUEUE_COMMANDS = [
+    ["status"],
+    ["list"],
+    ["list", "--json"],
+    ["show", QUEUE_ID],
+    ["retry", QUEUE_ID],
+    ["retry", "--all-failed"],
+    ["hold", QUEUE_ID],
+    ["release", QUEUE_ID],
+    ["discard", QUEUE_ID, "--yes"],
+    ["init-db"],
+]
+
+
+@pytest.mark.parametrize("command", MQ_QUEUE_COMMANDS, ids=" ".join)
+def test_mq_queue_exits_75_with_one_line_naming_the_masked_url_while_the_database_is_down(
+    stopped, url, command, capsys
+):
+    from mq_transaction.cli_queue import main as mq_queue
+
+    assert mq_queue(["--queue-url", with_password(url), *command]) == 75
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("mq-queue: error: ") and captured.err.count("\n") == 1, captured.err
+    assert f"postgresql+psycopg://postgres:***@127.0.0.1:{stopped.port}/outage" in captured.err
+    assert PASSWORD not in captured.err
+
+
+def test_mq_queue_in_a_subprocess_gives_no_traceback_while_the_database_is_down(stopped, url):
+    result = subprocess.run(
+        [sys.executable, "-m", "mq_transaction.cli_queue", "--queue-url", with_password(url), "status"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 75
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert PASSWORD not in result.stderr
