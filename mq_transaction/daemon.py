@@ -298,6 +298,13 @@ class Daemon:
 
     def _timeout(self, housekeeping_at: float, metrics_at: float) -> float:
         now = self.clock()
+        if self.queue_down_since is not None:
+            # Nothing but the queue's next try is due: housekeeping and metrics need the
+            # queue too (their times are past during a long outage; they would spin).
+            waits = [self.queue_retry_at - now]
+            if self.sender.session is not None:
+                waits.append(self.sender.last_activity + self.idle_timeout - now)
+            return max(0.0, min(waits))
         candidates = [housekeeping_at - now]
         if self.metrics is not None:
             candidates.append(metrics_at - now)
@@ -305,9 +312,6 @@ class Daemon:
             candidates.append(self.sender.last_activity + self.idle_timeout - now)
         if self.server_down_since is not None:
             candidates.append(self.server_retry_at - now)
-        if self.queue_down_since is not None:
-            candidates.append(self.queue_retry_at - now)
-            return max(0.0, min(candidates))
         try:
             next_retry = self.queue.next_retry_time()
         except QueueUnavailableError as exc:

@@ -6,6 +6,7 @@ These tests restart a PostgreSQL server of their own (not the shared one of the 
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -151,6 +152,13 @@ def with_password(url: str) -> str:
     return url.replace("postgres@", f"postgres:{PASSWORD}@")  # the server trusts 127.0.0.1: any password
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time a process has used so far (user and system), from /proc."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def error_lines(lines: list[str]) -> list[str]:
     return [line for line in lines if " ERROR " in line]
 
@@ -159,8 +167,10 @@ def test_a_daemon_started_while_the_database_is_down_waits_and_delivers_once_it_
     daemon, lines = start_daemon(with_password(url), smtp_sink.port)
     try:
         assert any("waiting for the queue to be usable" in line for line in lines), "".join(lines)
+        cpu_before = cpu_seconds(daemon.pid)
         time.sleep(6)  # past the first retry: still one line for the outage
         assert daemon.poll() is None, "".join(lines)
+        assert cpu_seconds(daemon.pid) - cpu_before < 2.0  # it waits between tries; it does not spin
         stopped.start()
         enqueue(url, 1)
         assert wait_for(lambda: len(smtp_sink.received) == 1, 60), "".join(lines)
