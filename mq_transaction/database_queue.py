@@ -34,7 +34,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -46,7 +46,14 @@ from zope.interface import implementer
 
 from . import database_schema as schema
 from .database_schema import STAGED, messages
-from .errors import ConfigurationError, CorruptMessageError, QueueUnavailableError, QueueWriteError, UnknownQueueIdError
+from .errors import (
+    ConfigurationError,
+    CorruptMessageError,
+    MailQueueError,
+    QueueUnavailableError,
+    QueueWriteError,
+    UnknownQueueIdError,
+)
 from .interfaces import IMailWatcher, ISessionMailQueue
 from .queue import is_queue_id, new_queue_id
 from .queuefile import Envelope
@@ -62,6 +69,7 @@ NOTIFY_CHANNEL = "mq_transaction_queued"
 DEFAULT_CLAIM_TIMEOUT = 300.0
 
 _QUEUED, _DEFERRED, _SENDING = MessageState.QUEUED.value, MessageState.DEFERRED.value, MessageState.SENDING.value
+_FAILED = MessageState.FAILED.value
 _T = TypeVar("_T")
 
 
@@ -145,12 +153,16 @@ class DatabaseQueue:
         # One statement, one round trip: statements that stand alone run in autocommit (no
         # BEGIN and COMMIT of their own). No pre-ping either (a round trip per checkout): a
         # connection that died fails once, SQLAlchemy drops the pool, and callers retry.
-        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._autocommit: sa.Engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         # Claims and lease changes need not wait for the WAL flush: the durable record of
         # a delivery (a synchronous commit) flushes them with it. A claim lost in a crash
         # of the database server puts the message back in queued, as a dead sender's does.
         self._claims: sa.Engine = self._autocommit
         if not isinstance(url_or_engine, sa.Engine):
+            # Engines of our own are in autocommit from the start: switching a pooled
+            # connection in and out of it at every checkout costs a third of a hot
+            # statement's CPU (bench/README.md, "PostgreSQL drain").
+            self._autocommit = sa.create_engine(self.url, pool_size=6, max_overflow=10, isolation_level="AUTOCOMMIT")
             self._claims = sa.create_engine(
                 self.url,
                 pool_size=6,
@@ -233,7 +245,8 @@ class DatabaseQueue:
             self._keeper.stop()
             self._keeper = None
         self.engine.dispose()
-        if self._claims is not self._autocommit:
+        if self._claims is not self._autocommit:  # both ours, made from the URL
+            self._autocommit.dispose()
             self._claims.dispose()
 
     # -- the application's side ------------------------------------------------------------
@@ -463,62 +476,88 @@ class DatabaseQueue:
 
     def claim(self, queue_id: str) -> DatabaseClaim | None:
         """Claim a queued or deferred message with a lease; None when gone or held elsewhere."""
-        candidate = (
-            sa.select(messages.c.queue_id)
-            .where(messages.c.queue_id == queue_id, messages.c.state.in_([_QUEUED, _DEFERRED]), _unleased())
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-        with self._transaction(f"claiming queue id {queue_id}", self._claims) as connection:
-            # One statement: the row lock of SKIP LOCKED is held only while it runs.
-            row = connection.execute(
-                sa.update(messages)
-                .where(messages.c.queue_id == candidate)
-                .values(state=_SENDING, state_since=sa.func.now(), **self._lease_values())
-                .returning(sa.cast(messages.c.envelope, sa.Text).label("envelope"), messages.c.message)
-            ).one_or_none()
-        if row is None:
-            return None
+        claims, problems = self.claim_many([queue_id])
+        if problems:
+            raise problems[0]
+        return claims[0] if claims else None
+
+    def claim_many(self, queue_ids: list[str]) -> tuple[list[DatabaseClaim], list[MailQueueError]]:
+        """Claim every listed message still due and free, in one statement; see ``IMailQueue``.
+
+        ``UPDATE ... WHERE queue_id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING``: one
+        round trip for the lot, and a row that another sender holds, or took since it was
+        listed, is skipped (its lease, or its row lock while that sender's claim runs).
+        """
+        if not queue_ids:
+            return [], []
+        with self._transaction(f"claiming queue id {queue_ids[0]} and {len(queue_ids) - 1} more", self._claims) as c:
+            # One statement: the row locks of SKIP LOCKED are held only while it runs.
+            rows = c.execute(_CLAIM, {"queue_ids": list(queue_ids), **self._lease_params()}).all()
+        found = {row.queue_id: row for row in rows}
+        claims: list[DatabaseClaim] = []
+        problems: list[MailQueueError] = []
         try:
-            envelope = Envelope.from_json(row.envelope.encode())
-            problem = None
-        except CorruptMessageError as exc:
-            problem = exc
-            with self._transaction(f"moving queue id {queue_id} to corrupt", self._autocommit) as connection:
-                connection.execute(
-                    sa.update(messages)
-                    .where(messages.c.queue_id == queue_id)
-                    .values(
-                        state=MessageState.CORRUPT.value,
-                        state_since=sa.func.now(),
-                        due_at=None,
-                        lease_owner=None,
-                        lease_until=None,
-                    )
+            for queue_id in queue_ids:
+                row = found.get(queue_id)
+                if row is None:
+                    continue
+                try:
+                    envelope = Envelope.from_json(row.envelope.encode())
+                except CorruptMessageError as exc:
+                    self._move_to_corrupt(queue_id)
+                    problems.append(CorruptMessageError(f"queue id {queue_id}: {exc}; moved to corrupt"))
+                    continue
+                claim = DatabaseClaim(queue_id, envelope, bytes(row.message), queue=self)
+                self._keep(claim)
+                claims.append(claim)
+        except BaseException:
+            for claim in claims:  # the next run recovers them at once
+                claim.release()
+            raise
+        return claims, problems
+
+    def _move_to_corrupt(self, queue_id: str) -> None:
+        with self._transaction(f"moving queue id {queue_id} to corrupt", self._autocommit) as connection:
+            connection.execute(
+                sa.update(messages)
+                .where(messages.c.queue_id == queue_id)
+                .values(
+                    state=MessageState.CORRUPT.value,
+                    state_since=sa.func.now(),
+                    due_at=None,
+                    lease_owner=None,
+                    lease_until=None,
                 )
-        if problem is not None:  # raised once the move to corrupt has committed
-            raise CorruptMessageError(f"queue id {queue_id}: {problem}; moved to corrupt")
-        claim = DatabaseClaim(queue_id, envelope, bytes(row.message), queue=self)
-        self._keep(claim)
-        return claim
+            )
 
     def finish_delivered(self, claim: Claim) -> None:
         """Delete the delivered message's row (if this process still holds its lease)."""
-        self._finish(claim, "recording its delivery", lambda: sa.delete(messages))
+        self._finish(claim, "recording its delivery", _DELETE_CLAIMED, {})
 
     def finish_deferred(self, claim: Claim, next_attempt: float) -> None:
         """Store the envelope and defer the message until ``next_attempt``."""
         claim.envelope.next_attempt = next_attempt
-        self._finish(claim, "deferring it", lambda: self._moved(claim, _DEFERRED, _utc(next_attempt)))
+        self._finish(
+            claim,
+            "deferring it",
+            _SETTLE_CLAIMED,
+            {"new_state": _DEFERRED, "due_at": _utc(next_attempt), "envelope_json": claim.envelope.to_json().decode()},
+        )
 
     def finish_failed(self, claim: Claim) -> None:
         """Store the envelope and move the message to ``failed``."""
         claim.envelope.next_attempt = None
-        self._finish(claim, "recording its failure", lambda: self._moved(claim, MessageState.FAILED.value, None))
+        self._finish(
+            claim,
+            "recording its failure",
+            _SETTLE_CLAIMED,
+            {"new_state": _FAILED, "due_at": None, "envelope_json": claim.envelope.to_json().decode()},
+        )
 
     def unclaim(self, claim: Claim, envelope_changed: bool = False) -> None:
         """Give the message back to ``queued``, due at once."""
-        self._finish(claim, "giving it back", lambda: self._moved(claim, _QUEUED, sa.func.now(), envelope_changed))
+        envelope_json = claim.envelope.to_json().decode() if envelope_changed else None
+        self._finish(claim, "giving it back", _REQUEUE_CLAIMED, {"envelope_json": envelope_json})
 
     def _moved(self, claim: Claim, state: str, due_at: Any, envelope: bool = True) -> sa.Update:
         values: dict[str, Any] = {
@@ -532,26 +571,23 @@ class DatabaseQueue:
             values["envelope"] = _envelope_json(claim.envelope)
         return sa.update(messages).values(**values)
 
-    def _finish(self, claim: Claim, doing: str, statement: Callable[[], sa.Update | sa.Delete]) -> None:
+    def _finish(self, claim: Claim, doing: str, statement: sa.Update | sa.Delete, params: dict[str, Any]) -> None:
         """Run the statement that ends a sender's claim, while this process still holds it.
 
-        Retried for a while if the database is away (a restart or fail-over takes
-        seconds; giving up means the message is sent again once the lease runs out).
+        ``statement`` is one of the prebuilt ones below (``_DELETE_CLAIMED``...): building
+        it afresh cost more CPU than the SMTP dialog of the message. Retried for a while if
+        the database is away (a restart or fail-over takes seconds; giving up means the
+        message is sent again once the lease runs out).
         """
         self._forget(claim)
         queue_id = claim.queue_id
+        params = {**params, "claimed_id": queue_id, "owner": self.lease_owner}
         deadline = time.monotonic() + min(60.0, self.claim_timeout / 2)
         pause = 0.25
         while True:
             try:
                 with self._transaction(f"{doing} (queue id {queue_id})", self._autocommit) as connection:
-                    done = connection.execute(
-                        statement().where(
-                            messages.c.queue_id == queue_id,
-                            messages.c.state == _SENDING,
-                            messages.c.lease_owner == self.lease_owner,
-                        )
-                    ).rowcount
+                    done = connection.execute(statement, params).rowcount
                 break
             except QueueUnavailableError as exc:
                 if time.monotonic() + pause > deadline:
@@ -567,6 +603,9 @@ class DatabaseQueue:
                 claim.envelope.message_id,
                 doing,
             )
+
+    def _lease_params(self) -> dict[str, Any]:
+        return {"owner": self.lease_owner, "claim_timeout": self.claim_timeout}
 
     def _lease_values(self) -> dict[str, Any]:
         return {
@@ -929,6 +968,63 @@ def _envelope_json(envelope: Envelope) -> Any:
 
 def _unleased() -> sa.ColumnElement[bool]:
     return sa.or_(messages.c.lease_until.is_(None), messages.c.lease_until < sa.func.now())
+
+
+def _lease_until() -> sa.ColumnElement[Any]:
+    return sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, sa.bindparam("claim_timeout", type_=sa.Float))
+
+
+def _claim_statement() -> sa.Update:
+    # Built once: a statement built afresh for each message cost more CPU than its SMTP
+    # dialog. Values that never change are bound, not expanded per execution (IN lists).
+    free = sa.select(messages.c.queue_id).where(
+        messages.c.queue_id == sa.any_(sa.bindparam("queue_ids", type_=postgresql.ARRAY(sa.Text))),
+        sa.or_(messages.c.state == _QUEUED, messages.c.state == _DEFERRED),
+        _unleased(),
+    )
+    return (
+        sa.update(messages)
+        .where(messages.c.queue_id.in_(free.order_by(messages.c.queue_id).with_for_update(skip_locked=True)))
+        .values(
+            state=_SENDING,
+            state_since=sa.func.now(),
+            lease_owner=sa.bindparam("owner"),
+            lease_until=_lease_until(),
+        )
+        .returning(messages.c.queue_id, sa.cast(messages.c.envelope, sa.Text).label("envelope"), messages.c.message)
+    )
+
+
+def _claimed() -> sa.ColumnElement[bool]:
+    """The message is still this sender's: ``claimed_id`` and ``owner`` are bound."""
+    return sa.and_(
+        messages.c.queue_id == sa.bindparam("claimed_id"),
+        messages.c.state == _SENDING,
+        messages.c.lease_owner == sa.bindparam("owner"),
+    )
+
+
+def _settle_statement(due_now: bool) -> sa.Update:
+    """A claimed message to ``new_state`` (bound), with ``envelope_json`` stored unless NULL."""
+    envelope = sa.cast(sa.bindparam("envelope_json", type_=sa.Text), postgresql.JSONB)
+    return (
+        sa.update(messages)
+        .where(_claimed())
+        .values(
+            state=_QUEUED if due_now else sa.bindparam("new_state"),
+            state_since=sa.func.now(),
+            due_at=sa.func.now() if due_now else sa.bindparam("due_at", type_=sa.DateTime(timezone=True)),
+            lease_owner=None,
+            lease_until=None,
+            envelope=sa.func.coalesce(envelope, messages.c.envelope),
+        )
+    )
+
+
+_CLAIM = _claim_statement()
+_DELETE_CLAIMED = sa.delete(messages).where(_claimed())
+_SETTLE_CLAIMED = _settle_statement(due_now=False)
+_REQUEUE_CLAIMED = _settle_statement(due_now=True)
 
 
 def _entry(
