@@ -481,6 +481,10 @@ class DatabaseQueue:
             raise problems[0]
         return claims[0] if claims else None
 
+    #: Messages a sender claims in one statement (``IMailQueue.claim_batch_size``): one round
+    #: trip and one lease write serve them all (bench/README.md, "PostgreSQL drain").
+    claim_batch_size = 10
+
     def claim_many(self, queue_ids: list[str]) -> tuple[list[DatabaseClaim], list[MailQueueError]]:
         """Claim every listed message still due and free, in one statement; see ``IMailQueue``.
 

@@ -57,6 +57,12 @@ class IMailQueue(Interface):
     location = Attribute(
         "Where the queue is, for messages to people: a directory path, or a database URL with any password masked."
     )
+    claim_batch_size = Attribute(
+        "How many listed messages a sender hands to one ``claim_many`` call: 1 where a claim is a cheap local "
+        "step (the directory queue renames a file), more where one round trip claims many (a database queue). "
+        "A sender holds the claims it took ahead until it tries them, and gives back with ``unclaim`` those "
+        "it does not try (its run stops early)."
+    )
 
     # -- the application's side: stage, then publish or discard --------------------------
 
@@ -130,6 +136,17 @@ class IMailQueue(Interface):
         Returns None when the message is no longer due or another sender holds it. A
         message that cannot be read or decoded is moved to ``corrupt`` and
         ``CorruptMessageError`` is raised, naming the queue id and the reason.
+        """
+
+    def claim_many(queue_ids):
+        """Claim, as ``claim`` does, every message of ``queue_ids`` (ids from ``due``) still due
+        and held by no other sender; return ``(claims, problems)``.
+
+        ``claims`` follow the order of ``queue_ids``; ids gone or held elsewhere are skipped,
+        so two senders given the same ids never both get one message. ``problems`` holds a
+        ``MailQueueError`` for each message that could not be claimed for a reason of its
+        own (``CorruptMessageError`` once it is in ``corrupt``, ``QueueFullError``). Raises
+        ``QueueUnavailableError``, holding none of the claims, when the queue cannot be used.
         """
 
     def finish_delivered(claim):

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from zope.interface import implementer
 
 from . import queuefile
-from .errors import UnknownQueueIdError
+from .errors import MailQueueError, UnknownQueueIdError
 from .interfaces import IMailQueue, IMailWatcher
 from .queue import is_queue_id, new_queue_id
 from .queuefile import Envelope
-from .records import Claim, Entry
+from .records import Claim, Entry, claim_each
 from .states import STATES, MessageState
 from .watcher import drain
 
@@ -165,6 +165,13 @@ class MemoryQueue:
         with self._lock:
             times = [s.mtime for s in self._messages.values() if s.state == MessageState.DEFERRED]
         return min(times, default=None)
+
+    #: Claims cost nothing: one at a time (``IMailQueue.claim_batch_size``).
+    claim_batch_size = 1
+
+    def claim_many(self, queue_ids: list[str]) -> tuple[list[Claim], list[MailQueueError]]:
+        """Claim each listed message that can be claimed (``claim`` of each, in order)."""
+        return claim_each(self, queue_ids)
 
     def claim(self, queue_id: str) -> MemoryClaim | None:
         """Claim a queued or deferred message (state ``sending``); None when it is not claimable."""

@@ -34,6 +34,7 @@ from . import queuefile
 from .errors import (
     CorruptMessageError,
     DaemonAlreadyRunning,
+    MailQueueError,
     QueueFullError,
     QueueNotFoundError,
     QueueUnavailableError,
@@ -42,7 +43,7 @@ from .errors import (
 )
 from .interfaces import IMailQueue
 from .queuefile import Envelope
-from .records import Claim, Entry
+from .records import Claim, Entry, claim_each
 from .states import STATE_DIRS, STATES, TMP_DIR, MessageState
 from .watcher import DirectoryWatcher
 
@@ -779,6 +780,13 @@ class MessageQueue:
     def next_retry_time(self) -> float | None:
         """The earliest retry time among deferred messages, or None when there are none."""
         return min(self._deferred.retry_times(self._fd(MessageState.DEFERRED)).values(), default=None)
+
+    #: A claim is a local rename: one at a time, none held ahead (``IMailQueue.claim_batch_size``).
+    claim_batch_size = 1
+
+    def claim_many(self, queue_ids: list[str]) -> tuple[list[Claim], list[MailQueueError]]:
+        """Claim each listed message that can be claimed (``claim`` of each, in order)."""
+        return claim_each(self, queue_ids)
 
     def claim(self, queue_id: str) -> Claim | None:
         """Claim a due message: lock it, move it to ``sending/`` and read it.

@@ -7,7 +7,9 @@ returns these, so the sender and the operator commands work with any of them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from .errors import CorruptMessageError, MailQueueError, QueueFullError
 from .queuefile import Envelope
 from .states import MessageState
 
@@ -54,3 +56,28 @@ class Claim:
 
     def release(self) -> None:
         """Let go of the claim; the message stays where it is. Idempotent."""
+
+
+def claim_each(queue: Any, queue_ids: list[str]) -> tuple[list[Claim], list[MailQueueError]]:
+    """``IMailQueue.claim_many`` for a queue whose claims are cheap one by one: ``queue.claim``
+    of each id in turn. Should one raise anything but a problem of its message, the claims
+    already taken are given back before the error goes on."""
+    claims: list[Claim] = []
+    problems: list[MailQueueError] = []
+    try:
+        for queue_id in queue_ids:
+            try:
+                claim = queue.claim(queue_id)
+            except (CorruptMessageError, QueueFullError) as exc:
+                problems.append(exc)
+                continue
+            if claim is not None:
+                claims.append(claim)
+    except BaseException:
+        for claim in claims:
+            try:
+                queue.unclaim(claim)
+            except OSError:
+                claim.release()  # left in sending: the next run gives it back
+        raise
+    return claims, problems

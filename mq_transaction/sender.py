@@ -20,7 +20,7 @@ from typing import Any
 from .database_opening import open_database_queue
 from .delivery_log import DeliveryLog
 from .durations import iso_utc
-from .errors import ConfigurationError, CorruptMessageError, QueueFullError, QueueNotFoundError, QueueUnavailableError
+from .errors import ConfigurationError, QueueFullError, QueueNotFoundError, QueueUnavailableError
 from .exit_status import SendExit
 from .hooks import DeliveryEvent, Hooks, RecipientResult
 from .interfaces import IMailQueue
@@ -165,6 +165,9 @@ class Sender:
         #: the next message, claimed early so that its transaction could begin in the write
         #: that ends the current one's body (see :meth:`_look_ahead`)
         self._lookahead: Claim | None = None
+        #: Messages claimed in one batch with the current one (``IMailQueue.claim_batch_size``),
+        #: not tried yet: tried next by this session, or given back when it stops.
+        self._claimed: collections.deque[Claim] = collections.deque()
         #: True once the server accepted a recipient from us (reset by a server-level failure)
         self._relays_for_us = False
         self._relay_suspects: list[tuple[str, ServerError]] = []
@@ -310,7 +313,7 @@ class Sender:
                 if should_stop is not None and should_stop():
                     break
                 if self.progress:
-                    self.progress(total - len(pending), total)
+                    self.progress(total - len(pending) - len(self._claimed), total)
                 claim, self._lookahead = self._lookahead, None
                 if claim is None:
                     try:
@@ -336,6 +339,7 @@ class Sender:
                     self._relay_suspects = []
         finally:
             self._give_back_lookahead()
+            self._give_back_claimed(pending)
         self._relay_suspects = []
         if self.progress:
             self.progress(total, total)
@@ -343,30 +347,44 @@ class Sender:
     def _claim_next(self, pending: collections.deque[str], result: RunResult) -> Claim | None:
         """Claim the next message of ``pending`` that no other sender has; None when there is none left.
 
-        A corrupt file or a full disk concerns one message: counted, logged, and the next one
-        is taken. :class:`QueueUnavailableError` (the queue itself is away) is raised, with the
-        message given back to ``pending``.
+        Messages are claimed ``queue.claim_batch_size`` at a time (one statement for ten, on a
+        database queue), the others kept for the next calls. A corrupt file or a full disk
+        concerns one message: counted, logged, and the next one is taken.
+        :class:`QueueUnavailableError` (the queue itself is away) is raised, with the batch
+        given back to ``pending``.
         """
-        while True:
-            try:
-                queue_id = pending.popleft()
-            except IndexError:
+        while not self._claimed:
+            size = min(len(pending), self.queue.claim_batch_size)
+            if not size:
                 return None
+            batch = [pending.popleft() for _ in range(size)]
             try:
-                claim = self.queue.claim(queue_id)
-            except CorruptMessageError as exc:
-                result.corrupt += 1
-                log.error("%s; the run goes on with the other messages", exc)
-                continue
-            except QueueFullError as exc:  # others (one recipient each) may need no room
-                result.queue_error = str(exc)
-                log.error("%s; the run goes on with the other messages", exc)
-                continue
+                claims, problems = self.queue.claim_many(batch)
             except QueueUnavailableError:
-                pending.appendleft(queue_id)
+                pending.extendleft(reversed(batch))
                 raise
-            if claim is not None:
-                return claim  # (None: another sender has it)
+            for problem in problems:
+                if isinstance(problem, QueueFullError):  # others (one recipient each) may need no room
+                    result.queue_error = str(problem)
+                else:
+                    result.corrupt += 1
+                log.error("%s; the run goes on with the other messages", problem)
+            self._claimed.extend(claims)  # (none at all: other senders have them)
+        return self._claimed.popleft()
+
+    def _give_back_claimed(self, pending: collections.deque[str]) -> None:
+        """The session stops with messages of its last batch not tried: back to the queue at
+        once (a database queue's would otherwise wait for their leases to run out), and their
+        ids back to ``pending`` for the run's other sessions."""
+        while self._claimed:
+            claim = self._claimed.pop()
+            try:
+                self.queue.unclaim(claim)
+            except OSError as exc:
+                claim.release()  # left in sending: the next run gives it back
+                log.warning("queue id %s: cannot give it back now (%s); the next run does", claim.queue_id, exc)
+                continue
+            pending.appendleft(claim.queue_id)
 
     def _look_ahead(
         self, pending: collections.deque[str], result: RunResult, should_stop: Callable[[], bool] | None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -233,6 +234,62 @@ def test_a_row_locked_by_a_claim_in_progress_is_skipped_not_waited_for(db_queue,
         assert time.monotonic() - started < 5
     engine.dispose()
     assert other_sender.claim(queue_id) is not None
+
+
+def test_claim_many_claims_the_free_listed_messages_in_one_statement_in_their_order(db_queue, other_sender):
+    ids = [db_queue.enqueue(envelope(), MESSAGE) for _ in range(5)]
+    held = other_sender.claim(ids[1])
+    statements = []
+    sa.event.listen(db_queue._claims, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    claims, problems = db_queue.claim_many([*reversed(ids), "20261128T151136123456Z-9f3a2b1c0d"])
+    assert len(statements) == 1 and statements[0].startswith("UPDATE")
+    assert [claim.queue_id for claim in claims] == [ids[4], ids[3], ids[2], ids[0]]
+    assert problems == [] and all(claim.message == MESSAGE for claim in claims)
+    assert other_sender.claim_many(ids) == ([], [])  # all held: by the one or the other
+    for claim in claims:
+        db_queue.finish_delivered(claim)
+    other_sender.finish_delivered(held)
+    assert db_queue.due(flush=True) == []
+
+
+def test_senders_claiming_the_same_ids_at_once_never_get_the_same_message(postgres_url):
+    senders = [DatabaseQueue(postgres_url, claim_timeout=30, host_name=f"host-{n}") for n in range(4)]
+    senders[0].init_db()
+    ids = [senders[0].enqueue(envelope(), MESSAGE) for _ in range(300)]
+    start = threading.Barrier(len(senders))
+    got: list[list[str]] = [[] for _ in senders]
+
+    def claim_all(number: int) -> None:
+        start.wait()
+        for first in range(0, len(ids), 10):  # the same batches, in the same order, at the same time
+            got[number] += [claim.queue_id for claim in senders[number].claim_many(ids[first : first + 10])[0]]
+
+    threads = [threading.Thread(target=claim_all, args=(number,)) for number in range(len(senders))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    everyone = [queue_id for mine in got for queue_id in mine]
+    assert sorted(everyone) == sorted(ids)  # each message claimed once, by one sender
+    owners = dict(rows(postgres_url, "select queue_id, lease_owner from mq_messages"))
+    for sender, mine in zip(senders, got, strict=True):
+        assert {owners[queue_id] for queue_id in mine} <= {sender.lease_owner}
+        sender.dispose()
+
+
+def test_a_corrupt_message_in_a_batch_goes_to_corrupt_and_the_others_are_claimed(db_queue, postgres_url):
+    ids = [db_queue.enqueue(envelope(), MESSAGE) for _ in range(3)]
+    engine = sa.create_engine(postgres_url, poolclass=sa.pool.NullPool)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("""update mq_messages set envelope = '{"sender": 1}' where queue_id = :id"""), {"id": ids[1]}
+        )
+    engine.dispose()
+    claims, problems = db_queue.claim_many(ids)
+    assert [claim.queue_id for claim in claims] == [ids[0], ids[2]]
+    assert len(problems) == 1 and isinstance(problems[0], CorruptMessageError) and ids[1] in str(problems[0])
+    assert db_queue.find(ids[1]).state == MessageState.CORRUPT
+    assert [db_queue.find(queue_id).state for queue_id in (ids[0], ids[2])] == [MessageState.SENDING] * 2
 
 
 def test_deferred_message_keeps_its_recipients_and_is_due_at_its_time(db_queue):

@@ -18,7 +18,7 @@ import transaction
 
 from mq_transaction import DatabaseQueue, QueuedMailer
 from mq_transaction.cli_queue import main as mq_queue
-from mq_transaction.sender import Sender
+from mq_transaction.sender import RunResult, Sender
 from mq_transaction.settings import parse_settings
 
 SENDER = "app@example.com"
@@ -73,6 +73,52 @@ def test_two_senders_on_two_hosts_deliver_each_message_once(db_queue, postgres_u
     subjects = [r.content.split(b"Subject: ")[1].split(b"\r\n")[0] for r in smtp_sink.received]
     assert len(subjects) == len(set(subjects)) == 60
     assert table_states(postgres_url) == {}
+
+
+def leases(url: str) -> list[tuple[str, str | None]]:
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text("select state, lease_owner from mq_messages order by queue_id")).all()
+    engine.dispose()
+    return [tuple(row) for row in rows]
+
+
+def test_messages_claimed_ahead_go_back_to_the_queue_at_once_when_the_server_fails(db_queue, postgres_url, smtp_sink):
+    queue_messages(db_queue, 6)
+    sender = Sender(make_settings(postgres_url, smtp_sink.port, smtp_connections=1, smtp_timeout="2s"))
+    # The server goes away once two messages are in: the run stops with four claimed ahead.
+    sender.hooks.add("delivered", lambda event: smtp_sink.stop() if len(smtp_sink.received) == 2 else None)
+    try:
+        result = sender.run()
+    finally:
+        sender.queue.dispose()
+    assert db_queue.claim_batch_size >= 6  # all six were claimed in one step
+    assert result.delivered == 2 and result.exit_status == 75
+    assert leases(postgres_url) == [("queued", None)] * 4  # no lease left to run out
+
+
+def test_a_run_told_to_stop_gives_back_what_it_claimed_ahead(db_queue, postgres_url, smtp_sink):
+    queue_messages(db_queue, 5)
+    sender = Sender(make_settings(postgres_url, smtp_sink.port, smtp_connections=1))
+    result = RunResult()
+    try:
+        sender.deliver(sender.queue.due(), result, should_stop=lambda: result.delivered >= 2)
+    finally:
+        sender.close()
+        sender.queue.dispose()
+    assert result.delivered == 2 and len(smtp_sink.received) == 2
+    assert leases(postgres_url) == [("queued", None)] * 3
+
+
+def test_max_messages_claims_no_more_than_it_may_send(db_queue, postgres_url, smtp_sink):
+    queue_messages(db_queue, 5)
+    sender = Sender(make_settings(postgres_url, smtp_sink.port))
+    try:
+        result = sender.run(max_messages=2)
+    finally:
+        sender.queue.dispose()
+    assert result.delivered == 2
+    assert leases(postgres_url) == [("queued", None)] * 3
 
 
 def test_mq_send_command_drains_the_database_queue(db_queue, postgres_url, smtp_sink):

@@ -19,7 +19,24 @@ def test_the_directory_queue_provides_the_queue_interface(tmp_path):
     assert verifyObject(IMailQueue, MessageQueue(tmp_path / "queue"))
 
 
-def test_the_directory_queue_watcher_provides_the_watcher_interface(tmp_path):
+@pytest.mark.parametrize("kind", ["directory", "memory"])
+def test_claim_many_claims_each_free_listed_message_in_order(tmp_path, kind):
+    from mq_transaction.memory_queue import MemoryQueue
+
+    queue = MessageQueue(tmp_path / "queue", fsync=False) if kind == "directory" else MemoryQueue()
+    other = MessageQueue(tmp_path / "queue", fsync=False) if kind == "directory" else queue
+    message = b"Subject: x\r\n\r\nx\r\n"
+    envelope = Envelope.new("a@example.com", ["b@example.com"], time.time(), "<m@x>")
+    ids = [queue.enqueue(envelope, message) for _ in range(4)]
+    held = other.claim(ids[2])
+    claims, problems = queue.claim_many([ids[3], ids[2], ids[0]])
+    assert queue.claim_batch_size == 1  # a local claim: none held ahead
+    assert [claim.queue_id for claim in claims] == [ids[3], ids[0]] and problems == []
+    last = queue.claim(ids[1])
+    assert queue.claim_many(ids) == ([], [])  # every one is held now
+    for claim in (*claims, held, last):
+        queue.unclaim(claim)
+
     queue = MessageQueue(tmp_path / "queue")
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK)
     watcher = queue.watch(wake_r, poll_interval=0.05)
