@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import textwrap
+import threading
 
 from .config import attach_smtp_log, load_settings, setup_logging
 from .errors import ConfigurationError, MailQueueError, QueueUnavailableError
@@ -129,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         return daemon.run()
     if verbosity == 0 and sys.stderr.isatty():
         sender.progress = progress_bar
-    result = sender.run(flush=args.flush, max_messages=args.max_messages)
+    # SIGTERM (a cron or systemd timeout, kill): finish the messages in flight, give back
+    # those claimed ahead (a database queue's would wait for their leases to run out), QUIT.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    result = sender.run(flush=args.flush, max_messages=args.max_messages, should_stop=stop.is_set)
     if metrics is not None:
         metrics.add_run(result)
         try:

@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-import sqlalchemy.orm
 from sqlalchemy.dialects import postgresql
 from zope.interface import implementer
 
@@ -284,9 +283,10 @@ class DatabaseQueue:
         database is seen, it must be this queue's database: a session bound elsewhere is
         refused with :class:`ConfigurationError` (never two separate commits).
         """
+        import sqlalchemy.orm  # here: a sender never needs the ORM, whose import costs 0.1 s of its start-up
         import zope.sqlalchemy  # type: ignore[import-untyped]  # no type hints shipped
 
-        if isinstance(session, sa.orm.scoped_session):
+        if isinstance(session, sqlalchemy.orm.scoped_session):
             session = session()
         connection = session.connection()
         if connection.engine not in self._checked_engines:

@@ -182,12 +182,18 @@ class Sender:
 
     # -- a whole run ---------------------------------------------------------------------
 
-    def run(self, flush: bool = False, max_messages: int | None = None) -> RunResult:
-        """Clean ``tmp/``, recover dead claims, deliver everything due; then QUIT."""
+    def run(
+        self, flush: bool = False, max_messages: int | None = None, should_stop: Callable[[], bool] | None = None
+    ) -> RunResult:
+        """Clean ``tmp/``, recover dead claims, deliver everything due; then QUIT.
+
+        Once ``should_stop()`` is true (``mq-send`` got SIGTERM), each session finishes the
+        message in flight and gives back those it claimed ahead.
+        """
         result = RunResult()
         try:
             self.housekeeping(result)
-            self.deliver(self.queue.due(self.clock(), flush=flush), result, max_messages)
+            self.deliver(self.queue.due(self.clock(), flush=flush), result, max_messages, should_stop)
         except QueueUnavailableError as exc:  # a database queue away: nothing lost, try again later
             log.error("%s; the run stops, every message stays queued", exc)
             result.queue_error = str(exc)

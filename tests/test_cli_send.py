@@ -124,6 +124,30 @@ def _received_ids(sink):
 
 
 @pytest.mark.slow
+def test_sigterm_finishes_the_messages_in_flight_and_gives_back_the_rest_at_once(queue_backend, smtp_sink):
+    """A one-shot run told to stop leaves nothing in sending: no message claimed ahead
+    waits for a lease to run out (database queue) or for the next run (directory)."""
+    mailer = QueuedMailer(queue_backend.queue, transaction_manager=transaction.TransactionManager(explicit=True))
+    for first in range(0, 1500, 50):
+        with mailer.transaction_manager:
+            for number in range(first, first + 50):
+                mailer.send(f"From: app@example.com\nTo: u{number}@example.org\nSubject: {number}\n\nHi.\n".encode())
+    args = [*MQ_SEND, *queue_backend.args, "--smtp-host", "127.0.0.1", "--smtp-port", str(smtp_sink.port), "-q"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while len(smtp_sink.received) < 100 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0, process.stderr.read()
+    left = collections.Counter(entry.state for entry in queue_backend.open().entries())
+    assert set(left) <= {"queued"}  # nothing stranded in sending
+    assert len(smtp_sink.received) + left["queued"] == 1500 and left["queued"] > 0
+    assert run_mq_send(*args[3:]).returncode == 0
+    received = _received_ids(smtp_sink)
+    assert len(received) == 1500 and max(received.values()) == 1
+
+
+@pytest.mark.slow
 def test_sigkill_at_random_points_loses_nothing_and_duplicates_at_most_one_per_kill(tmp_path, smtp_sink):
     queue_dir = tmp_path / "q"
     fill_queue(queue_dir, 2000)
