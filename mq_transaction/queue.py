@@ -230,6 +230,8 @@ class MessageQueue:
         self._deferred = _RetryTimes(self._dirs[STATE_DIRS[MessageState.DEFERRED]])
         self._strays_reported: set[str] = set()
         self._layout_lock = threading.Lock()
+        #: The daemon's watchers of new/, moved to a new/ made again (see _reopen_replaced).
+        self._watchers: weakref.WeakSet[DirectoryWatcher] = weakref.WeakSet()
         try:
             self._open_root(create)
             for name in _DIR_NAMES:
@@ -447,6 +449,14 @@ class MessageQueue:
                     "using the new one (files left in the old one are no longer part of the queue)",
                     self._dirs[name],
                 )
+                if name == STATE_DIRS[MessageState.QUEUED]:
+                    for watcher in list(self._watchers):
+                        try:
+                            watcher.follow(self._dirs[name], fd)
+                        except OSError as exc:
+                            log.error(
+                                "cannot watch %s (%s): new mail waits for the next wake-up", self._dirs[name], exc
+                            )
 
     def check_writable(self) -> None:
         """Raise :class:`QueueWriteError` unless this process can write every state directory."""
@@ -1041,9 +1051,11 @@ class MessageQueue:
 
     def watch(self, wake_fd: int, poll_interval: float) -> DirectoryWatcher:
         """Watch ``new/`` for committed mail (inotify; polling where it is missing)."""
-        return DirectoryWatcher(
+        watcher = DirectoryWatcher(
             self._state_dir(MessageState.QUEUED), wake_fd, poll_interval, dir_fd=self._fd(MessageState.QUEUED)
         )
+        self._watchers.add(watcher)
+        return watcher
 
     def daemon_lock(self) -> None:
         """Take ``.daemon.lock`` in the queue directory for the life of this process: one

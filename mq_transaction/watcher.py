@@ -43,20 +43,30 @@ class DirectoryWatcher:
         self.wake_fd = wake_fd
         self.poll_interval = poll_interval
         self.fd: int | None = None
+        self._libc: ctypes.CDLL | None = None
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
             fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
             if fd < 0:
                 raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-            target, flags = directory, _IN_CREATE | _IN_MOVED_TO | _IN_ONLYDIR | _IN_DONT_FOLLOW
-            if dir_fd is not None and os.path.isdir(f"/proc/self/fd/{dir_fd}"):
-                target, flags = f"/proc/self/fd/{dir_fd}", _IN_CREATE | _IN_MOVED_TO | _IN_ONLYDIR
-            if libc.inotify_add_watch(fd, os.fsencode(target), flags) < 0:
-                os.close(fd)
-                raise OSError(ctypes.get_errno(), "inotify_add_watch failed")
-            self.fd = fd
+            self._libc, self.fd = libc, fd
+            self.follow(directory, dir_fd)
         except (OSError, AttributeError) as exc:
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
             log.info("inotify is not available (%s); polling %s instead", exc, directory)
+
+    def follow(self, directory: str, dir_fd: int | None = None) -> None:
+        """Watch ``directory`` too (the queue calls it when its ``new/`` was made again);
+        raise ``OSError`` when the watch cannot be added. Polling needs nothing."""
+        if self.fd is None or self._libc is None:
+            return
+        target, flags = directory, _IN_CREATE | _IN_MOVED_TO | _IN_ONLYDIR | _IN_DONT_FOLLOW
+        if dir_fd is not None and os.path.isdir(f"/proc/self/fd/{dir_fd}"):
+            target, flags = f"/proc/self/fd/{dir_fd}", _IN_CREATE | _IN_MOVED_TO | _IN_ONLYDIR
+        if self._libc.inotify_add_watch(self.fd, os.fsencode(target), flags) < 0:
+            raise OSError(ctypes.get_errno(), f"inotify_add_watch failed on {directory}")
 
     @property
     def mode(self) -> str:

@@ -290,6 +290,32 @@ def test_a_daemon_names_a_swapped_directory_sends_nothing_through_it_and_recover
     assert "Traceback" not in "".join(lines)
 
 
+@pytest.mark.slow
+def test_a_daemon_watches_a_new_directory_made_again_by_an_operator(tmp_path, sink):
+    root = tmp_path / "queue"
+    MessageQueue(root, fsync=False)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "mq_transaction.cli_send", "--daemon", "--queue-dir", str(root)]
+        + ["--smtp-host", "127.0.0.1", "--smtp-port", str(sink.port)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(daemon.stderr), daemon=True).start()
+    try:
+        assert wait_for(lambda: any("waking by inotify" in line for line in lines))
+        shutil.rmtree(root / "new")
+        os.mkdir(root / "new", 0o700)
+        daemon.send_signal(signal.SIGHUP)  # wakes it for a pass, which takes up the new directory
+        assert wait_for(lambda: any(f"{root / 'new'} was replaced by another directory" in line for line in lines))
+        commit(MessageQueue(root, fsync=False))
+        # Woken by its watch on the new new/: not at its next minute's housekeeping.
+        assert wait_for(lambda: len(sink.received) == 1, timeout=5)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=15) == 0
+
+
 def wait_for(condition, timeout: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
