@@ -25,16 +25,17 @@ from .cli_format import (
 from .config import load_settings, setup_logging
 from .database_opening import database_ddl, open_database_queue
 from .durations import parse_duration
-from .errors import ConfigurationError, MailQueueError, QueueUnavailableError
+from .errors import ConfigurationError, MailQueueError, QueueInUseError, QueueUnavailableError
 from .exit_status import QUEUE_MEANINGS, QueueExit, help_text
 from .interfaces import IMailQueue
-from .preflight import check_operator_start
+from .preflight import check_operator_start, check_queue_access
+from .queue import MessageQueue
 from .sender import open_queue
 from .settings import Settings, key
 from .states import STATES, MessageState
 
 #: The subcommands, as build_parser() declares them.
-COMMANDS = ("status", "list", "show", "retry", "hold", "release", "discard", "init-db")
+COMMANDS = ("status", "list", "show", "retry", "hold", "release", "discard", "init-db", "import-dir")
 #: The subcommands that only read the queue (the others move or remove messages).
 READ_ONLY_COMMANDS = ("status", "list", "show")
 
@@ -114,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     init_db = commands.add_parser("init-db", help="create the database queue's tables unless they exist")
     init_db.add_argument("--sql", action="store_true", help="print the SQL instead (for migrations, e.g. Alembic)")
     init_db.set_defaults(run=None)
+
+    import_dir = commands.add_parser(
+        "import-dir", help="move every message of a queue directory into this database queue"
+    )
+    import_dir.add_argument("directory", metavar="DIR", help="the queue directory (stop its mq-send first)")
+    import_dir.set_defaults(run=None)
     return parser
 
 
@@ -170,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "init-db":
             return _init_db(args)
+        if args.command == "import-dir":
+            return _import_dir(args)
         settings = load_settings(args.config_uri, {key("queue_dir"): args.queue_dir, key("queue_url"): args.queue_url})
         check_operator_start(settings, write=args.command not in READ_ONLY_COMMANDS)
         setup_logging(args.config_uri, 0)
@@ -209,6 +218,37 @@ def _init_db(args: argparse.Namespace) -> int:
         queue.dispose()
     print(f"{'created' if created else 'already there:'} the mail queue tables in {queue.location}")
     return QueueExit.OK
+
+
+def _import_dir(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config_uri, {key("queue_dir"): args.queue_dir, key("queue_url"): args.queue_url})
+    if not settings.queue_url:
+        raise ConfigurationError(
+            key("queue_url"), "import-dir moves mail into a database queue: set it, or give --queue-url URL"
+        )
+    check_queue_access(args.directory, write=True, tool="mq-queue", write_root=True)
+    setup_logging(args.config_uri, -1)  # each message moved is printed below
+    target = open_database_queue(settings)
+    from .database_import import Moved, move_queue  # SQLAlchemy: only for a database queue
+
+    def moved(item: Moved) -> None:
+        resumed = ", finishing an interrupted import-dir" if item.resumed else ""
+        print(f"queue id {item.queue_id} ({item.state}{resumed}): moved to the database queue", flush=True)
+
+    try:
+        with MessageQueue(args.directory, create=False) as source:
+            try:
+                report = move_queue(source, target, on_moved=moved)
+            except QueueInUseError as exc:
+                print(f"mq-queue: error: {exc}", file=sys.stderr)
+                return QueueExit.PROBLEM
+    finally:
+        target.dispose()
+    for queue_id, why in report.left:
+        print(f"mq-queue: queue id {queue_id} left in {source.path}: {why}", file=sys.stderr)
+    left = f"; {len(report.left)} left in it (above)" if report.left else ""
+    print(f"moved {len(report.moved)} message(s) from {source.path} to {target.location}{left}")
+    return QueueExit.PROBLEM if report.left else QueueExit.OK
 
 
 def _status(queue: IMailQueue, settings: Settings, args: argparse.Namespace) -> int:

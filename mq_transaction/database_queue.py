@@ -64,6 +64,10 @@ log = logging.getLogger("mq_transaction.database_queue")
 #: The ``LISTEN``/``NOTIFY`` channel; the payload is empty (a wake-up, never the message).
 NOTIFY_CHANNEL = "mq_transaction_queued"
 
+#: ``lease_owner`` of a message moved in from a queue directory and not published yet
+#: (``staged``), followed by the state it will have (``mq-queue import-dir``).
+IMPORT_OWNER = "import-dir:"
+
 #: The default lease of a claim (``mq.claim_timeout``), in seconds.
 DEFAULT_CLAIM_TIMEOUT = 300.0
 
@@ -302,37 +306,6 @@ class DatabaseQueue:
         zope.sqlalchemy.mark_changed(session, transaction_manager=transaction_manager)
         return queue_id
 
-    def insert_existing(self, queue_id: str, state: MessageState | str, envelope: Envelope, message: bytes) -> bool:
-        """Store a message from another queue under its own queue id and in its own state
-        (a deferred one due at its next attempt); False when that id is already here."""
-        state = MessageState(state)
-        now = _utc(time.time())
-        due_at: datetime.datetime | None = None
-        if state == MessageState.QUEUED:
-            due_at = now
-        elif state == MessageState.DEFERRED:
-            due_at = _utc(envelope.next_attempt) if envelope.next_attempt is not None else now
-        statement = (
-            postgresql.insert(messages)
-            .values(
-                queue_id=queue_id,
-                state=state.value,
-                state_since=now,
-                due_at=due_at,
-                envelope=_envelope_json(envelope),
-                message=message,
-            )
-            .on_conflict_do_nothing(index_elements=[messages.c.queue_id])
-        )
-        try:
-            with self._transaction(f"storing queue id {queue_id}", self._autocommit) as connection:
-                inserted = connection.execute(statement).rowcount
-                if inserted and state == MessageState.QUEUED:
-                    connection.execute(_notify_statement())
-        except QueueUnavailableError as exc:
-            raise QueueWriteError(str(exc)) from exc
-        return bool(inserted)
-
     def same_database(self, connection: sa.Connection) -> bool:
         """True when ``connection`` talks to this queue's database (same server, same database)."""
         with self.engine.connect() as own:
@@ -410,7 +383,15 @@ class DatabaseQueue:
             removed = list(
                 connection.execute(
                     sa.delete(messages)
-                    .where(messages.c.state == STAGED, messages.c.state_since < _utc(now - max_age))
+                    .where(
+                        messages.c.state == STAGED,
+                        messages.c.state_since < _utc(now - max_age),
+                        # a message half moved in from a queue directory waits for import-dir
+                        sa.or_(
+                            messages.c.lease_owner.is_(None),
+                            sa.not_(messages.c.lease_owner.startswith(IMPORT_OWNER, autoescape=True)),
+                        ),
+                    )
                     .returning(messages.c.queue_id)
                 ).scalars()
             )
@@ -784,6 +765,68 @@ class DatabaseQueue:
             ).rowcount
         if not done:
             raise QueueWriteError(f"queue id {claim.queue_id}: the lock ran out or the message moved before {doing}")
+
+    # -- moving a queue directory's mail in (mq-queue import-dir) -----------------------------
+
+    def stage_import(self, queue_id: str, state: MessageState | str, envelope: Envelope, message: bytes) -> bool:
+        """Store a message moved from a queue directory under its own queue id, invisible
+        to senders until :meth:`finish_import` gives it ``state``; False when the id is taken.
+
+        The row is ``staged``; its ``lease_owner`` records the state to come
+        (:data:`IMPORT_OWNER` and the state), so an interrupted move can be finished
+        (:meth:`pending_imports`), and ``cleanup`` leaves it alone.
+        """
+        state = MessageState(state)
+        due_at: datetime.datetime | None = None
+        if state == MessageState.QUEUED:
+            due_at = _utc(time.time())
+        elif state == MessageState.DEFERRED:
+            due_at = _utc(envelope.next_attempt if envelope.next_attempt is not None else time.time())
+        statement = (
+            postgresql.insert(messages)
+            .values(
+                queue_id=queue_id,
+                state=STAGED,
+                state_since=sa.func.now(),
+                due_at=due_at,
+                lease_owner=IMPORT_OWNER + state.value,
+                envelope=_envelope_json(envelope),
+                message=message,
+            )
+            .on_conflict_do_nothing(index_elements=[messages.c.queue_id])
+        )
+        with self._transaction(f"storing queue id {queue_id}", self._autocommit) as connection:
+            return bool(connection.execute(statement).rowcount)
+
+    def finish_import(self, queue_id: str) -> MessageState | None:
+        """Give a message stored by :meth:`stage_import` its state (senders see it from now
+        on); its state, or None when it is no such message (finished already)."""
+        target = sa.func.substr(messages.c.lease_owner, len(IMPORT_OWNER) + 1)
+        with self._transaction(f"publishing queue id {queue_id}", self._autocommit) as connection:
+            state = connection.execute(
+                sa.update(messages)
+                .where(
+                    messages.c.queue_id == queue_id,
+                    messages.c.state == STAGED,
+                    messages.c.lease_owner.startswith(IMPORT_OWNER, autoescape=True),
+                )
+                .values(state=target, state_since=sa.func.now(), lease_owner=None, lease_until=None)
+                .returning(messages.c.state)
+            ).scalar()
+            if state in (_QUEUED, _DEFERRED):
+                connection.execute(_notify_statement())
+        return None if state is None else MessageState(state)
+
+    def pending_imports(self) -> list[tuple[str, MessageState]]:
+        """The messages :meth:`stage_import` stored and :meth:`finish_import` has not
+        published yet (a move interrupted by a crash), with their states to come."""
+        with self._transaction("looking for interrupted moves", self._autocommit) as connection:
+            rows = connection.execute(
+                sa.select(messages.c.queue_id, messages.c.lease_owner)
+                .where(messages.c.state == STAGED, messages.c.lease_owner.startswith(IMPORT_OWNER, autoescape=True))
+                .order_by(messages.c.queue_id)
+            ).all()
+        return [(queue_id, MessageState(owner[len(IMPORT_OWNER) :])) for queue_id, owner in rows]
 
 
 class _LeaseKeeper:

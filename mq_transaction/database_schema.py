@@ -7,7 +7,9 @@ Two tables, made by :func:`init_db` (or by the SQL :func:`ddl` prints, for Alemb
     ``envelope`` the envelope and delivery record in the same JSON as a queue file's
     envelope line (sender, per-recipient status and last reply, attempts, times in UTC).
     ``state`` is a :class:`~mq_transaction.states.MessageState` value, or ``staged`` for
-    the message of a transaction not committed yet (own-connection mode). ``due_at`` is
+    the message of a transaction not committed yet (own-connection mode), or for a message
+    ``mq-queue import-dir`` is moving in from a queue directory (its ``lease_owner`` then
+    ``import-dir:`` and the state it will have). ``due_at`` is
     when a queued or deferred message is due (NULL in other states), ``state_since`` when
     the message entered its state. ``lease_owner``/``lease_until`` record who holds a
     claim (host name, PID and a token) and until when.

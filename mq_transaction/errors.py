@@ -56,6 +56,11 @@ class DaemonAlreadyRunning(MailQueueError):
     """Another ``mq-send --daemon`` holds this queue's daemon lock (``IMailQueue.daemon_lock``)."""
 
 
+class QueueInUseError(MailQueueError):
+    """``mq-queue import-dir``: a sender uses the queue directory to be emptied (a running
+    ``mq-send --daemon``, or an ``mq-send`` delivering one of its messages); nothing moved."""
+
+
 class QueueUnavailableError(MailQueueError, OSError):
     """The queue cannot be used now: its database cannot be reached (restart, fail-over,
     network), or a queue file cannot be opened or read for a reason outside the message

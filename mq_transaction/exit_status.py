@@ -42,7 +42,8 @@ QUEUE_MEANINGS: dict[QueueExit, str] = {
     QueueExit.OK: "done",
     QueueExit.PROBLEM: (
         "status --warn-age exceeded, or an id was not in the queue, busy, or in a state the command does not"
-        " apply to (the other ids were done), or discard was not confirmed"
+        " apply to (the other ids were done), or discard was not confirmed, or import-dir left a message in the"
+        " directory or found a sender using it"
     ),
     QueueExit.USAGE: "usage or configuration error, or an argument that is not a queue id (then nothing was done)",
     QueueExit.TEMPFAIL: "the database of a database queue cannot be reached: try again later",
