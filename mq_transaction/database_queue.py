@@ -68,6 +68,12 @@ NOTIFY_CHANNEL = "mq_transaction_queued"
 #: (``staged``), followed by the state it will have (``mq-queue import-dir``).
 IMPORT_OWNER = "import-dir:"
 
+#: Seconds one connection attempt may take (libpq's ``connect_timeout``) unless the URL
+#: sets its own (``?connect_timeout=N``): a database host that accepts and never answers
+#: (a frozen server, a fail-over under way) would otherwise hold a sender, and its
+#: ``SIGTERM``, for good.
+CONNECT_TIMEOUT = 10
+
 #: The default lease of a claim (``mq.claim_timeout``), in seconds.
 DEFAULT_CLAIM_TIMEOUT = 300.0
 
@@ -105,6 +111,13 @@ def mask_url(url: str | sa.URL) -> str:
         if sep and at and ":" in userinfo:
             return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
         return text if not at else f"{scheme}{sep}***@{host}"
+
+
+def _connect_args(url: sa.URL, **args: Any) -> dict[str, Any]:
+    """The driver's connection arguments: ``args``, and :data:`CONNECT_TIMEOUT` unless the URL sets one."""
+    if "connect_timeout" not in url.query:
+        args["connect_timeout"] = CONNECT_TIMEOUT
+    return args
 
 
 def _utc(timestamp: float) -> datetime.datetime:
@@ -152,7 +165,7 @@ class DatabaseQueue:
             self.url = url_or_engine.url
         else:
             self.url = normalise_url(url_or_engine)
-            self.engine = sa.create_engine(self.url, pool_size=6, max_overflow=10)
+            self.engine = sa.create_engine(self.url, pool_size=6, max_overflow=10, connect_args=_connect_args(self.url))
         # One statement, one round trip: statements that stand alone run in autocommit (no
         # BEGIN and COMMIT of their own). No pre-ping either (a round trip per checkout): a
         # connection that died fails once, SQLAlchemy drops the pool, and callers retry.
@@ -165,13 +178,19 @@ class DatabaseQueue:
             # Engines of our own are in autocommit from the start: switching a pooled
             # connection in and out of it at every checkout costs a third of a hot
             # statement's CPU (bench/README.md, "PostgreSQL drain").
-            self._autocommit = sa.create_engine(self.url, pool_size=6, max_overflow=10, isolation_level="AUTOCOMMIT")
+            self._autocommit = sa.create_engine(
+                self.url,
+                pool_size=6,
+                max_overflow=10,
+                isolation_level="AUTOCOMMIT",
+                connect_args=_connect_args(self.url),
+            )
             self._claims = sa.create_engine(
                 self.url,
                 pool_size=6,
                 max_overflow=10,
                 isolation_level="AUTOCOMMIT",
-                connect_args={"options": "-c synchronous_commit=off"},
+                connect_args=_connect_args(self.url, options="-c synchronous_commit=off"),
             )
         if claim_timeout <= 0:
             raise ConfigurationError("mq.claim_timeout", f"{claim_timeout!r} must be a positive number of seconds")

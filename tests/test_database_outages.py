@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -261,3 +262,56 @@ def test_mq_queue_in_a_subprocess_gives_no_traceback_while_the_database_is_down(
     assert result.returncode == 75
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert PASSWORD not in result.stderr
+
+
+# -- a database host that accepts connections and never answers ------------------------------
+
+
+@pytest.fixture
+def silent_url():
+    """The URL of a "database" on 127.0.0.1 that accepts connections and never says a word
+    (a frozen server): without a connection timeout, a client would wait for good."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(50)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"postgresql://mail:{PASSWORD}@127.0.0.1:{listener.getsockname()[1]}/app"
+    stop.set()
+    thread.join()
+    for connection in held:
+        connection.close()
+    listener.close()
+
+
+def test_mq_queue_gives_up_on_a_database_that_never_answers_and_exits_75(silent_url):
+    result = subprocess.run(
+        [sys.executable, "-m", "mq_transaction.cli_queue", "--queue-url", silent_url, "status"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,  # it would wait for good without a connection timeout
+    )
+    assert result.returncode == 75, result.stderr
+    assert "timeout" in result.stderr and result.stderr.count("\n") == 1
+    assert PASSWORD not in result.stderr
+
+
+def test_a_daemon_waiting_for_a_database_that_never_answers_still_stops_on_sigterm(silent_url, smtp_sink):
+    daemon, lines = start_daemon(silent_url, smtp_sink.port)
+    assert any("waiting for the queue to be usable" in line for line in lines), "".join(lines)
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=60) == 0, "".join(lines)
+    log = "".join(lines)
+    assert log.count("no mail is lost") == 1 and "Traceback" not in log and PASSWORD not in log
