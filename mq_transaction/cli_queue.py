@@ -228,22 +228,21 @@ def _import_dir(args: argparse.Namespace) -> int:
         )
     check_queue_access(args.directory, write=True, tool="mq-queue", write_root=True)
     setup_logging(args.config_uri, -1)  # each message moved is printed below
-    target = open_database_queue(settings)
-    from .database_import import Moved, move_queue  # SQLAlchemy: only for a database queue
+    with MessageQueue(args.directory, create=False) as source:  # a missing DIR: before the database
+        target = open_database_queue(settings)
+        from .database_import import Moved, move_queue  # SQLAlchemy: only for a database queue
 
-    def moved(item: Moved) -> None:
-        resumed = ", finishing an interrupted import-dir" if item.resumed else ""
-        print(f"queue id {item.queue_id} ({item.state}{resumed}): moved to the database queue", flush=True)
+        def moved(item: Moved) -> None:
+            resumed = ", finishing an interrupted import-dir" if item.resumed else ""
+            print(f"queue id {item.queue_id} ({item.state}{resumed}): moved to the database queue", flush=True)
 
-    try:
-        with MessageQueue(args.directory, create=False) as source:
-            try:
-                report = move_queue(source, target, on_moved=moved)
-            except QueueInUseError as exc:
-                print(f"mq-queue: error: {exc}", file=sys.stderr)
-                return QueueExit.PROBLEM
-    finally:
-        target.dispose()
+        try:
+            report = move_queue(source, target, on_moved=moved)
+        except QueueInUseError as exc:
+            print(f"mq-queue: error: {exc}", file=sys.stderr)
+            return QueueExit.PROBLEM
+        finally:
+            target.dispose()
     for queue_id, why in report.left:
         print(f"mq-queue: queue id {queue_id} left in {source.path}: {why}", file=sys.stderr)
     left = f"; {len(report.left)} left in it (above)" if report.left else ""

@@ -232,3 +232,26 @@ def test_import_dir_killed_half_way_then_run_again_moves_each_message_exactly_on
     assert {state for _, state in rows} == {"queued"}  # none left staged
     assert contents(db_queue) == before
     assert list(directory.entries()) == []
+
+
+def test_import_dir_without_a_database_queue_is_a_usage_error(tmp_path, capsys):
+    directory = MessageQueue(tmp_path / "queue")
+    assert mq_queue(["--queue-dir", str(tmp_path / "other"), "import-dir", directory.path]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mq-queue: error: mq.queue_url: import-dir moves mail into a database queue")
+
+
+def test_import_dir_of_a_missing_directory_is_a_usage_error_and_touches_no_database(tmp_path, postgres_url, capsys):
+    assert mq_queue(["--queue-url", postgres_url, "import-dir", str(tmp_path / "absent")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mq-queue: error: ") and str(tmp_path / "absent") in err and err.count("\n") == 1
+
+
+def test_import_dir_into_a_database_without_tables_says_to_run_init_db_and_moves_nothing(
+    tmp_path, postgres_url, capsys
+):
+    directory = MessageQueue(tmp_path / "queue")
+    queue_id = queue_one(directory, 1)
+    assert mq_queue(["--queue-url", postgres_url, "import-dir", directory.path]) == 2
+    assert "init-db" in capsys.readouterr().err
+    assert [entry.queue_id for entry in directory.entries()] == [queue_id]

@@ -315,3 +315,17 @@ def test_a_daemon_waiting_for_a_database_that_never_answers_still_stops_on_sigte
     assert daemon.wait(timeout=60) == 0, "".join(lines)
     log = "".join(lines)
     assert log.count("no mail is lost") == 1 and "Traceback" not in log and PASSWORD not in log
+
+
+def test_import_dir_exits_75_and_moves_nothing_while_the_database_is_down(stopped, url, tmp_path, capsys):
+    from mq_transaction import MessageQueue
+    from mq_transaction.cli_queue import main as mq_queue
+
+    directory = MessageQueue(tmp_path / "queue")
+    queue_id = directory.enqueue(
+        Envelope.new("app@example.com", ["ann@example.org"], time.time(), ""), b"Subject: x\r\n\r\nHi\r\n"
+    )
+    assert mq_queue(["--queue-url", with_password(url), "import-dir", directory.path]) == 75
+    err = capsys.readouterr().err
+    assert err.startswith("mq-queue: error: cannot connect to the queue database") and PASSWORD not in err
+    assert [entry.queue_id for entry in directory.entries()] == [queue_id]
