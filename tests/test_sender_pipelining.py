@@ -4,16 +4,17 @@ Against :mod:`raw_smtp`'s scripted server, which keeps every write as it arrived
 write carries a message's final dot and the next message's MAIL FROM, RCPT TOs and DATA;
 the first message is recorded before the second's replies are read; a hang-up, a 421 or
 a refusal in the second transaction never changes the first one's recorded result, and
-nothing is delivered twice.
+nothing is delivered twice. Every test runs on both queues (``queue_backend``).
 """
 
 from __future__ import annotations
 
 import pytest
 import transaction
+from queue_backends import queue_settings
 from raw_smtp import RawServer, ScriptedSMTP
 
-from mq_transaction import MessageQueue, QueuedMailer
+from mq_transaction import QueuedMailer
 from mq_transaction.sender import RunResult, Sender
 from mq_transaction.settings import parse_settings
 from mq_transaction.states import MessageState
@@ -22,8 +23,8 @@ SENDER = "app@example.com"
 
 
 @pytest.fixture
-def queue(tmp_path):
-    return MessageQueue(tmp_path / "queue")
+def queue(queue_backend):
+    return queue_backend.queue
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def raw_smtp():
 
 
 def sender_for(queue, port, **extra) -> Sender:
-    raw = {"mq.queue_dir": str(queue.path), "mq.smtp_host": "127.0.0.1", "mq.smtp_port": str(port)}
+    raw = {**queue_settings(queue), "mq.smtp_host": "127.0.0.1", "mq.smtp_port": str(port)}
     raw.update({f"mq.{key}": str(value) for key, value in extra.items()})
     return Sender(parse_settings(raw))
 
