@@ -148,7 +148,10 @@ def test_sigterm_finishes_the_messages_in_flight_and_gives_back_the_rest_at_once
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_points_loses_nothing_and_duplicates_at_most_one_per_kill(tmp_path, smtp_sink):
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-command-at-a-time", "pipelining"])
+def test_sigkill_at_random_points_loses_nothing_and_duplicates_at_most_one_per_kill(tmp_path, smtp_sink, pipelining):
+    # with PIPELINING a session also holds the next message, claimed and begun in the final dot's write
+    smtp_sink.handler.offer_pipelining = pipelining
     queue_dir = tmp_path / "q"
     fill_queue(queue_dir, 2000)
     args = [*MQ_SEND, "--queue-dir", str(queue_dir), "--smtp-host", "127.0.0.1", "--smtp-port", str(smtp_sink.port)]
@@ -174,7 +177,9 @@ def test_sigkill_at_random_points_loses_nothing_and_duplicates_at_most_one_per_k
 
 
 @pytest.mark.slow
-def test_two_concurrent_senders_deliver_each_message_exactly_once(tmp_path, smtp_sink):
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-command-at-a-time", "pipelining"])
+def test_two_concurrent_senders_deliver_each_message_exactly_once(tmp_path, smtp_sink, pipelining):
+    smtp_sink.handler.offer_pipelining = pipelining
     queue_dir = tmp_path / "q"
     fill_queue(queue_dir, 2000)
     args = [*MQ_SEND, "--queue-dir", str(queue_dir), "--smtp-host", "127.0.0.1", "--smtp-port", str(smtp_sink.port)]

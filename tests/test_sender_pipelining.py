@@ -159,3 +159,27 @@ def test_a_run_stopped_with_a_message_claimed_ahead_gives_it_back_undelivered(qu
     assert subjects(script) == ["message 0"]  # message 1's group went out, its message never did
     assert script.mails == 2 and "QUIT" not in [c.upper() for c in script.commands]
     assert states(queue) == {MessageState.QUEUED: 2}  # given back, not left in sending/
+
+
+def test_a_backlog_through_aiosmtpd_with_pipelining_reaches_each_recipient_once_with_exact_fates(queue, smtp_sink):
+    """A real server's parser (aiosmtpd, offering PIPELINING) reads every dot + next group right."""
+    smtp_sink.handler.offer_pipelining = True
+    smtp_sink.behaviour.rcpt_replies = {"no@example.org": "550 5.1.1 no such user"}
+    groups = [["a@example.org", "no@example.org"] if n % 3 == 1 else [f"r{n}@example.org"] for n in range(30)]
+    ids = queue_messages(queue, groups)
+    result = sender_for(queue, smtp_sink.port).run()
+    assert result.attempts == 30 and result.connections == 3  # a backlog of 30: three sessions
+    assert (result.delivered, result.failed, result.refused, result.exit_status) == (20, 10, 10, 1)
+    received = {
+        int(m.content.split(b"Subject: message ", 1)[1].split(b"\r\n", 1)[0]): m.rcpt_tos
+        for m in smtp_sink.handler.received
+    }
+    assert len(smtp_sink.handler.received) == 30  # each message once
+    assert received == {n: [address for address in groups[n] if address != "no@example.org"] for n in range(30)}
+    assert states(queue) == {MessageState.FAILED: 10}  # the refused recipient's, each recorded exactly:
+    for n in range(1, 30, 3):
+        envelope, _ = queue.read(queue.find(ids[n]))
+        assert [(r.status, r.reply) for r in envelope.recipients] == [
+            ("delivered", "250 2.0.0 Message accepted"),
+            ("failed", "550 5.1.1 no such user"),
+        ]
