@@ -1,5 +1,11 @@
 """``mq-queue``: every command on a queue holding every state, its JSON against the documented
-schema, its exit statuses, and ids that try to leave the queue."""
+schema, its exit statuses, and ids that try to leave the queue.
+
+The tests that take ``built`` or ``queue_backend`` run on both queues (the directory queue,
+the database queue). Those about files in a queue directory (stray files, ids that are
+paths) take ``built_directory``; those about the command line alone (settings, usage, the
+reference page, a closed pipe) take a directory queue, the queue being no part of them.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +18,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from queue_backends import QueueBackend, queue_args, queue_settings
 from test_queue_admin import REFUSED, build_queue, commit, make_settings
 
 from mq_transaction import MessageQueue, cli_queue, queue_admin
@@ -39,24 +47,36 @@ def keep_logging_levels():
 
 
 @pytest.fixture
-def built(tmp_path, smtp_sink):
-    made = build_queue(tmp_path / "queue", smtp_sink)
+def built(queue_backend, smtp_sink):
+    """A queue holding every state: the directory queue, then the database queue."""
+    made = build_queue(queue_backend, smtp_sink)
+    yield made
+    made.claim.release()
+
+
+@pytest.fixture
+def built_directory(tmp_path, smtp_sink):
+    """A directory queue holding every state, for what only files can do."""
+    made = build_queue(QueueBackend("directory", str(tmp_path / "queue")), smtp_sink)
     yield made
     made.claim.release()
 
 
 def run(capsys, built, *args):
     """Run mq-queue in-process on the built queue; return (status, stdout, stderr)."""
-    status = cli_queue.main(["--queue-dir", built.queue.path, *args])
-    out, err = capsys.readouterr()
-    return status, out, err
+    return run_on(capsys, built.queue, *args)
 
 
 def run_on(capsys, queue, *args):
     """Run mq-queue in-process on ``queue``; return (status, stdout, stderr)."""
-    status = cli_queue.main(["--queue-dir", queue.path, *args])
+    status = cli_queue.main([*queue_args(queue), *args])
     out, err = capsys.readouterr()
     return status, out, err
+
+
+def ini_settings(queue) -> str:
+    """The ini file lines naming ``queue``."""
+    return "".join(f"{key} = {value}\n" for key, value in queue_settings(queue).items())
 
 
 def run_mq_queue(*args, stdin=subprocess.DEVNULL):
@@ -174,7 +194,7 @@ def test_list_json_of_every_state_matches_the_documented_schema(capsys, built):
 @pytest.mark.slow
 def test_list_json_from_an_ini_file_in_a_subprocess(tmp_path, built):
     ini = tmp_path / "app.ini"
-    ini.write_text(f"[app:main]\nuse = egg:nothing\nmq.queue_dir = {built.queue.path}\n")
+    ini.write_text(f"[app:main]\nuse = egg:nothing\n{ini_settings(built.queue)}")
     done = run_mq_queue(ini, "list", "--json", "--state", MessageState.FAILED)
     assert done.returncode == 0, done.stderr
     (record,) = json.loads(done.stdout)
@@ -229,15 +249,14 @@ def test_status_exits_1_when_a_waiting_message_is_older_than_warn_age(capsys, bu
 
 @pytest.mark.slow
 def test_status_as_a_monitoring_check_in_a_subprocess(built):
-    done = run_mq_queue("--queue-dir", built.queue.path, "status", "--warn-age", "0")
+    done = run_mq_queue(*queue_args(built.queue), "status", "--warn-age", "0")
     assert done.returncode == 1
     assert "failed 1" in done.stdout.splitlines() and done.stderr == ""
 
 
-def test_status_without_a_delivery_log_says_unknown_when_the_queue_records_no_delivery(capsys, tmp_path):
-    queue_dir = tmp_path / "queue"
-    commit(MessageQueue(queue_dir), ("ann@example.org",), "Waiting")
-    status = cli_queue.main(["--queue-dir", str(queue_dir), "status"])
+def test_status_without_a_delivery_log_says_unknown_when_the_queue_records_no_delivery(capsys, queue_backend):
+    commit(queue_backend.queue, ("ann@example.org",), "Waiting")
+    status = cli_queue.main([*queue_backend.args, "status"])
     out = capsys.readouterr().out.splitlines()
     assert status == 0
     assert "last_delivery unknown" in out and "last_failure none" in out and "queued 1" in out
@@ -258,7 +277,9 @@ def warnings_for(paths: list[str]) -> list[str]:
     return [f"mq-queue: warning: {path} is not a message (its name is not a queue id); skipped" for path in paths]
 
 
-def test_files_that_are_not_messages_are_skipped_by_list_with_one_warning_each(capsys, built):
+def test_files_that_are_not_messages_are_skipped_by_list_with_one_warning_each(capsys, built_directory):
+    """Directory only: files in the queue's directories (a table holds nothing but messages)."""
+    built = built_directory
     strays = write_stray_files(built)
     status, out, err = run(capsys, built, "list")
     assert status == 0
@@ -272,7 +293,9 @@ def test_files_that_are_not_messages_are_skipped_by_list_with_one_warning_each(c
     assert err.splitlines() == warnings_for([strays[0]])  # only hold/ was looked at
 
 
-def test_status_counts_no_file_that_is_not_a_message_and_names_each(capsys, built):
+def test_status_counts_no_file_that_is_not_a_message_and_names_each(capsys, built_directory):
+    """Directory only: files in the queue's directories."""
+    built = built_directory
     strays = write_stray_files(built)
     status, out, err = run(capsys, built, "status")
     assert status == 0
@@ -286,7 +309,9 @@ def test_status_counts_no_file_that_is_not_a_message_and_names_each(capsys, buil
 
 
 @pytest.mark.slow
-def test_files_that_are_not_messages_in_a_subprocess_give_no_traceback(built):
+def test_files_that_are_not_messages_in_a_subprocess_give_no_traceback(built_directory):
+    """Directory only: files in the queue's directories."""
+    built = built_directory
     strays = write_stray_files(built)
     for command in ("list", "status"):
         done = run_mq_queue("--queue-dir", built.queue.path, command)
@@ -294,7 +319,9 @@ def test_files_that_are_not_messages_in_a_subprocess_give_no_traceback(built):
         assert done.stderr.splitlines() == warnings_for(sorted(strays))
 
 
-def test_an_id_shaped_name_with_an_impossible_date_is_not_a_queue_id_for_show(capsys, built):
+def test_an_id_shaped_name_with_an_impossible_date_is_not_a_queue_id_for_show(capsys, built_directory):
+    """Directory only: a file with that name in new/."""
+    built = built_directory
     write_stray_files(built)
     status, out, err = run(capsys, built, "show", "20261399T151136123456Z-9f3a2b1c0d")
     assert status == 2 and out == ""
@@ -329,14 +356,14 @@ def test_show_works_in_every_state(capsys, built, state):
 
 def test_show_raw_prints_the_stored_message_byte_for_byte(capsysbinary, built):
     _envelope, message = built.queue.read(built.queue.find(built.ids[MessageState.QUEUED]))
-    assert cli_queue.main(["--queue-dir", built.queue.path, "show", built.ids[MessageState.QUEUED], "--raw"]) == 0
+    assert cli_queue.main([*queue_args(built.queue), "show", built.ids[MessageState.QUEUED], "--raw"]) == 0
     assert capsysbinary.readouterr().out == message
 
 
 @pytest.mark.slow
 def test_show_raw_in_a_subprocess_with_a_config_uri_fragment(tmp_path, built):
     ini = tmp_path / "app.ini"
-    mail_section = f"[app:mail]\nuse = egg:x\nmq.queue_dir = {built.queue.path}\n"
+    mail_section = f"[app:mail]\nuse = egg:x\n{ini_settings(built.queue)}"
     ini.write_text(f"[app:main]\nuse = egg:x\nmq.queue_dir = /nowhere\n\n{mail_section}")
     done = subprocess.run(
         [*MQ_QUEUE, f"{ini}#mail", "show", built.ids[MessageState.HELD], "--raw"], capture_output=True, check=False
@@ -348,7 +375,7 @@ def test_show_raw_in_a_subprocess_with_a_config_uri_fragment(tmp_path, built):
 def test_show_of_an_id_not_in_the_queue_exits_1(capsys, built):
     status, out, err = run(capsys, built, "show", ABSENT)
     assert (status, out) == (1, "")
-    assert err == f"mq-queue: error: queue id {ABSENT} is not in the queue at {built.queue.path}\n"
+    assert err == f"mq-queue: error: queue id {ABSENT} is not in the queue at {built.queue.location}\n"
 
 
 # -- control characters ----------------------------------------------------------------
@@ -358,22 +385,24 @@ ESC_REPLY = "550 5.1.1 \x1b[31mno such user\x07"
 ESC_ADDRESS = "e\x1b[8mve\x07@example.org"
 
 
-def hostile_queue(tmp_path, smtp_sink) -> tuple[MessageQueue, str, str]:
+def hostile_queue(queue_backend, smtp_sink) -> tuple[Any, str, str]:
     """A failed message whose subject and server reply (from a real SMTP server, recorded by a
     real mq-send run) hold ESC and BEL, and a queued one whose envelope address does (as a
-    file in the queue directory can; send() refuses such an address)."""
-    queue = MessageQueue(tmp_path / "queue")
+    file in the queue directory or a row can; send() refuses such an address)."""
+    queue = queue_backend.queue
     message = f"From: app@example.com\r\nTo: ann@example.org\r\nSubject: {ESC_SUBJECT}\r\n\r\nHi\r\n".encode()
     failed = queue.enqueue(Envelope.new("app@example.com", ["ann@example.org"], time.time(), "<e@x>"), message)
     smtp_sink.behaviour.rcpt_replies["ann@example.org"] = ESC_REPLY
-    Sender(make_settings(queue.path, smtp_sink.port), queue=queue).run()
+    Sender(make_settings(queue, smtp_sink.port), queue=queue).run()
     assert queue.find(failed).state == MessageState.FAILED
     queued = queue.enqueue(Envelope.new("app@example.com", [ESC_ADDRESS], time.time(), "<f@x>"), b"Subject: x\r\n\r\nx")
     return queue, failed, queued
 
 
-def test_list_and_show_render_control_characters_visibly_and_json_stays_exact(capsys, tmp_path, smtp_sink, monkeypatch):
-    queue, failed, queued = hostile_queue(tmp_path, smtp_sink)
+def test_list_and_show_render_control_characters_visibly_and_json_stays_exact(
+    capsys, queue_backend, smtp_sink, monkeypatch
+):
+    queue, failed, queued = hostile_queue(queue_backend, smtp_sink)
     recorded = json.loads(run_on(capsys, queue, "list", "--json")[1])
     assert [r["id"] for r in recorded] == [queued, failed]
     assert recorded[1]["subject"] == ESC_SUBJECT  # JSON: exact
@@ -400,8 +429,8 @@ def test_list_and_show_render_control_characters_visibly_and_json_stays_exact(ca
     assert visible(ESC_ADDRESS) in table and visible(ESC_SUBJECT)[:20] in table
 
 
-def test_lines_that_changes_print_render_control_characters_visibly(capsys, tmp_path, smtp_sink):
-    queue, _failed, queued = hostile_queue(tmp_path, smtp_sink)
+def test_lines_that_changes_print_render_control_characters_visibly(capsys, queue_backend, smtp_sink):
+    queue, _failed, queued = hostile_queue(queue_backend, smtp_sink)
     status, out, _err = run_on(capsys, queue, "discard", "--yes", queued)
     assert status == 0 and "\x1b" not in out and visible(ESC_ADDRESS) in out
 
@@ -453,7 +482,7 @@ def test_a_missing_id_among_others_exits_1_and_the_others_are_done(capsys, built
     status, out, err = run(capsys, built, "hold", ABSENT, built.ids[MessageState.QUEUED])
     assert status == 1
     assert out == f"{built.ids[MessageState.QUEUED]}: queued -> held\n"
-    assert err == f"mq-queue: error: queue id {ABSENT} is not in the queue at {built.queue.path}\n"
+    assert err == f"mq-queue: error: queue id {ABSENT} is not in the queue at {built.queue.location}\n"
 
 
 def test_retry_all_failed_and_all_deferred(capsys, built):
@@ -503,12 +532,15 @@ def test_a_value_that_is_not_a_queue_id_is_refused_and_nothing_is_done(capsys, b
 
 @pytest.mark.slow
 @pytest.mark.parametrize("value", ["../x", "/etc/passwd", ".hidden", "new/ID"])
-def test_path_traversal_ids_are_refused_by_the_real_command(tmp_path, built, value):
+def test_path_traversal_ids_are_refused_by_the_real_command(tmp_path, built_directory, value):
+    """Directory only: ids that are paths out of the queue's directories (the in-process test
+    above refuses them on both queues)."""
+    built = built_directory
     victim = tmp_path / "x"
     victim.write_text("not mail")
     value = value.replace("ID", built.ids[MessageState.QUEUED])
     for command in (["show", value], ["discard", "--yes", value], ["hold", value]):
-        done = run_mq_queue("--queue-dir", built.queue.path, *command)
+        done = run_mq_queue(*queue_args(built.queue), *command)
         assert done.returncode == 2 and done.stdout == ""
         assert done.stderr.startswith("mq-queue: error: ") and done.stderr.count("\n") == 1
         assert "Traceback" not in done.stderr
@@ -520,7 +552,7 @@ def test_path_traversal_ids_are_refused_by_the_real_command(tmp_path, built, val
 
 def test_discard_without_yes_and_without_a_terminal_removes_nothing_and_exits_2(built):
     done = run_mq_queue(
-        "--queue-dir", built.queue.path, "discard", built.ids[MessageState.QUEUED], built.ids[MessageState.FAILED]
+        *queue_args(built.queue), "discard", built.ids[MessageState.QUEUED], built.ids[MessageState.FAILED]
     )
     assert done.returncode == 2 and done.stdout == ""
     assert "--yes" in done.stderr and "Nothing was removed" in done.stderr
@@ -570,10 +602,10 @@ def test_discard_prints_and_logs_what_it_removed(capsys, built, caplog):
 @pytest.mark.slow
 def test_the_config_uri_is_optional_before_the_command(tmp_path, built):
     ini = tmp_path / "app.ini"
-    ini.write_text(f"[app:main]\nuse = egg:x\nmq.queue_dir = {built.queue.path}\n")
+    ini.write_text(f"[app:main]\nuse = egg:x\n{ini_settings(built.queue)}")
     for args in (
         [ini, "show", built.ids[MessageState.QUEUED]],
-        ["--queue-dir", built.queue.path, "show", built.ids[MessageState.QUEUED]],
+        [*queue_args(built.queue), "show", built.ids[MessageState.QUEUED]],
     ):
         done = run_mq_queue(*args)
         assert done.returncode == 0, done.stderr
@@ -641,6 +673,7 @@ def test_the_config_uri_slot_knows_every_command():
 
 @pytest.mark.slow
 def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    """The pipe is under test, not the queue: a directory queue only."""
     queue = MessageQueue(tmp_path / "queue", fsync=False)
     for number in range(400):  # more output than a pipe holds
         commit(queue, (f"u{number}@example.org",), f"message {number}")

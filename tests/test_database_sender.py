@@ -7,7 +7,6 @@ and the others); what is here is what only a database queue does (senders on sev
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
@@ -17,7 +16,6 @@ import sqlalchemy as sa
 import transaction
 
 from mq_transaction import DatabaseQueue, QueuedMailer
-from mq_transaction.cli_queue import main as mq_queue
 from mq_transaction.sender import RunResult, Sender
 from mq_transaction.settings import parse_settings
 
@@ -133,33 +131,3 @@ def test_mq_send_command_drains_the_database_queue(db_queue, postgres_url, smtp_
     assert result.returncode == 0, result.stderr
     assert len(smtp_sink.received) == 3
     assert table_states(postgres_url) == {}
-
-
-def test_mq_queue_lists_holds_releases_and_discards_database_messages(db_queue, postgres_url, capsys):
-    first, second = queue_messages(db_queue, 2)
-    assert mq_queue(["--queue-url", postgres_url, "list", "--json"]) == 0
-    listed = json.loads(capsys.readouterr().out)
-    assert [(m["id"], m["state"]) for m in listed] == [(first, "queued"), (second, "queued")]
-    assert mq_queue(["--queue-url", postgres_url, "hold", first]) == 0
-    assert f"{first}: queued -> held" in capsys.readouterr().out
-    assert mq_queue(["--queue-url", postgres_url, "status", "--json"]) == 0
-    status = json.loads(capsys.readouterr().out)
-    assert status["counts"]["held"] == 1 and status["counts"]["queued"] == 1
-    assert mq_queue(["--queue-url", postgres_url, "release", first]) == 0
-    assert mq_queue(["--queue-url", postgres_url, "discard", "--yes", second]) == 0
-    assert mq_queue(["--queue-url", postgres_url, "show", first]) == 0
-    assert first in capsys.readouterr().out
-    assert table_states(postgres_url) == {"queued": 1}
-
-
-def test_list_json_has_the_same_fields_for_both_queues(db_queue, postgres_url, tmp_path, capsys):
-    from mq_transaction import MessageQueue
-
-    directory = MessageQueue(tmp_path / "queue")
-    queue_messages(directory)
-    queue_messages(db_queue)
-    assert mq_queue(["--queue-dir", directory.location, "list", "--json"]) == 0
-    on_disk = json.loads(capsys.readouterr().out)
-    assert mq_queue(["--queue-url", postgres_url, "list", "--json"]) == 0
-    in_database = json.loads(capsys.readouterr().out)
-    assert set(on_disk[0]) == set(in_database[0])
