@@ -1,4 +1,11 @@
-"""``mq-send`` as a real subprocess: settings, exit statuses, SIGKILL crashes, concurrent runs."""
+"""``mq-send`` as a real subprocess: settings, exit statuses, SIGKILL crashes, concurrent runs.
+
+The tests that take ``queue_backend`` run on both queues (the directory queue, the database
+queue). The settings errors are the command line's, checked before a queue is opened: a
+directory queue only. SIGKILL stays directory-only here: a killed sender's claims on a
+database queue come back only when their lease runs out, which
+tests/test_database_many_senders.py tests (with a short ``mq.claim_timeout``).
+"""
 
 from __future__ import annotations
 
@@ -23,13 +30,23 @@ def run_mq_send(*args, timeout=120):
     return subprocess.run([*MQ_SEND, *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
-def fill_queue(path, count):
-    """Commit ``count`` distinct 2 KB messages (fsync off: only the setup is fast)."""
-    mailer = QueuedMailer(MessageQueue(path, fsync=False))
+def fill_queue(queue, count, per_transaction=1):
+    """Commit ``count`` distinct 2 KB messages into ``queue`` (a path: a directory queue with
+    fsync off, for a quick setup), ``per_transaction`` of them in each transaction."""
+    if not hasattr(queue, "stage"):
+        queue = MessageQueue(queue, fsync=False)
+    mailer = QueuedMailer(queue)
     body = b"x" * 60 + b"\n"
-    for number in range(count):
+    for first in range(0, count, per_transaction):
         with transaction.manager:
-            mailer.send(f"From: app@example.com\nTo: u{number}@example.org\nSubject: {number}\n\n".encode() + body * 33)
+            for number in range(first, min(count, first + per_transaction)):
+                message = f"From: app@example.com\nTo: u{number}@example.org\nSubject: {number}\n\n".encode()
+                mailer.send(message + body * 33)
+
+
+def ini_settings(backend) -> str:
+    """The ini file lines naming the queue of ``backend``."""
+    return "".join(f"{key} = {value}\n" for key, value in backend.settings.items())
 
 
 def write_ini(path, text):
@@ -38,11 +55,11 @@ def write_ini(path, text):
 
 
 @pytest.mark.slow
-def test_reads_mq_settings_from_app_main_and_delivers(tmp_path, smtp_sink):
-    fill_queue(tmp_path / "q", 3)
+def test_reads_mq_settings_from_app_main_and_delivers(queue_backend, tmp_path, smtp_sink):
+    fill_queue(queue_backend.queue, 3)
     ini = write_ini(
         tmp_path / "app.ini",
-        f"[app:main]\nuse = egg:nothing\nmq.queue_dir = {tmp_path / 'q'}\nmq.smtp_host = 127.0.0.1\n"
+        f"[app:main]\nuse = egg:nothing\n{ini_settings(queue_backend)}mq.smtp_host = 127.0.0.1\n"
         f"mq.smtp_port = {smtp_sink.port}\nmq.delivery_log = {tmp_path / 'delivery.log'}\n",
     )
     done = run_mq_send(ini)
@@ -52,12 +69,12 @@ def test_reads_mq_settings_from_app_main_and_delivers(tmp_path, smtp_sink):
 
 
 @pytest.mark.slow
-def test_config_uri_fragment_selects_another_app_section_and_flags_override(tmp_path, smtp_sink):
-    fill_queue(tmp_path / "q", 1)
+def test_config_uri_fragment_selects_another_app_section_and_flags_override(queue_backend, tmp_path, smtp_sink):
+    fill_queue(queue_backend.queue, 1)
     ini = write_ini(
         tmp_path / "app.ini",
         "[app:main]\nuse = egg:nothing\nmq.queue_dir = /nonexistent\n\n"
-        f"[app:mailer]\nuse = egg:nothing\nmq.queue_dir = {tmp_path / 'q'}\nmq.smtp_port = 1\n",
+        f"[app:mailer]\nuse = egg:nothing\n{ini_settings(queue_backend)}mq.smtp_port = 1\n",
     )
     done = run_mq_send(f"{ini}#mailer", "--smtp-host", "127.0.0.1", "--smtp-port", smtp_sink.port)
     assert done.returncode == 0, done.stderr
@@ -99,21 +116,21 @@ def test_unreadable_password_file_is_a_configuration_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_exit_status_75_when_the_server_is_down_and_1_when_a_message_fails(tmp_path, smtp_sink):
-    fill_queue(tmp_path / "q", 2)
-    down = run_mq_send("--queue-dir", tmp_path / "q", "--smtp-host", "127.0.0.1", "--smtp-port", "1", "-q")
+def test_exit_status_75_when_the_server_is_down_and_1_when_a_message_fails(queue_backend, smtp_sink):
+    fill_queue(queue_backend.queue, 2)
+    down = run_mq_send(*queue_backend.args, "--smtp-host", "127.0.0.1", "--smtp-port", "1", "-q")
     assert down.returncode == 75
     smtp_sink.behaviour.rcpt_replies["u0@example.org"] = "550 5.1.1 unknown"
     smtp_sink.behaviour.rcpt_replies["u1@example.org"] = "451 4.3.0 later"
-    mixed = run_mq_send("--queue-dir", tmp_path / "q", "--smtp-host", "127.0.0.1", "--smtp-port", smtp_sink.port)
+    mixed = run_mq_send(*queue_backend.args, "--smtp-host", "127.0.0.1", "--smtp-port", smtp_sink.port)
     assert mixed.returncode == 1  # 1 wins over 75
 
 
 @pytest.mark.slow
-def test_max_messages_stops_after_n_attempts(tmp_path, smtp_sink):
-    fill_queue(tmp_path / "q", 5)
+def test_max_messages_stops_after_n_attempts(queue_backend, smtp_sink):
+    fill_queue(queue_backend.queue, 5)
     done = run_mq_send(
-        "--queue-dir", tmp_path / "q", "--smtp-host", "127.0.0.1", "--smtp-port", smtp_sink.port, "--max-messages", 2
+        *queue_backend.args, "--smtp-host", "127.0.0.1", "--smtp-port", smtp_sink.port, "--max-messages", 2
     )
     assert done.returncode == 0
     assert len(smtp_sink.received) == 2
@@ -178,11 +195,10 @@ def test_sigkill_at_random_points_loses_nothing_and_duplicates_at_most_one_per_k
 
 @pytest.mark.slow
 @pytest.mark.parametrize("pipelining", [False, True], ids=["one-command-at-a-time", "pipelining"])
-def test_two_concurrent_senders_deliver_each_message_exactly_once(tmp_path, smtp_sink, pipelining):
+def test_two_concurrent_senders_deliver_each_message_exactly_once(queue_backend, tmp_path, smtp_sink, pipelining):
     smtp_sink.handler.offer_pipelining = pipelining
-    queue_dir = tmp_path / "q"
-    fill_queue(queue_dir, 2000)
-    args = [*MQ_SEND, "--queue-dir", str(queue_dir), "--smtp-host", "127.0.0.1", "--smtp-port", str(smtp_sink.port)]
+    fill_queue(queue_backend.queue, 2000, per_transaction=20)
+    args = [*MQ_SEND, *queue_backend.args, "--smtp-host", "127.0.0.1", "--smtp-port", str(smtp_sink.port)]
     logs = [tmp_path / "first.log", tmp_path / "second.log"]
     first = subprocess.Popen([*args, "-q", "--delivery-log", str(logs[0])], stderr=subprocess.PIPE)
     second = subprocess.Popen([*args, "-q", "--delivery-log", str(logs[1])], stderr=subprocess.PIPE)
@@ -193,4 +209,4 @@ def test_two_concurrent_senders_deliver_each_message_exactly_once(tmp_path, smtp
     assert max(received.values()) == 1
     lines = [len(log.read_text().splitlines()) for log in logs]
     assert sum(lines) == 2000 and min(lines) > 0  # both really worked on the queue
-    assert list(MessageQueue(queue_dir).entries()) == []
+    assert list(queue_backend.queue.entries()) == []

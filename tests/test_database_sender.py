@@ -7,8 +7,6 @@ and the others); what is here is what only a database queue does (senders on sev
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -117,17 +115,3 @@ def test_max_messages_claims_no_more_than_it_may_send(db_queue, postgres_url, sm
         sender.queue.dispose()
     assert result.delivered == 2
     assert leases(postgres_url) == [("queued", None)] * 3
-
-
-def test_mq_send_command_drains_the_database_queue(db_queue, postgres_url, smtp_sink):
-    queue_messages(db_queue, 3)
-    result = subprocess.run(
-        [sys.executable, "-m", "mq_transaction.cli_send", "--queue-url", postgres_url]
-        + ["--smtp-host", "127.0.0.1", "--smtp-port", str(smtp_sink.port), "-q"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert len(smtp_sink.received) == 3
-    assert table_states(postgres_url) == {}
