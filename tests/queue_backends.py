@@ -53,6 +53,22 @@ def queue_args(queue: Any) -> list[str]:
     return ["--queue-url" if key == "mq.queue_url" else "--queue-dir", value]
 
 
+def staged(queue: Any) -> list[str]:
+    """What ``queue`` holds staged (neither published nor discarded): the names of the files in
+    a directory queue's ``tmp/``, the queue ids of a database queue's ``staged`` rows."""
+    url = getattr(queue, "url", None)
+    if url is None:
+        return sorted(os.listdir(os.path.join(queue.path, "tmp")))
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.connect() as connection:
+        ids = connection.execute(sa.text("select queue_id from mq_messages where state = 'staged' order by 1"))
+        found = list(ids.scalars())
+    engine.dispose()
+    return found
+
+
 class QueueBackend:
     """One queue under test, with its settings, command-line arguments and queue objects."""
 

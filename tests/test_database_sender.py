@@ -1,4 +1,4 @@
-"""mq-send and mq-queue on a database queue: a real PostgreSQL server, a real SMTP server on 127.0.0.1.
+"""Senders on several hosts sharing one database queue: a real PostgreSQL server, a real SMTP server on 127.0.0.1.
 
 The sender is the directory queue's sender; only the queue differs. What every queue must
 do is tested on both queues by the tests that take ``queue_backend`` (tests/test_sender.py

@@ -1,4 +1,11 @@
-"""Real Pyramid apps, served through WebTest, queueing into real queues under ``tmp_path``.
+"""Real Pyramid apps, served through WebTest, queueing into real queues.
+
+``make_app`` queues into ``queue_backend``'s queue, so every test that makes an app runs
+on the directory queue (a fresh directory under ``tmp_path`` for each app made) and on the
+database queue (the test's database, emptied before it; own-connection mode, the
+same-transaction mode being tested in test_pyramid_database_queue.py). A module that
+overrides ``queue_backend`` with ``directory_backend`` runs on the directory queue only and
+says why.
 
 ``make_app(setup)`` builds one app; ``setup`` picks who owns the request's transaction:
 
@@ -11,7 +18,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +26,7 @@ import transaction
 from pyramid.config import Configurator
 from pyramid.httpexceptions import HTTPFound, HTTPNotFound
 from pyramid.response import Response
+from queue_backends import QueueBackend, staged
 from webtest import TestApp
 
 from mq_transaction import MessageQueue
@@ -146,7 +153,7 @@ class MailApp:
     """A WebTest app and the queue its mailer writes to."""
 
     http: TestApp
-    queue: MessageQueue | None
+    queue: Any  # a MessageQueue, a DatabaseQueue, or None (the testing mailer alone)
     registry: Any
 
     def subjects(self) -> list[str]:
@@ -160,8 +167,9 @@ class MailApp:
         return subjects
 
     def uncommitted(self) -> list[str]:
-        """Files left in ``tmp/``: an aborted or finished transaction leaves none."""
-        return os.listdir(os.path.join(self.queue.path, "tmp"))
+        """Messages staged and neither published nor discarded (files left in ``tmp/``, rows
+        left ``staged``): an aborted or finished transaction leaves none."""
+        return staged(self.queue)
 
 
 def build_app(
@@ -194,19 +202,35 @@ def setup(request) -> str:
 
 
 @pytest.fixture
-def make_app(tmp_path):
+def directory_backend(tmp_path) -> QueueBackend:
+    """A directory queue alone, for a module that overrides ``queue_backend`` with it."""
+    return QueueBackend("directory", str(tmp_path / "queue"))
+
+
+@pytest.fixture
+def make_app(tmp_path, queue_backend):
     """``make_app(setup, settings=..., includes=..., extra=...)``: a :class:`MailApp`.
 
-    ``mq.queue_dir`` defaults to a fresh directory under ``tmp_path``.
+    The queue defaults to ``queue_backend``'s: ``mq.queue_dir`` a fresh directory under
+    ``tmp_path`` for each app, or ``mq.queue_url`` the test's database.
+    ``settings={"mq.queue_dir": None}`` means no queue at all (the testing mailer).
     """
     counter = iter(range(1000))
 
     def make(setup: str = "own", settings: dict | None = None, **kwargs: Any) -> MailApp:
-        all_settings = {"mq.queue_dir": str(tmp_path / f"queue{next(counter)}")}
+        if queue_backend.is_database:
+            all_settings = dict(queue_backend.settings)
+        else:
+            all_settings = {"mq.queue_dir": str(tmp_path / f"queue{next(counter)}")}
+        if settings and "mq.queue_dir" in settings:
+            all_settings.pop("mq.queue_url", None)  # the test names its own queue, or none
         all_settings.update(settings or {})
         app, config = build_app(setup, all_settings, **kwargs)
-        queue_dir = all_settings.get("mq.queue_dir")
-        queue = MessageQueue(queue_dir) if queue_dir else None
+        queue = None
+        if all_settings.get("mq.queue_url"):
+            queue = queue_backend.open()
+        elif all_settings.get("mq.queue_dir"):
+            queue = MessageQueue(all_settings["mq.queue_dir"])
         return MailApp(TestApp(app), queue, config.registry)
 
     transaction.abort()  # no test inherits a thread-local transaction, none leaves one

@@ -23,6 +23,13 @@ FIXED = (
 
 
 @pytest.fixture
+def queue_backend(directory_backend):
+    """Directory only: the testing mailer keeps no queue; the tests here that also queue for real
+    compare it with the directory queue, and the database queue's own mailer is the same QueuedMailer."""
+    return directory_backend
+
+
+@pytest.fixture
 def app(make_app, setup):
     """An app on the testing mailer alone (no mq.queue_dir), under each transaction owner."""
     return make_app(setup, settings={"mq.queue_dir": None}, includes=("mq_pyramid.testing",))

@@ -10,6 +10,14 @@ from webtest import TestApp
 from mq_pyramid.testing import get_outbox
 
 
+@pytest.fixture
+def queue_backend(directory_backend):
+    """Directory only: two apps, each on a queue of its own: two directories (the database
+    variant would need a second database per test; two database queues are kept apart by
+    their databases, nothing of ours)."""
+    return directory_backend
+
+
 def test_two_apps_with_two_queues_stay_apart(make_app, setup):
     shop = make_app(setup, settings={"mq.default_sender": "shop@example.com"})
     blog = make_app("own", settings={"mq.default_sender": "blog@example.com"})
