@@ -1,7 +1,8 @@
 """Non-ASCII (SMTPUTF8) addresses from ``send()`` to the raw ``RCPT TO`` line on the wire.
 
 The server here is :mod:`raw_smtp`'s scripted one, which keeps every byte it received:
-aiosmtpd would decode the commands and hide an encoded word or an A-label.
+aiosmtpd would decode the commands and hide an encoded word or an A-label. Every test runs
+on both queues (``queue_backend``: the directory queue, the database queue).
 """
 
 from __future__ import annotations
@@ -10,17 +11,18 @@ from email.message import EmailMessage
 
 import pytest
 import transaction
+from queue_backends import queue_settings
 from raw_smtp import RawServer, ScriptedSMTP
 
-from mq_transaction import MessageQueue, QueuedMailer
+from mq_transaction import QueuedMailer
 from mq_transaction.sender import Sender
 from mq_transaction.settings import parse_settings
 from mq_transaction.states import MessageState
 
 
 @pytest.fixture
-def queue(tmp_path):
-    return MessageQueue(tmp_path / "queue")
+def queue(queue_backend):
+    return queue_backend.queue
 
 
 def raw_sink(request, extensions: tuple[str, ...]) -> tuple[ScriptedSMTP, int]:
@@ -40,7 +42,7 @@ def deliver(queue, port, message, **envelope):
     """Queue ``message`` in a committed transaction, run the sender once; return the run and the queue id."""
     with transaction.manager:
         queue_id = QueuedMailer(queue).send(message, **envelope)
-    settings = parse_settings({"mq.queue_dir": queue.path, "mq.smtp_host": "127.0.0.1", "mq.smtp_port": str(port)})
+    settings = parse_settings({**queue_settings(queue), "mq.smtp_host": "127.0.0.1", "mq.smtp_port": str(port)})
     return Sender(settings).run(), queue_id
 
 
