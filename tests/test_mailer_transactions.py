@@ -1,22 +1,30 @@
 """QueuedMailer and its data manager under a real ``transaction`` manager: a message
-reaches ``new/`` if and only if its transaction commits."""
+reaches ``new/`` if and only if its transaction commits.
+
+Every test that takes ``mail_queue`` or ``queue_files`` runs on both queues (``queue_backend``):
+the directory queue, and the database queue in its own-connection mode (the data manager
+stages a row and publishes it at the commit). ``queue_files("tmp")`` names the staged
+messages (files in ``tmp/``, rows still ``staged``), ``queue_files("new")`` the published
+ones.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 import transaction
+from queue_backends import staged
 from transaction.interfaces import DoomedTransaction
 
 from mq_transaction import (
     InvalidAddressError,
-    MessageQueue,
     NoTransactionError,
     QueuedMailer,
 )
 from mq_transaction.datamanager import MailDataManager
-from mq_transaction.queuefile import decode
+from mq_transaction.states import MessageState
 
 MESSAGE = (
     b"From: App <app@example.com>\r\n"
@@ -34,9 +42,27 @@ def message_to(name: str) -> bytes:
     return MESSAGE.replace(b"bob@example.com", name.encode() + b"@example.com")
 
 
-def stored_recipients(mail_queue: MessageQueue, directory: str, queue_id: str) -> list[str]:
-    with open(f"{mail_queue.path}/{directory}/{queue_id}", "rb") as handle:
-        envelope, _message = decode(handle.read())
+@pytest.fixture
+def mail_queue(queue_backend):
+    """The mailer's queue: the directory queue, then the database queue."""
+    return queue_backend.queue
+
+
+@pytest.fixture
+def queue_files(mail_queue):
+    """``queue_files("tmp")``: sorted ids of the staged messages; ``queue_files("new")``: of the published ones."""
+
+    def listing(place: str) -> list[str]:
+        if place == "tmp":
+            return staged(mail_queue)
+        assert place == "new", place
+        return sorted(entry.queue_id for entry in mail_queue.entries(MessageState.QUEUED))
+
+    return listing
+
+
+def stored_recipients(mail_queue: Any, queue_id: str) -> list[str]:
+    envelope, _message = mail_queue.read(mail_queue.find(queue_id))
     return [r.address for r in envelope.recipients]
 
 
@@ -101,11 +127,10 @@ def test_message_waits_in_tmp_until_the_transaction_commits(queued_mailer, queue
     assert queue_files("new") == [queue_id]
 
 
-def test_committed_file_holds_the_envelope_and_the_exact_message(queued_mailer, mail_queue):
+def test_committed_message_holds_the_envelope_and_the_exact_message(queued_mailer, mail_queue):
     with transaction.manager:
         queue_id = queued_mailer.send(MESSAGE, recipients=["carol@example.com"])
-    with open(f"{mail_queue.path}/new/{queue_id}", "rb") as handle:
-        envelope, message = decode(handle.read())
+    envelope, message = mail_queue.read(mail_queue.find(queue_id))
     assert message == MESSAGE
     assert envelope.sender == "app@example.com"
     assert [r.address for r in envelope.recipients] == ["carol@example.com"]
@@ -170,6 +195,7 @@ def test_invalid_address_raises_before_anything_is_written(queued_mailer, queue_
 
 
 def test_mailer_accepts_a_directory_path_instead_of_a_queue(tmp_path):
+    """Directory only: a path is how a directory queue is named."""
     mailer = QueuedMailer(tmp_path / "by-path", default_sender="app@example.com")
     transaction.abort()
     with transaction.manager:
@@ -409,4 +435,4 @@ def test_explicit_manager_with_block_commits_and_aborts(mail_queue, queue_files)
             raise KeyError("request failed")
     assert queue_files("new") == [kept]
     assert queue_files("tmp") == []
-    assert stored_recipients(mail_queue, "new", kept) == ["kept@example.com"]
+    assert stored_recipients(mail_queue, kept) == ["kept@example.com"]

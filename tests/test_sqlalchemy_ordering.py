@@ -1,19 +1,25 @@
 """Beside zope.sqlalchemy in one transaction: the database commits (inside its vote)
-before the mail is published, so a database failure leaves no mail behind."""
+before the mail is published, so a database failure leaves no mail behind.
+
+The app's database is SQLite; the mail queue is ``queue_backend``'s: every test runs on the
+directory queue and on the database queue in its own-connection mode (its own PostgreSQL
+connection, joined by our data manager beside zope.sqlalchemy's).
+"""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 
 import pytest
 import sqlalchemy as sa
 import transaction
 import zope.sqlalchemy
+from queue_backends import staged
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session
 
-from mq_transaction import MessageQueue, QueuedMailer
+from mq_transaction import QueuedMailer
+from mq_transaction.states import MessageState
 
 MESSAGE = b"From: app@example.com\r\nTo: bob@example.com\r\nSubject: signup\r\n\r\nWelcome.\r\n"
 
@@ -68,12 +74,15 @@ def session(engine, tm):
 
 
 @pytest.fixture
-def mailer(tmp_path, tm):
-    return QueuedMailer(MessageQueue(tmp_path / "queue"), transaction_manager=tm, default_sender="app@example.com")
+def mailer(queue_backend, tm):
+    return QueuedMailer(queue_backend.queue, transaction_manager=tm, default_sender="app@example.com")
 
 
-def listing(mailer, directory: str) -> list[str]:
-    return sorted(os.listdir(os.path.join(mailer.queue.path, directory)))
+def listing(mailer, place: str) -> list[str]:
+    """The staged messages (``tmp``: files in tmp/, staged rows) or the published ones (``new``)."""
+    if place == "tmp":
+        return staged(mailer.queue)
+    return sorted(entry.queue_id for entry in mailer.queue.entries(MessageState.QUEUED))
 
 
 def committed(engine, sql: str) -> list[tuple]:

@@ -1,14 +1,19 @@
-"""One QueuedMailer shared by many threads, each with its own transactions."""
+"""One QueuedMailer shared by many threads, each with its own transactions.
+
+Every test runs on both queues (``queue_backend``): the directory queue (fsync off: the
+threads, not the disk, are under test) and the database queue (own-connection mode).
+"""
 
 from __future__ import annotations
 
-import os
 import threading
 
 import pytest
 import transaction
+from queue_backends import QueueBackend, staged
 
-from mq_transaction import MessageQueue, QueuedMailer
+from mq_transaction import QueuedMailer
+from mq_transaction.states import MessageState
 
 MESSAGE = b"From: app@example.com\r\nTo: bob@example.com\r\nSubject: threads\r\n\r\nHello from a thread.\r\n"
 THREADS = 8
@@ -38,9 +43,17 @@ def run_threads(work) -> list[BaseException]:
     return errors
 
 
+def open_queue(backend: QueueBackend):
+    return backend.queue if backend.is_database else backend.open(fsync=False)
+
+
+def published(queue) -> list[str]:
+    return sorted(entry.queue_id for entry in queue.entries(MessageState.QUEUED))
+
+
 @pytest.mark.slow
-def test_eight_threads_of_250_transactions_give_exactly_2000_files_in_new_and_none_in_tmp(tmp_path):
-    queue = MessageQueue(tmp_path / "queue", fsync=False)
+def test_eight_threads_of_250_transactions_publish_exactly_2000_messages_and_leave_none_staged(queue_backend):
+    queue = open_queue(queue_backend)
     mailer = QueuedMailer(queue, default_sender="app@example.com")
     ids: list[str] = []
 
@@ -50,15 +63,14 @@ def test_eight_threads_of_250_transactions_give_exactly_2000_files_in_new_and_no
                 ids.append(mailer.send(MESSAGE))
 
     assert run_threads(work) == []
-    published = os.listdir(os.path.join(queue.path, "new"))
-    assert len(published) == THREADS * TRANSACTIONS == 2000
-    assert sorted(published) == sorted(ids)
-    assert os.listdir(os.path.join(queue.path, "tmp")) == []
+    assert len(published(queue)) == THREADS * TRANSACTIONS == 2000
+    assert published(queue) == sorted(ids)
+    assert staged(queue) == []
 
 
 @pytest.mark.slow
-def test_threads_that_abort_half_their_transactions_publish_exactly_the_other_half(tmp_path):
-    queue = MessageQueue(tmp_path / "queue", fsync=False)
+def test_threads_that_abort_half_their_transactions_publish_exactly_the_other_half(queue_backend):
+    queue = open_queue(queue_backend)
     mailer = QueuedMailer(queue, default_sender="app@example.com")
     committed: list[str] = []
 
@@ -74,14 +86,14 @@ def test_threads_that_abort_half_their_transactions_publish_exactly_the_other_ha
                 committed.extend((first, second))
 
     assert run_threads(work) == []
-    assert sorted(os.listdir(os.path.join(queue.path, "new"))) == sorted(committed)
+    assert published(queue) == sorted(committed)
     assert len(committed) == THREADS * 60
-    assert os.listdir(os.path.join(queue.path, "tmp")) == []
+    assert staged(queue) == []
 
 
 @pytest.mark.slow
-def test_threads_each_with_an_explicit_manager_publish_every_committed_message(tmp_path):
-    queue = MessageQueue(tmp_path / "queue", fsync=False)
+def test_threads_each_with_an_explicit_manager_publish_every_committed_message(queue_backend):
+    queue = open_queue(queue_backend)
     committed: list[str] = []
 
     def work(number: int) -> None:
@@ -92,5 +104,5 @@ def test_threads_each_with_an_explicit_manager_publish_every_committed_message(t
                 committed.append(mailer.send(MESSAGE))
 
     assert run_threads(work) == []
-    assert sorted(os.listdir(os.path.join(queue.path, "new"))) == sorted(committed)
+    assert published(queue) == sorted(committed)
     assert len(committed) == THREADS * 50
