@@ -39,6 +39,13 @@ from mq_transaction.settings import Settings, parse_settings
 BACKENDS = ("directory", "database")
 
 
+#: Put on a test whose database variant takes seconds: ``make test-fast`` then runs only its
+#: directory variant (``make test`` runs both).
+slow_on_database = pytest.mark.parametrize(
+    "queue_backend", ["directory", pytest.param("database", marks=pytest.mark.slow)], indirect=True
+)
+
+
 def queue_settings(queue: Any) -> dict[str, str]:
     """The ini setting naming ``queue``, a directory or a database queue object."""
     url = getattr(queue, "url", None)

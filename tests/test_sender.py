@@ -15,7 +15,7 @@ import pytest
 import transaction
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
-from queue_backends import queue_settings
+from queue_backends import queue_settings, slow_on_database
 from smtp_sinks import PASSWORD, USERNAME, RecordingHandler, free_port
 
 from mq_transaction import QueuedMailer
@@ -568,6 +568,7 @@ def limited_sink():
     controller.stop()
 
 
+@slow_on_database
 def test_default_settings_open_more_sessions_only_for_a_backlog(queue, smtp_sink):
     queue_messages(queue, 1)
     assert Sender(make_settings(queue, smtp_sink.port)).run().connections == 1
@@ -578,6 +579,7 @@ def test_default_settings_open_more_sessions_only_for_a_backlog(queue, smtp_sink
     assert len(set(smtp_sink.handler.message_ids())) == 201 == len(smtp_sink.received)
 
 
+@slow_on_database
 def test_421_too_many_connections_means_fewer_sessions_not_deferred_mail(queue, limited_sink, caplog):
     handler, port = limited_sink
     queue_messages(queue, 200)
@@ -600,6 +602,7 @@ def test_parallel_sessions_still_stop_at_a_server_level_failure(queue):
     assert states(queue) == {MessageState.QUEUED: 100}
 
 
+@slow_on_database
 def test_attempt_records_stay_bounded(queue, smtp_sink):
     to = tuple(f"user{n}@example.org" for n in range(250))
     (queue_id,) = queue_messages(queue, 1, to=to)
