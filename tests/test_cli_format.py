@@ -22,8 +22,9 @@ from mq_transaction.states import MessageState
 
 
 @pytest.fixture
-def built(tmp_path, smtp_sink):
-    made = build_queue(tmp_path / "queue", smtp_sink)
+def built(queue_backend, smtp_sink):
+    """A queue holding every state: the directory queue, then the database queue."""
+    made = build_queue(queue_backend, smtp_sink)
     yield made
     made.claim.release()
 
