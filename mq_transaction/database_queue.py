@@ -120,6 +120,18 @@ def _connect_args(url: sa.URL, **args: Any) -> dict[str, Any]:
     return args
 
 
+#: Every DatabaseQueue of this process, so that a forked child drops the connections it inherited.
+_QUEUES: weakref.WeakSet[DatabaseQueue] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for queue in list(_QUEUES):
+        queue._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _utc(timestamp: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
 
@@ -195,12 +207,14 @@ class DatabaseQueue:
         if claim_timeout <= 0:
             raise ConfigurationError("mq.claim_timeout", f"{claim_timeout!r} must be a positive number of seconds")
         self.claim_timeout = float(claim_timeout)
+        self._host_name = host_name or socket.gethostname()
         #: Who holds this process's claims, as ``mq-queue`` shows it: host, PID, token.
-        self.lease_owner = f"{host_name or socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.lease_owner = f"{self._host_name}:{os.getpid()}:{secrets.token_hex(3)}"
         self._schema_checked = False
         self._checked_engines: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
         self._keeper: _LeaseKeeper | None = None
         self._keeper_lock = threading.Lock()
+        _QUEUES.add(self)
 
     @property
     def location(self) -> str:
@@ -260,6 +274,20 @@ class DatabaseQueue:
             raise QueueWriteError(f"cannot create the mail queue tables in {self.location}: {_reason(exc)}") from exc
         self._schema_checked = True
         return created
+
+    def _after_fork_in_child(self) -> None:
+        """A forked process (a pre-fork web server's worker) starts with no connection.
+
+        The pooled connections it inherited are the parent's: using one from two
+        processes mixes their conversations with the server, so they are dropped
+        unclosed (the parent keeps using them). The child claims under an owner of its own
+        and renews no lease of the parent's.
+        """
+        for engine in {id(self.engine): self.engine, id(self._claims): self._claims}.values():
+            engine.dispose(close=False)
+        self.lease_owner = f"{self._host_name}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._keeper = None
+        self._keeper_lock = threading.Lock()
 
     def dispose(self) -> None:
         """Stop renewing leases and close the pooled connections."""
