@@ -151,11 +151,11 @@ class QueueBackend:
         raise AssertionError(f"no file of {queue_id} under {self.location}")
 
     def close(self) -> None:
-        """Dispose of every database queue object opened here."""
+        """Free what every queue object opened here holds (descriptors, connections)."""
         for queue in self._opened:
-            dispose = getattr(queue, "dispose", None)
-            if dispose is not None:
-                dispose()
+            free = getattr(queue, "dispose", None) or getattr(queue, "close", None)
+            if free is not None:
+                free()
         self._opened.clear()
 
 
