@@ -2,6 +2,9 @@
 
 Several renames are not atomic together: the queue writes a commit record before them and
 ``cleanup()`` (every ``mq-send`` run, every minute in the daemon) finishes them.
+
+Directory queue only: the database queue publishes a transaction's messages in one
+``UPDATE``, which commits whole or not at all.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 While a message is sent, a failure raises ``QueueWriteError`` and leaves nothing in
 ``tmp/`` or ``new/``. In ``tpc_finish`` (the transaction is already decided) a failure
 never raises: it is logged at CRITICAL with the file names, for recovery.
+
+Directory queue only: the faults are the file system's (write, fsync, rename); the
+database queue's own failure, a lost connection, is tested in test_database_outages.py.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ for several recipients, so a disk that fills up during the SMTP session cannot s
 a disk already full when the message is claimed leaves the message untouched. The tests
 fill a real tmpfs when this process may mount one (root), and otherwise inject ENOSPC
 at the calls that allocate space.
+
+Directory queue only: a full disk is the file system's (the database queue's storage
+is the database server's business).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Each is kept for a measured reason written beside it: the inotify binding
 (``watcher.py``) against the kernel's own events, the envelope JSON writer
 (``queuefile.py``) against ``json.dumps``, and the address fast path (``addresses.py``)
 against the ``email.utils`` path it short-cuts.
+
+Queue-independent, except the inotify binding, which only the directory queue uses.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""The metrics file: Prometheus text format, counters that add up across runs and stay exact."""
+"""The metrics file: Prometheus text format, counters that add up across runs and stay exact.
+
+Queue-independent: the counters. The gauges read from the queue are checked on both
+queues by test_daemon.py's metrics test.
+"""
 
 import logging
 

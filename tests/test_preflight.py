@@ -2,6 +2,9 @@
 
 Permissions are tested for real: the tests run as root, so the command under test runs as
 the user ``nobody`` (``setpriv``), on directories made in a place that user can reach.
+
+Directory queue only: modes and owners of the queue's directories (a database
+queue's permissions are the database's, checked by ``check_writable``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The queue on disk: the file format, the directory layout, modes and clean-up."""
+"""The queue on disk: the file format, the directory layout, modes and clean-up.
+
+Directory queue only: its files and directories.
+"""
 
 from __future__ import annotations
 

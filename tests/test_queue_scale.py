@@ -1,6 +1,9 @@
 """A queue of 100,000 messages: ``mq-queue status`` reads a bounded number of them.
 
 (``bench/queue_scale.py`` measures status, list and the daemon on 100,000 messages.)
+
+Directory queue only: how many files are read (the database queue's listing is one
+indexed query).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ able to make the sender (or root) write, move, delete or truncate files it could
 touch itself: the queue opens its root and state directories once, without following
 links, and works by name inside those open directories. A directory swapped for a link
 after that is never followed, and every operation says which directory and what is wrong.
+
+Directory queue only: links and owners of directories.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 With 100,000 deferred messages, a ``stat`` of each at every daemon wake-up costs most of a
 second per commit; one ``stat`` of the directory tells whether anything moved.
+
+Directory queue only: the database queue keeps the due time in an indexed column.
 """
 
 from __future__ import annotations

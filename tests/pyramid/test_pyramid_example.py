@@ -1,4 +1,7 @@
-"""The example sign-up app (examples/signup_app) behaves as ``make demo`` tells it."""
+"""The example sign-up app (examples/signup_app) behaves as ``make demo`` tells it.
+
+Directory queue only: the example app as ``make demo`` runs it, on a queue directory.
+"""
 
 from __future__ import annotations
 

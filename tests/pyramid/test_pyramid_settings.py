@@ -1,4 +1,8 @@
-"""``config.include('mq_pyramid')`` checks every ``mq.*`` setting at configuration time."""
+"""``config.include('mq_pyramid')`` checks every ``mq.*`` setting at configuration time.
+
+Directory queue only: ``mq.queue_dir``'s checks (``mq.queue_url``'s are in
+test_pyramid_database_queue.py and test_database_settings.py).
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,9 @@
 
 The starter's ``tests/conftest.py`` runs each test's requests in one transaction that is
 begun, doomed and aborted: mail sent by views joins it and is never committed.
+
+Directory queue only: the starter app with a queue directory; the starter with the
+database queue in its own database is test_pyramid_database_queue.py.
 """
 
 from __future__ import annotations
