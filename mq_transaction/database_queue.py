@@ -283,7 +283,8 @@ class DatabaseQueue:
         unclosed (the parent keeps using them). The child claims under an owner of its own
         and renews no lease of the parent's.
         """
-        for engine in {id(self.engine): self.engine, id(self._claims): self._claims}.values():
+        engines = {id(engine): engine for engine in (self.engine, self._autocommit, self._claims)}
+        for engine in engines.values():
             engine.dispose(close=False)
         self.lease_owner = f"{self._host_name}:{os.getpid()}:{secrets.token_hex(3)}"
         self._keeper = None
