@@ -67,6 +67,9 @@ NOTIFY_CHANNEL = "mq_transaction_queued"
 #: ``lease_owner`` of a message moved in from a queue directory and not published yet
 #: (``staged``), followed by the state it will have (``mq-queue import-dir``).
 IMPORT_OWNER = "import-dir:"
+#: how long a message stays half moved by a running ``import-dir`` (milliseconds, in
+#: fact) before clean-up calls the move interrupted and warns about it
+INTERRUPTED_IMPORT_AGE = 600.0
 
 #: Seconds one connection attempt may take (libpq's ``connect_timeout``) unless the URL
 #: sets its own (``?connect_timeout=N``): a database host that accepts and never answers
@@ -445,7 +448,28 @@ class DatabaseQueue:
             )
         for queue_id in removed:
             log.info("removed staged queue id %s (older than %.0fs; its transaction never ended)", queue_id, max_age)
+        self._warn_of_interrupted_imports(now)
         return removed
+
+    def _warn_of_interrupted_imports(self, now: float) -> None:
+        """Say, at every clean-up, that messages wait for an interrupted ``import-dir`` to be
+        run again: nothing else ever makes them visible, and no sender sees them until then."""
+        with self._transaction("looking for interrupted moves", self._autocommit) as connection:
+            waiting = connection.execute(
+                sa.select(sa.func.count(), sa.func.min(messages.c.queue_id)).where(
+                    messages.c.state == STAGED,
+                    messages.c.lease_owner.startswith(IMPORT_OWNER, autoescape=True),
+                    messages.c.state_since < _utc(now - INTERRUPTED_IMPORT_AGE),
+                )
+            ).one()
+        if waiting[0]:
+            log.warning(
+                "%d message(s) (the first queue id %s) were half moved in by an `mq-queue import-dir` that did "
+                "not finish; no sender sees them until it is run again on the same directory, which finishes "
+                "the move without a second copy",
+                waiting[0],
+                waiting[1],
+            )
 
     # -- the sender's side -----------------------------------------------------------------
 

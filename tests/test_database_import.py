@@ -18,6 +18,7 @@ import transaction
 from mq_transaction import DatabaseQueue, MessageQueue, QueuedMailer
 from mq_transaction.cli_queue import main as mq_queue
 from mq_transaction.database_import import move_queue
+from mq_transaction.database_queue import INTERRUPTED_IMPORT_AGE
 from mq_transaction.queuefile import Attempt
 from mq_transaction.states import AttemptResult, MessageState, RecipientStatus
 
@@ -208,6 +209,32 @@ def test_a_move_interrupted_after_either_step_is_finished_by_the_next_run_withou
     assert sorted(queue_id for queue_id, _ in table(postgres_url)) == sorted(expected)  # no staged row left
     assert list(directory.entries()) == []
     assert db_queue.pending_imports() == []
+
+
+def test_clean_up_warns_of_a_move_left_unfinished_until_import_dir_runs_again(tmp_path, db_queue, caplog):
+    directory = MessageQueue(tmp_path / "queue")
+    queue_id = queue_one(directory, 1)
+    entry = directory.find(queue_id)
+    claim = directory.lock(entry)
+    assert db_queue.stage_import(queue_id, entry.state, claim.envelope, claim.message)
+    directory.remove(claim, entry.state)  # the crash comes here: the message is only in the database, unseen
+    caplog.set_level("WARNING", logger="mq_transaction.database_queue")
+
+    db_queue.cleanup(max_age=3600)  # a move in progress is not called interrupted
+    assert caplog.records == []
+
+    db_queue.cleanup(max_age=3600, now=time.time() + INTERRUPTED_IMPORT_AGE + 1)
+    (record,) = caplog.records
+    assert record.levelname == "WARNING"
+    assert f"1 message(s) (the first queue id {queue_id})" in record.getMessage()
+    assert "mq-queue import-dir" in record.getMessage()
+    assert db_queue.pending_imports() == [(queue_id, MessageState.QUEUED)]  # warned about, never removed
+
+    caplog.clear()
+    move_queue(MessageQueue(directory.path), db_queue)
+    db_queue.cleanup(max_age=3600, now=time.time() + INTERRUPTED_IMPORT_AGE + 1)
+    assert caplog.records == []
+    assert [entry.queue_id for entry in db_queue.entries()] == [queue_id]
 
 
 @pytest.mark.slow
