@@ -20,7 +20,7 @@ from zope.interface import implementer
 from . import queuefile
 from .errors import MailQueueError, UnknownQueueIdError
 from .interfaces import IMailQueue, IMailWatcher
-from .queue import is_queue_id, new_queue_id
+from .queue_ids import is_queue_id, new_queue_id
 from .queuefile import Envelope
 from .records import Claim, Entry, claim_each
 from .states import STATES, MessageState

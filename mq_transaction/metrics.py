@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .errors import ConfigurationError
 from .interfaces import IMailQueue
-from .queue import queued_time
+from .queue_ids import queued_time
 from .states import STATES, WAITING, MessageState
 
 if TYPE_CHECKING:

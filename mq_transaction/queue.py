@@ -1,26 +1,22 @@
-"""The queue directory: its layout, and every transition of a message between states.
+"""The queue directory: every transition of a message between states.
 
-This is the only module that touches files inside a queue. Each state is a directory,
-each transition one atomic ``rename`` (or ``unlink``) followed by an ``fsync`` of the
+With :mod:`mq_transaction.queue_directory`, which holds the queue's directories open, this
+is the only module that touches files inside a queue. Each state is a directory, each
+transition one atomic ``rename`` (or ``unlink``) followed by an ``fsync`` of the
 directory. See ``docs/queue.md`` for the table this module mirrors name for name.
 
-The queue root and each state directory are opened once, without following symbolic
-links, and every operation on a message file is made by name relative to those open
-directories (``dir_fd``): a directory swapped for a link after the queue was opened is
-never followed. Paths are built only to name things in messages to people.
+Every operation on a message file is made by name relative to the directories
+:class:`~mq_transaction.queue_directory.QueueDirectory` opened (``dir_fd``): a directory
+swapped for a link after the queue was opened is never followed.
 """
 
 from __future__ import annotations
 
-import calendar
-import datetime
 import errno
 import fcntl
 import functools
 import logging
 import os
-import re
-import secrets
 import stat
 import threading
 import time
@@ -36,16 +32,42 @@ from .errors import (
     DaemonAlreadyRunning,
     MailQueueError,
     QueueFullError,
-    QueueNotFoundError,
     QueueUnavailableError,
     QueueWriteError,
     UnknownQueueIdError,
 )
 from .interfaces import IMailQueue
+from .queue_directory import (
+    DIR_NAMES,
+    READ_FLAGS,
+    Place,
+    QueueDirectory,
+    listing,
+    open_locked,
+    read_all,
+    scan,
+    write_over,
+)
+from .queue_ids import QUEUE_ID, is_queue_id, new_queue_id, queued_time
 from .queuefile import Envelope
 from .records import Claim, Entry, claim_each
 from .states import STATE_DIRS, STATES, TMP_DIR, MessageState
 from .watcher import DirectoryWatcher
+
+# The queue ids were made here first: they are still importable from this module.
+__all__ = [
+    "COMMIT_RECORD_END",
+    "COMMIT_RECORD_PREFIX",
+    "DAEMON_LOCK",
+    "INCOMPLETE_RECORD_MAX_AGE",
+    "QUEUE_ID",
+    "RECORD_RESERVE",
+    "FileClaim",
+    "MessageQueue",
+    "is_queue_id",
+    "new_queue_id",
+    "queued_time",
+]
 
 log = logging.getLogger("mq_transaction.queue")
 
@@ -63,55 +85,6 @@ INCOMPLETE_RECORD_MAX_AGE = 600.0
 
 #: The daemon's lock file, in the queue root.
 DAEMON_LOCK = ".daemon.lock"
-
-#: Where a message lies: a state, or ``TMP_DIR`` while its transaction has not committed.
-_Place = MessageState | str
-
-#: The subdirectories of a queue: ``tmp/`` and one per state.
-_DIR_NAMES: tuple[str, ...] = (TMP_DIR, *STATE_DIRS.values())
-
-# Every open in a queue refuses a symbolic link as its last component (O_NOFOLLOW; the
-# components before it are directories this process opened itself). Files are opened
-# non-blocking, so a FIFO slipped in under a message's name cannot hang a reader.
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-#: A queue id: UTC time of queueing to the microsecond, then 10 random hex digits.
-QUEUE_ID = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{10}$")
-
-
-def new_queue_id(now: float | None = None) -> str:
-    """Return a fresh, time-ordered queue id such as ``20261128T151136123456Z-9f3a2b1c0d``."""
-    now = time.time() if now is None else now
-    whole = int(now)
-    micro = int((now - whole) * 1_000_000)
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(whole)) + f"{micro:06d}Z-{secrets.token_hex(5)}"
-
-
-def queued_time(queue_id: str) -> float:
-    """The Unix time a message was queued, read from its queue id."""
-    seconds = calendar.timegm(time.strptime(queue_id[:15], "%Y%m%dT%H%M%S"))
-    return seconds + int(queue_id[15:21]) / 1_000_000
-
-
-def is_queue_id(value: str) -> bool:
-    """True when ``value`` has the form of a queue id (so it cannot name a path) and its
-    time is a real one (``20261399T...`` is a stray file's name, not a message's)."""
-    if not QUEUE_ID.fullmatch(value):
-        return False
-    return _real_day(value[0:8]) and value[9:11] < "24" and value[11:13] < "60" and value[13:15] < "60"
-
-
-@functools.lru_cache(maxsize=4096)
-def _real_day(day: str) -> bool:
-    """True for a real calendar day ``YYYYMMDD``: cached, since a queue's ids share few days
-    (``mq-queue status`` checks every name of a 100,000-message queue)."""
-    try:
-        datetime.date(int(day[0:4]), int(day[4:6]), int(day[6:8]))
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass
@@ -172,7 +145,7 @@ class _RetryTimes:
             if stamp != self._stamp:
                 times = {}
                 strays = []
-                for entry in _scan(dir_fd):
+                for entry in scan(dir_fd):
                     if not is_queue_id(entry.name):
                         strays.append(os.path.join(self.directory, entry.name))
                         continue
@@ -214,125 +187,25 @@ class MessageQueue:
         self.group_access = group_access
         self.dir_mode = 0o770 if group_access else 0o700
         self.file_mode = 0o660 if group_access else 0o600
-        #: Paths of the subdirectories, for messages to people only: no file is reached through them.
-        self._dirs = {name: os.path.join(self.path, name) for name in _DIR_NAMES}
-        self._dir_of: dict[_Place, str] = {state: directory for state, directory in STATE_DIRS.items()}
-        self._dir_of[TMP_DIR] = TMP_DIR
-        #: The open descriptors: the root under "", each subdirectory under its name.
-        self._open: dict[str, int] = {}
-        #: (st_dev, st_ino) of each open subdirectory, to tell whether its name still leads to it.
-        self._identity: dict[str, tuple[int, int]] = {}
-        #: Descriptors of directories replaced while this queue was open: kept open until
-        #: close(), since another thread may still be using one (a closed number gets reused).
-        self._retired: list[int] = []
         self._daemon_lock_fd: int | None = None
-        self._finalizer = weakref.finalize(self, _close_all, self._open, self._retired)
-        self._deferred = _RetryTimes(self._dirs[STATE_DIRS[MessageState.DEFERRED]])
         self._strays_reported: set[str] = set()
-        self._layout_lock = threading.Lock()
         #: The daemon's watchers of new/, moved to a new/ made again (see _reopen_replaced).
         self._watchers: weakref.WeakSet[DirectoryWatcher] = weakref.WeakSet()
-        try:
-            self._open_root(create)
-            for name in _DIR_NAMES:
-                self._open[name] = fd = self._open_subdirectory(name)
-                info = os.fstat(fd)
-                self._identity[name] = (info.st_dev, info.st_ino)
-        except BaseException:
-            self.close()
-            raise
-
-    def _open_root(self, create: bool) -> None:
-        made = False
-        if create:
-            try:
-                os.mkdir(self.path, self.dir_mode)
-                made = True
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise QueueWriteError(f"cannot create queue directory {self.path}: {exc.strerror}") from exc
-        try:
-            self._open[""] = root = os.open(self.path, _DIR_FLAGS)
-        except OSError as exc:
-            link = _link_target(self.path)
-            if link is not None:
-                raise QueueWriteError(
-                    f"queue directory {self.path} is a symbolic link (to {link}): refusing to follow it; "
-                    f"give the real directory ({os.path.realpath(self.path)}) as the queue directory"
-                ) from exc
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR) and not create:
-                raise QueueNotFoundError(f"{self.path} does not exist or is not a directory") from exc
-            if exc.errno == errno.ENOTDIR:
-                raise QueueWriteError(f"queue path {self.path} exists and is not a directory") from exc
-            raise QueueWriteError(f"cannot open queue directory {self.path}: {exc.strerror}") from exc
-        if made:
-            os.fchmod(root, self.dir_mode)  # the umask may have taken bits away
-
-    def _open_subdirectory(self, name: str) -> int:
-        """Open ``name`` in the root (made when missing), refusing a link or a foreign owner.
-
-        In the two-user setup the web app owns the queue root and could replace ``tmp/`` by
-        a link to a directory of the sender's user (or root's), whose old files clean-up
-        would then delete. A state directory must be a real directory owned by the owner of
-        the queue root or by this process's user.
-        """
-        root = self._open[""]
-        directory = self._dirs[name]
-        made = False
-        try:
-            os.mkdir(name, self.dir_mode, dir_fd=root)
-            made = True
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise QueueWriteError(f"cannot create queue directory {directory}: {exc.strerror}") from exc
-        try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=root)
-        except OSError as exc:
-            if exc.errno in (errno.ENOTDIR, errno.ELOOP):
-                raise QueueWriteError(
-                    f"queue directory {directory} {self._what_is(name)}: refusing to use it; "
-                    "replace it by a real directory (see docs/queue.md)"
-                ) from exc
-            raise QueueWriteError(f"cannot open queue directory {directory}: {exc.strerror}") from exc
-        try:
-            info = os.fstat(fd)
-            root_owner = os.fstat(root).st_uid
-            if info.st_uid not in (root_owner, os.geteuid()):
-                raise QueueWriteError(
-                    f"queue directory {directory} belongs to user id {info.st_uid}, not to the owner of "
-                    f"{self.path} (user id {root_owner}) nor to this user (user id {os.geteuid()}): refusing it"
-                )
-            if made:
-                os.fchmod(fd, self.dir_mode)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    def _what_is(self, name: str) -> str:
-        """What stands at ``name`` in the root now, for an error message."""
-        try:
-            info = os.stat(name, dir_fd=self._open[""], follow_symlinks=False)
-        except FileNotFoundError:
-            return "is gone"
-        except (OSError, KeyError) as exc:
-            return f"cannot be examined ({exc})"
-        if stat.S_ISLNK(info.st_mode):
-            try:
-                return f"is a symbolic link (to {os.readlink(name, dir_fd=self._open[''])})"
-            except OSError:
-                return "is a symbolic link"
-        if not stat.S_ISDIR(info.st_mode):
-            return "is not a directory"
-        return "was replaced by another directory"
+        self._dir = QueueDirectory(
+            self.path,
+            create=create,
+            dir_mode=self.dir_mode,
+            file_mode=self.file_mode,
+            group_access=group_access,
+            fsync=fsync,
+        )
+        self._deferred = _RetryTimes(self._dir.state_dir(MessageState.DEFERRED))
 
     def close(self) -> None:
         """Close the queue's directories (and drop the daemon lock). Idempotent; the queue
         cannot be used afterwards. Claims still held keep their own locks."""
         self._daemon_lock_fd = None
-        self._finalizer()
+        self._dir.close()
 
     def __enter__(self) -> MessageQueue:
         return self
@@ -343,158 +216,49 @@ class MessageQueue:
     def __repr__(self) -> str:
         return f"MessageQueue({self.path!r})"
 
-    # -- the open directories (private: no other module reaches into the queue) ----------
+    # -- the layout ------------------------------------------------------------------------
 
-    def _fd(self, place: _Place) -> int:
-        """The open directory of ``place`` (a state, or ``TMP_DIR``)."""
-        try:
-            return self._open[self._dir_of[place]]
-        except KeyError:
-            if not self._open:
-                raise QueueUnavailableError(f"the queue at {self.path} was closed") from None
-            raise
-
-    def _root(self) -> int:
-        try:
-            return self._open[""]
-        except KeyError:
-            raise QueueUnavailableError(f"the queue at {self.path} was closed") from None
-
-    def _state_dir(self, state: MessageState) -> str:
-        return self._dirs[STATE_DIRS[state]]
-
-    def _file(self, place: _Place, queue_id: str) -> str:
-        """The path of a file, to name it to people."""
-        return os.path.join(self._dirs[self._dir_of[place]], queue_id)
-
-    def _sync_dir(self, place: _Place) -> None:
-        if self.fsync:
-            os.fsync(self._fd(place))
-
-    def _rename(self, name: str, source: _Place, target: _Place, new_name: str | None = None) -> None:
-        os.rename(name, new_name or name, src_dir_fd=self._fd(source), dst_dir_fd=self._fd(target))
-
-    def _exists(self, place: _Place, name: str) -> bool:
-        try:
-            os.stat(name, dir_fd=self._fd(place), follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-        return True
-
-    def _unlink_quietly(self, place: _Place, name: str) -> None:
-        try:
-            os.unlink(name, dir_fd=self._fd(place))
-        except FileNotFoundError:
-            pass
-
-    def layout_problems(self, places: Iterable[_Place] | None = None) -> list[str]:
+    def layout_problems(self, places: Iterable[Place] | None = None) -> list[str]:
         """What is wrong with the queue's directories now, one sentence each (none: all well).
 
         Each name (``new``, ``tmp``...) must still lead to the directory this queue opened:
         one replaced by a symbolic link, removed, or swapped for another directory since
         then is reported, and never followed.
         """
-        names = _DIR_NAMES if places is None else [self._dir_of[place] for place in places]
-        return [problem for name in names if (problem := self._replaced(name))]
-
-    def _replaced(self, name: str) -> str:
-        """What became of subdirectory ``name`` since the queue opened it; empty if nothing."""
-        try:
-            info = os.stat(name, dir_fd=self._root(), follow_symlinks=False)
-            if (info.st_dev, info.st_ino) == self._identity[name]:
-                return ""
-        except FileNotFoundError:
-            pass
-        return (
-            f"queue directory {self._dirs[name]} {self._what_is(name)} since this process opened the queue: "
-            "refusing to follow it (nothing is written, moved or removed through it)"
-        )
+        return self._dir.layout_problems(places)
 
     def check_layout(
-        self, places: Iterable[_Place] | None = None, *, error: type[OSError] = QueueUnavailableError
+        self, places: Iterable[Place] | None = None, *, error: type[OSError] = QueueUnavailableError
     ) -> None:
         """Raise ``error`` naming each directory of ``places`` (default: all) whose name no
         longer leads to the directory this queue opened (see :meth:`layout_problems`)."""
-        problems = self.layout_problems(places)
-        if problems:
-            raise error("; ".join(problems) + ". Restore the real directory, then restart this process")
+        self._dir.check_layout(places, error=error)
 
     def _reopen_replaced(self) -> None:
-        """Open again, with the checks of the first open, each directory that was replaced
-        by a real one (an operator recreated it); raise for a link or a foreign owner.
+        """Open again each directory replaced by a real one, and move the watchers of a new
+        ``new/`` onto it (see :meth:`QueueDirectory.reopen_replaced`).
 
         Only for the start of a sender's pass (:meth:`cleanup`, :meth:`due`), when this
         process holds no claim inside a directory that may change.
         """
-        with self._layout_lock:
-            for name in _DIR_NAMES:
-                problem = self._replaced(name)
-                if not problem:
-                    continue
+        self._dir.reopen_replaced(self._follow_reopened)
+
+    def _follow_reopened(self, name: str, fd: int) -> None:
+        if name == STATE_DIRS[MessageState.QUEUED]:
+            for watcher in list(self._watchers):
                 try:
-                    now = os.stat(name, dir_fd=self._root(), follow_symlinks=False)
-                except FileNotFoundError:
-                    now = None  # removed: made again, as at open
-                if now is not None and not stat.S_ISDIR(now.st_mode):
-                    raise QueueUnavailableError(f"{problem}; put the real directory back (see docs/queue.md)")
-                try:
-                    fd = self._open_subdirectory(name)
-                except QueueWriteError as exc:
-                    raise QueueUnavailableError(f"{exc}; it was replaced since this process opened the queue") from exc
-                info = os.fstat(fd)
-                self._retired.append(self._open[name])
-                self._open[name], self._identity[name] = fd, (info.st_dev, info.st_ino)
-                log.warning(
-                    "queue directory %s was replaced by another directory since this process opened the queue; "
-                    "using the new one (files left in the old one are no longer part of the queue)",
-                    self._dirs[name],
-                )
-                if name == STATE_DIRS[MessageState.QUEUED]:
-                    for watcher in list(self._watchers):
-                        try:
-                            watcher.follow(self._dirs[name], fd)
-                        except OSError as exc:
-                            log.error(
-                                "cannot watch %s (%s): new mail waits for the next wake-up", self._dirs[name], exc
-                            )
+                    watcher.follow(self._dir.dirs[name], fd)
+                except OSError as exc:
+                    log.error("cannot watch %s (%s): new mail waits for the next wake-up", self._dir.dirs[name], exc)
 
     def check_writable(self) -> None:
         """Raise :class:`QueueWriteError` unless this process can write every state directory."""
         self.check_layout(error=QueueWriteError)
-        for directory in self._dirs.values():
+        for directory in self._dir.dirs.values():
             if not os.access(directory, os.W_OK | os.X_OK):
                 raise QueueWriteError(f"queue directory {directory} is not writable by this user")
 
     # -- writing: tmp -> new -----------------------------------------------------------
-
-    def _write_new_file(
-        self, place: _Place, name: str, content: bytes, mtime: float | None = None, lock: bool = False
-    ) -> int:
-        """Create ``name`` in ``place`` exclusively, write and fsync ``content``; return the open fd."""
-        try:
-            fd = os.open(name, _CREATE_FLAGS, self.file_mode, dir_fd=self._fd(place))
-        except OSError as exc:
-            raise QueueWriteError(f"cannot create {self._file(place, name)}: {exc.strerror}") from exc
-        try:
-            if lock:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            if self.group_access:
-                os.fchmod(fd, self.file_mode)
-            view = memoryview(content)
-            while view:
-                written = os.write(fd, view)
-                if written <= 0:
-                    raise OSError(errno.EIO, "short write")
-                view = view[written:]
-            if mtime is not None:
-                os.utime(fd, (mtime, mtime))
-            if self.fsync:
-                os.fsync(fd)
-        except OSError as exc:
-            os.close(fd)
-            self._unlink_quietly(place, name)
-            raise QueueWriteError(f"cannot write {self._file(place, name)}: {exc.strerror or exc}") from exc
-        return fd
 
     def stage(self, envelope: Envelope, message: bytes) -> str:
         """Write a message durably into ``tmp/`` and return its new queue id.
@@ -507,7 +271,7 @@ class MessageQueue:
         while True:
             queue_id = new_queue_id(envelope.queued_at)
             try:
-                os.close(self._write_new_file(TMP_DIR, queue_id, content))
+                os.close(self._dir.write_new_file(TMP_DIR, queue_id, content))
                 return queue_id
             except QueueWriteError as exc:
                 if isinstance(exc.__cause__, FileExistsError):
@@ -534,7 +298,7 @@ class MessageQueue:
                     "them without it: a crash during the renames would leave some in %s",
                     len(queue_ids),
                     exc,
-                    self._dirs[TMP_DIR],
+                    self._dir.dirs[TMP_DIR],
                 )
         failures: list[tuple[str, OSError]] | None = None
         try:
@@ -544,8 +308,8 @@ class MessageQueue:
                 name, fd = record
                 # Only a failed rename can have left a message in tmp/ (all of them, if renaming raised).
                 unsure = queue_ids if failures is None else [queue_id for queue_id, _ in failures]
-                if not any(self._exists(TMP_DIR, queue_id) for queue_id in unsure):
-                    self._unlink_quietly(TMP_DIR, name)  # done; a rename that failed is retried by cleanup()
+                if not any(self._dir.exists(TMP_DIR, queue_id) for queue_id in unsure):
+                    self._dir.unlink_quietly(TMP_DIR, name)  # done; a rename that failed is retried by cleanup()
                 os.close(fd)
         return failures
 
@@ -553,13 +317,13 @@ class MessageQueue:
         """Write the ids and an end line to ``tmp/.commit-<first id>``, durably; return its name, locked."""
         name = COMMIT_RECORD_PREFIX + queue_ids[0]
         content = "".join(f"{queue_id}\n" for queue_id in queue_ids) + COMMIT_RECORD_END
-        fd = self._write_new_file(TMP_DIR, name, content.encode("ascii"), lock=True)
+        fd = self._dir.write_new_file(TMP_DIR, name, content.encode("ascii"), lock=True)
         try:
-            self._sync_dir(TMP_DIR)
+            self._dir.sync_dir(TMP_DIR)
         except OSError as exc:
             os.close(fd)
-            self._unlink_quietly(TMP_DIR, name)
-            raise QueueWriteError(f"cannot fsync {self._dirs[TMP_DIR]}: {exc.strerror or exc}") from exc
+            self._dir.unlink_quietly(TMP_DIR, name)
+            raise QueueWriteError(f"cannot fsync {self._dir.dirs[TMP_DIR]}: {exc.strerror or exc}") from exc
         return name, fd
 
     def _finish_interrupted_commits(self, now: float) -> set[str]:
@@ -572,12 +336,12 @@ class MessageQueue:
         Returns the ids named by the records of live committers (not to be cleaned up).
         """
         in_use: set[str] = set()
-        tmp = self._fd(TMP_DIR)
-        records = [entry.name for entry in _scan(tmp, dotfiles=True) if entry.name.startswith(COMMIT_RECORD_PREFIX)]
+        tmp = self._dir.fd(TMP_DIR)
+        records = [entry.name for entry in scan(tmp, dotfiles=True) if entry.name.startswith(COMMIT_RECORD_PREFIX)]
         for name in records:
-            path = self._file(TMP_DIR, name)
+            path = self._dir.file(TMP_DIR, name)
             try:
-                fd = _open_locked(name, tmp)
+                fd = open_locked(name, tmp)
             except OSError as exc:
                 log.error("commit record %s: cannot open it: %s", path, exc.strerror)
                 continue
@@ -585,7 +349,7 @@ class MessageQueue:
                 in_use.update(_read_ids(name, tmp))
                 continue
             try:
-                lines = _read_all(fd).decode("ascii", "replace").split("\n")
+                lines = read_all(fd).decode("ascii", "replace").split("\n")
                 if lines[-1] != COMMIT_RECORD_END:
                     if now - os.fstat(fd).st_mtime > INCOMPLETE_RECORD_MAX_AGE:
                         os.unlink(name, dir_fd=tmp)  # its process died before its transaction's commit was recorded
@@ -595,11 +359,11 @@ class MessageQueue:
                     if not is_queue_id(queue_id):
                         continue
                     try:
-                        self._rename(queue_id, TMP_DIR, MessageState.QUEUED)
+                        self._dir.rename(queue_id, TMP_DIR, MessageState.QUEUED)
                     except FileNotFoundError:
                         continue  # published before the process died
                     finished.append(queue_id)
-                self._sync_dir(MessageState.QUEUED)
+                self._dir.sync_dir(MessageState.QUEUED)
                 os.unlink(name, dir_fd=tmp)
                 if finished:
                     log.warning(
@@ -619,14 +383,14 @@ class MessageQueue:
     def _rename_into_new(self, queue_ids: list[str]) -> list[tuple[str, OSError]]:
         """Rename from ``tmp/`` into ``new/``, then fsync ``new/``; return the failures."""
         failures: list[tuple[str, OSError]] = []
-        tmp, new = self._fd(TMP_DIR), self._fd(MessageState.QUEUED)
+        tmp, new = self._dir.fd(TMP_DIR), self._dir.fd(MessageState.QUEUED)
         for queue_id in queue_ids:
             try:
                 os.rename(queue_id, queue_id, src_dir_fd=tmp, dst_dir_fd=new)
             except OSError as exc:
                 failures.append((queue_id, exc))
         try:
-            self._sync_dir(MessageState.QUEUED)
+            self._dir.sync_dir(MessageState.QUEUED)
         except OSError as exc:
             failures.extend((queue_id, exc) for queue_id in queue_ids)
         return failures
@@ -648,24 +412,24 @@ class MessageQueue:
         except OSError as unusable:
             layout = str(unusable)
         problems = []
-        new_dir = self._state_dir(MessageState.QUEUED)
+        new_dir = self._dir.state_dir(MessageState.QUEUED)
         record = COMMIT_RECORD_PREFIX + queue_ids[0]
         for queue_id, exc in failures:
-            staged = self._file(TMP_DIR, queue_id)
+            staged = self._dir.file(TMP_DIR, queue_id)
             if layout:
                 problem = f"could not be published: {exc}: {layout}; look for the message as {staged}"
-            elif self._exists_quietly(TMP_DIR, queue_id) and self._exists_quietly(TMP_DIR, record):
+            elif self._dir.exists_quietly(TMP_DIR, queue_id) and self._dir.exists_quietly(TMP_DIR, record):
                 problem = (
                     f"could not be published: {exc}; the message is still in {staged}, and the commit "
-                    f"record {self._file(TMP_DIR, record)} names it: the next mq-send run retries the rename"
+                    f"record {self._dir.file(TMP_DIR, record)} names it: the next mq-send run retries the rename"
                 )
-            elif self._exists_quietly(TMP_DIR, queue_id):
+            elif self._dir.exists_quietly(TMP_DIR, queue_id):
                 problem = (
                     f"could not be published: {exc}; the message is still in {staged}: "
                     f"move it into {new_dir}/ by hand to send it"
                 )
             else:  # renamed, but the fsync of new/ failed: a crash now may lose it
-                published = self._file(MessageState.QUEUED, queue_id)
+                published = self._dir.file(MessageState.QUEUED, queue_id)
                 problem = (
                     f"was published as {published}, but the fsync of {new_dir} failed: {exc}; "
                     "the message may be lost if the system crashes before it is sent"
@@ -673,16 +437,10 @@ class MessageQueue:
             problems.append((queue_id, problem))
         return problems
 
-    def _exists_quietly(self, place: _Place, name: str) -> bool:
-        try:
-            return self._exists(place, name)
-        except OSError:
-            return False
-
     def discard(self, queue_ids: list[str]) -> None:
         """Remove uncommitted messages from ``tmp/`` (the abort); missing files are fine."""
         for queue_id in queue_ids:
-            self._unlink_quietly(TMP_DIR, queue_id)
+            self._dir.unlink_quietly(TMP_DIR, queue_id)
 
     def enqueue(self, envelope: Envelope, message: bytes) -> str:
         """Write a message and publish it at once (no transaction); return its queue id."""
@@ -690,7 +448,7 @@ class MessageQueue:
         for _queue_id, exc in self._publish([queue_id]):
             # Not durably queued: withdraw it, so that a caller who retries sends it once.
             self.discard([queue_id])
-            self._unlink_quietly(MessageState.QUEUED, queue_id)
+            self._dir.unlink_quietly(MessageState.QUEUED, queue_id)
             raise QueueWriteError(f"cannot publish queue id {queue_id}: {exc.strerror or exc}") from exc
         return queue_id
 
@@ -707,10 +465,10 @@ class MessageQueue:
         self._reopen_replaced()
         being_published = self._finish_interrupted_commits(now)
         removed = []
-        for name in _DIR_NAMES:
+        for name in DIR_NAMES:
             in_tmp = name == TMP_DIR
-            dir_fd = self._open[name]
-            for entry in _scan(dir_fd, dotfiles=True):
+            dir_fd = self._dir.fd_named(name)
+            for entry in scan(dir_fd, dotfiles=True):
                 if not in_tmp and not (entry.name.startswith(".") and entry.name.endswith(".rewrite")):
                     continue
                 if in_tmp and (entry.name.startswith(COMMIT_RECORD_PREFIX) or entry.name in being_published):
@@ -721,7 +479,7 @@ class MessageQueue:
                         removed.append(entry.name)
                         log.info(
                             "removed stale file %s (older than %.0fs)",
-                            os.path.join(self._dirs[name], entry.name),
+                            os.path.join(self._dir.dirs[name], entry.name),
                             max_age,
                         )
                 except FileNotFoundError:
@@ -737,17 +495,19 @@ class MessageQueue:
         process, so an unlocked file in ``sending/`` is an orphan.
         """
         recovered = []
-        sending = self._fd(MessageState.SENDING)
-        for name in [entry.name for entry in _scan(sending)]:
+        sending = self._dir.fd(MessageState.SENDING)
+        for name in [entry.name for entry in scan(sending)]:
             try:
-                fd = _open_locked(name, sending)
+                fd = open_locked(name, sending)
             except OSError as exc:
-                log.error("queue id %s: cannot open %s: %s", name, self._file(MessageState.SENDING, name), exc.strerror)
+                log.error(
+                    "queue id %s: cannot open %s: %s", name, self._dir.file(MessageState.SENDING, name), exc.strerror
+                )
                 continue
             if fd is None:
                 continue
             try:
-                self._rename(name, MessageState.SENDING, MessageState.QUEUED)
+                self._dir.rename(name, MessageState.SENDING, MessageState.QUEUED)
                 recovered.append(name)
                 log.warning("queue id %s: its sender died mid-delivery; back in the queue", name)
             except FileNotFoundError:
@@ -755,8 +515,8 @@ class MessageQueue:
             finally:
                 os.close(fd)
         if recovered:
-            self._sync_dir(MessageState.QUEUED)
-            self._sync_dir(MessageState.SENDING)
+            self._dir.sync_dir(MessageState.QUEUED)
+            self._dir.sync_dir(MessageState.SENDING)
         return recovered
 
     def due(self, now: float | None = None, flush: bool = False) -> list[str]:
@@ -769,12 +529,12 @@ class MessageQueue:
         now = time.time() if now is None else now
         self._reopen_replaced()
         ids = []
-        for entry in _scan(self._fd(MessageState.QUEUED)):
+        for entry in scan(self._dir.fd(MessageState.QUEUED)):
             if is_queue_id(entry.name):
                 ids.append(entry.name)
             else:
-                self._report_stray(self._file(MessageState.QUEUED, entry.name))
-        retry_times = self._deferred.retry_times(self._fd(MessageState.DEFERRED))
+                self._report_stray(self._dir.file(MessageState.QUEUED, entry.name))
+        retry_times = self._deferred.retry_times(self._dir.fd(MessageState.DEFERRED))
         ids.extend(queue_id for queue_id, at in retry_times.items() if flush or at <= now)
         for path in self._deferred.strays:
             self._report_stray(path)
@@ -789,7 +549,7 @@ class MessageQueue:
 
     def next_retry_time(self) -> float | None:
         """The earliest retry time among deferred messages, or None when there are none."""
-        return min(self._deferred.retry_times(self._fd(MessageState.DEFERRED)).values(), default=None)
+        return min(self._deferred.retry_times(self._dir.fd(MessageState.DEFERRED)).values(), default=None)
 
     #: A claim is a local rename: one at a time, none held ahead (``IMailQueue.claim_batch_size``).
     claim_batch_size = 1
@@ -807,21 +567,21 @@ class MessageQueue:
         """
         for state in (MessageState.QUEUED, MessageState.DEFERRED):
             try:
-                fd = _open_locked(queue_id, self._fd(state))
+                fd = open_locked(queue_id, self._dir.fd(state))
             except OSError as exc:  # EMFILE, EACCES...: a fault of this process or host, not of the message
                 raise QueueUnavailableError(
-                    f"queue id {queue_id}: cannot open {self._file(state, queue_id)}: {exc.strerror}; "
+                    f"queue id {queue_id}: cannot open {self._dir.file(state, queue_id)}: {exc.strerror}; "
                     "it stays where it is"
                 ) from exc
             if fd is None:
                 continue
             try:
-                self._rename(queue_id, state, MessageState.SENDING)
+                self._dir.rename(queue_id, state, MessageState.SENDING)
             except FileNotFoundError:
                 os.close(fd)  # another sender moved it between our open and rename
                 continue
             try:
-                envelope, message = queuefile.decode(_read_all(fd))
+                envelope, message = queuefile.decode(read_all(fd))
             except CorruptMessageError as exc:
                 os.close(fd)
                 self._move(queue_id, MessageState.SENDING, MessageState.CORRUPT)
@@ -837,14 +597,14 @@ class MessageQueue:
                     needed = os.fstat(fd).st_size + RECORD_RESERVE + 256 * len(envelope.recipients)
                     claim._reserved = self._reserve_record_space(queue_id, needed)
                     claim._drop_reserved = functools.partial(
-                        self._unlink_quietly, MessageState.SENDING, _scratch_name(queue_id)
+                        self._dir.unlink_quietly, MessageState.SENDING, _scratch_name(queue_id)
                     )
                 except OSError as exc:
                     self._give_back(queue_id, state, fd)
                     raise QueueFullError(
                         f"queue id {queue_id} (Message-ID {envelope.message_id}): not sent now: no room to "
                         f"record the outcome of a delivery to several recipients ({exc.strerror or exc} in "
-                        f"{self._state_dir(MessageState.SENDING)}); it stays queued, untouched"
+                        f"{self._dir.state_dir(MessageState.SENDING)}); it stays queued, untouched"
                     ) from exc
             return claim
         return None
@@ -852,7 +612,7 @@ class MessageQueue:
     def _give_back(self, queue_id: str, state: MessageState, fd: int) -> None:
         """Undo a claim before anything was tried: back to ``state``, unlocked."""
         try:
-            self._rename(queue_id, MessageState.SENDING, state)
+            self._dir.rename(queue_id, MessageState.SENDING, state)
         finally:
             os.close(fd)  # if the rename failed, the next run recovers it from sending/
 
@@ -866,8 +626,8 @@ class MessageQueue:
         :meth:`_rewrite` writes into them. Returns the scratch file's locked descriptor.
         """
         scratch = _scratch_name(queue_id)
-        sending = self._fd(MessageState.SENDING)
-        self._unlink_quietly(MessageState.SENDING, scratch)
+        sending = self._dir.fd(MessageState.SENDING)
+        self._dir.unlink_quietly(MessageState.SENDING, scratch)
         fd = os.open(
             scratch, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, self.file_mode, dir_fd=sending
         )
@@ -876,7 +636,7 @@ class MessageQueue:
             os.posix_fallocate(fd, 0, needed)
         except OSError:
             os.close(fd)
-            self._unlink_quietly(MessageState.SENDING, scratch)
+            self._dir.unlink_quietly(MessageState.SENDING, scratch)
             raise
         return fd
 
@@ -893,28 +653,28 @@ class MessageQueue:
             fd, file_claim._reserved = file_claim._reserved, None
             file_claim._fds.append(fd)
             try:
-                _write_over(fd, content)
+                write_over(fd, content)
                 if mtime is not None:
                     os.utime(fd, (mtime, mtime))
                 if self.fsync:
                     os.fsync(fd)
             except OSError as exc:
-                raise QueueWriteError(f"cannot write {self._file(state, scratch)}: {exc.strerror or exc}") from exc
+                raise QueueWriteError(f"cannot write {self._dir.file(state, scratch)}: {exc.strerror or exc}") from exc
         else:
-            self._unlink_quietly(state, scratch)
-            fd = self._write_new_file(state, scratch, content, mtime, lock=True)
+            self._dir.unlink_quietly(state, scratch)
+            fd = self._dir.write_new_file(state, scratch, content, mtime, lock=True)
             file_claim._fds.append(fd)
-        self._rename(scratch, state, state, claim.queue_id)
+        self._dir.rename(scratch, state, state, claim.queue_id)
 
     def _move(self, queue_id: str, source: MessageState, target: MessageState) -> None:
-        self._rename(queue_id, source, target)
-        self._sync_dir(target)
-        self._sync_dir(source)
+        self._dir.rename(queue_id, source, target)
+        self._dir.sync_dir(target)
+        self._dir.sync_dir(source)
 
     def finish_delivered(self, claim: Claim) -> None:
         """The message reached every recipient: remove it, durably, at once."""
-        os.unlink(claim.queue_id, dir_fd=self._fd(MessageState.SENDING))
-        self._sync_dir(MessageState.SENDING)
+        os.unlink(claim.queue_id, dir_fd=self._dir.fd(MessageState.SENDING))
+        self._dir.sync_dir(MessageState.SENDING)
         claim.release()
 
     def finish_deferred(self, claim: Claim, next_attempt: float) -> None:
@@ -955,7 +715,7 @@ class MessageQueue:
         self.check_layout(states)
         for name in states:
             found = []
-            for entry in _scan(self._fd(name)):
+            for entry in scan(self._dir.fd(name)):
                 if not is_queue_id(entry.name):
                     continue
                 try:
@@ -973,7 +733,7 @@ class MessageQueue:
         """
         found = []
         for name in [MessageState(state)] if state else STATES:
-            for entry in _listing(self._fd(name)):
+            for entry in listing(self._dir.fd(name)):
                 if entry.name.startswith("."):
                     continue
                 try:
@@ -981,7 +741,7 @@ class MessageQueue:
                 except OSError:
                     regular = False
                 if not (regular and is_queue_id(entry.name)):
-                    found.append(self._file(name, entry.name))
+                    found.append(self._dir.file(name, entry.name))
         return sorted(found)
 
     def find(self, queue_id: str) -> Entry:
@@ -993,7 +753,7 @@ class MessageQueue:
         self.check_layout(STATES)
         for state in STATES:
             try:
-                info = os.stat(queue_id, dir_fd=self._fd(state), follow_symlinks=False)
+                info = os.stat(queue_id, dir_fd=self._dir.fd(state), follow_symlinks=False)
             except FileNotFoundError:
                 continue
             if stat.S_ISREG(info.st_mode):
@@ -1001,13 +761,7 @@ class MessageQueue:
         raise UnknownQueueIdError(f"queue id {queue_id} is not in the queue at {self.path}")
 
     def _read_file(self, entry: Entry) -> bytes:
-        fd = os.open(entry.queue_id, _READ_FLAGS, dir_fd=self._fd(entry.state))
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(errno.EINVAL, f"{self._file(entry.state, entry.queue_id)} is not a regular file")
-            return _read_all(fd)
-        finally:
-            os.close(fd)
+        return self._dir.read_regular(entry.state, entry.queue_id)
 
     def read(self, entry: Entry) -> tuple[Envelope, bytes]:
         """Return the envelope and message of a listed entry (raises ``CorruptMessageError``)."""
@@ -1021,13 +775,13 @@ class MessageQueue:
         """Lock a message where it lies (for the operator tool); None when a sender holds it."""
         self.check_layout([entry.state])
         try:
-            fd = _open_locked(entry.queue_id, self._fd(entry.state))
+            fd = open_locked(entry.queue_id, self._dir.fd(entry.state))
         except OSError as exc:
             raise QueueWriteError(f"queue id {entry.queue_id}: cannot open it: {exc.strerror}") from exc
         if fd is None:
             return None
         try:
-            envelope, message = queuefile.decode(_read_all(fd)) if entry.state != MessageState.CORRUPT else (None, b"")
+            envelope, message = queuefile.decode(read_all(fd)) if entry.state != MessageState.CORRUPT else (None, b"")
         except CorruptMessageError:
             envelope, message = None, b""
         return FileClaim(entry.queue_id, envelope, message, [fd])  # type: ignore[arg-type] # None: see Claim
@@ -1043,8 +797,8 @@ class MessageQueue:
     def remove(self, claim: Claim, state: MessageState) -> None:
         """Remove a locked message for good on an operator's request."""
         self.check_layout([state])
-        os.unlink(claim.queue_id, dir_fd=self._fd(state))
-        self._sync_dir(state)
+        os.unlink(claim.queue_id, dir_fd=self._dir.fd(state))
+        self._dir.sync_dir(state)
         claim.release()
 
     # -- the daemon's side -------------------------------------------------------------
@@ -1052,7 +806,7 @@ class MessageQueue:
     def watch(self, wake_fd: int, poll_interval: float) -> DirectoryWatcher:
         """Watch ``new/`` for committed mail (inotify; polling where it is missing)."""
         watcher = DirectoryWatcher(
-            self._state_dir(MessageState.QUEUED), wake_fd, poll_interval, dir_fd=self._fd(MessageState.QUEUED)
+            self._dir.state_dir(MessageState.QUEUED), wake_fd, poll_interval, dir_fd=self._dir.fd(MessageState.QUEUED)
         )
         self._watchers.add(watcher)
         return watcher
@@ -1063,7 +817,7 @@ class MessageQueue:
         if self._daemon_lock_fd is not None:
             return
         path = os.path.join(self.path, DAEMON_LOCK)
-        root = self._root()
+        root = self._dir.root()
         try:
             # Never through a symbolic link: whoever can write the queue root could point it at
             # a file of the daemon's user (or root's), which would then be truncated.
@@ -1109,26 +863,7 @@ class MessageQueue:
         except OSError as exc:
             log.warning("cannot write this daemon's PID into %s (%s); the lock is held all the same", path, exc)
         self._daemon_lock_fd = fd
-        self._open[DAEMON_LOCK] = fd  # closed with the queue
-
-
-def _close_all(held: dict[str, int], retired: list[int]) -> None:
-    """Close a queue's descriptors (its close(), or its finalizer)."""
-    for fd in [*held.values(), *retired]:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    held.clear()
-    retired.clear()
-
-
-def _link_target(path: str) -> str | None:
-    """Where ``path`` points when it is a symbolic link, else None."""
-    try:
-        return os.readlink(path)
-    except OSError:
-        return None
+        self._dir.hold(DAEMON_LOCK, fd)  # closed with the queue
 
 
 def _scratch_name(queue_id: str) -> str:
@@ -1141,95 +876,13 @@ def _file_claim(claim: Claim) -> FileClaim:
     return claim
 
 
-def _listing(dir_fd: int) -> Iterator[os.DirEntry]:
-    """Every entry of the open directory ``dir_fd``; stat an entry before the next one.
-
-    The listing reads a descriptor of its own (``.`` opened relative to ``dir_fd``): a
-    directory offset is shared by every duplicate of a descriptor, so two listings through
-    the queue's descriptor (two threads, or a parent and its forked child) would disturb
-    each other.
-    """
-    fd = os.open(".", _DIR_FLAGS, dir_fd=dir_fd)
-    try:
-        with os.scandir(fd) as entries:
-            yield from entries
-    finally:
-        os.close(fd)
-
-
-def _scan(dir_fd: int, dotfiles: bool = False) -> Iterator[os.DirEntry]:
-    """Regular files in the open directory ``dir_fd``; dot-files and anything else are ignored."""
-    for entry in _listing(dir_fd):
-        if entry.name.startswith(".") and not dotfiles:
-            continue
-        try:
-            if entry.is_file(follow_symlinks=False):
-                yield entry
-        except OSError:
-            continue
-
-
-def _write_over(fd: int, content: bytes) -> None:
-    """Write ``content`` at the start of the open file ``fd`` and cut the file there."""
-    view = memoryview(content)
-    offset = 0
-    while offset < len(content):
-        written = os.pwrite(fd, view[offset:], offset)
-        if written <= 0:
-            raise OSError(errno.EIO, "short write")
-        offset += written
-    os.ftruncate(fd, len(content))
-
-
 def _read_ids(name: str, dir_fd: int) -> list[str]:
     """The queue ids a commit record names (none if it vanished)."""
     try:
-        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
         return []
     try:
-        return [line for line in _read_all(fd).decode("ascii", "replace").split("\n") if is_queue_id(line)]
+        return [line for line in read_all(fd).decode("ascii", "replace").split("\n") if is_queue_id(line)]
     finally:
         os.close(fd)
-
-
-def _open_locked(name: str, dir_fd: int) -> int | None:
-    """Open ``name`` in the open directory ``dir_fd`` and take its exclusive lock without
-    waiting; None if missing or held.
-
-    Other errors (a file this user cannot read, a symbolic link) raise ``OSError``.
-    """
-    try:
-        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    if not _same_file(fd, name, dir_fd):
-        os.close(fd)  # replaced or moved while we were locking it
-        return None
-    return fd
-
-
-def _same_file(fd: int, name: str, dir_fd: int) -> bool:
-    try:
-        a, b = os.fstat(fd), os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) and stat.S_ISREG(b.st_mode)
-
-
-def _read_all(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
-    chunks = []
-    offset = 0
-    while True:
-        chunk = os.pread(fd, max(size - offset, 65536), offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)

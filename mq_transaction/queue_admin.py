@@ -25,7 +25,7 @@ from .durations import iso_utc, parse_iso_utc
 from .errors import CorruptMessageError, QueueUnavailableError, UnknownQueueIdError
 from .interfaces import IMailQueue
 from .policy import attempts_made
-from .queue import is_queue_id, new_queue_id, queued_time
+from .queue_ids import is_queue_id, new_queue_id, queued_time
 from .queuefile import Attempt, Envelope
 from .records import Claim, Entry
 from .states import STATES, WAITING, AttemptResult, MessageState, RecipientStatus

@@ -46,13 +46,13 @@ def test_unchanged_deferred_directory_is_not_read_again(tmp_path, monkeypatch):
     assert queue.next_retry_time() < time.time()
 
     scanned = []
-    real_scan = queue_module._scan
+    real_scan = queue_module.scan
 
     def scan(dir_fd, *args, **kwargs):  # the queue lists the directories it holds open
         scanned.append(os.path.basename(os.readlink(f"/proc/self/fd/{dir_fd}")))
         return real_scan(dir_fd, *args, **kwargs)
 
-    monkeypatch.setattr(queue_module, "_scan", scan)
+    monkeypatch.setattr(queue_module, "scan", scan)
     assert queue.due(flush=True) == sorted([due_now, later])
     assert queue.due() == [due_now]
     assert "new" in scanned and "deferred" not in scanned  # one stat of deferred/ only
