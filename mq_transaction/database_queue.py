@@ -189,7 +189,10 @@ class DatabaseQueue:
         # a delivery (a synchronous commit) flushes them with it. A claim lost in a crash
         # of the database server puts the message back in queued, as a dead sender's does.
         self._claims: sa.Engine = self._autocommit
-        if not isinstance(url_or_engine, sa.Engine):
+        self._owns_engines = not isinstance(url_or_engine, sa.Engine)
+        #: The hot statements compiled once for the driver: (SQL, default parameters).
+        self._compiled: dict[Any, tuple[str, dict[str, Any]]] = {}
+        if self._owns_engines:
             # Engines of our own are in autocommit from the start: switching a pooled
             # connection in and out of it at every checkout costs a third of a hot
             # statement's CPU (bench/README.md, "PostgreSQL drain").
@@ -547,10 +550,12 @@ class DatabaseQueue:
         """
         if not queue_ids:
             return [], []
-        with self._transaction(f"claiming queue id {queue_ids[0]} and {len(queue_ids) - 1} more", self._claims) as c:
-            # One statement: the row locks of SKIP LOCKED are held only while it runs.
-            rows = c.execute(_CLAIM, {"queue_ids": list(queue_ids), **self._lease_params()}).all()
-        found = {row.queue_id: row for row in rows}
+        # One statement: the row locks of SKIP LOCKED are held only while it runs.
+        doing = f"claiming queue id {queue_ids[0]} and {len(queue_ids) - 1} more"
+        _count, rows = self._execute_hot(
+            self._claims, _CLAIM, {"queue_ids": list(queue_ids), **self._lease_params()}, doing
+        )
+        found = {row[0]: row for row in rows}
         claims: list[DatabaseClaim] = []
         problems: list[MailQueueError] = []
         try:
@@ -559,12 +564,12 @@ class DatabaseQueue:
                 if row is None:
                     continue
                 try:
-                    envelope = Envelope.from_json(row.envelope.encode())
+                    envelope = Envelope.from_json(row[1].encode())
                 except CorruptMessageError as exc:
                     self._move_to_corrupt(queue_id)
                     problems.append(CorruptMessageError(f"queue id {queue_id}: {exc}; moved to corrupt"))
                     continue
-                claim = DatabaseClaim(queue_id, envelope, bytes(row.message), queue=self)
+                claim = DatabaseClaim(queue_id, envelope, bytes(row[2]), queue=self)
                 self._keep(claim)
                 claims.append(claim)
         except BaseException:
@@ -643,8 +648,7 @@ class DatabaseQueue:
         pause = 0.25
         while True:
             try:
-                with self._transaction(f"{doing} (queue id {queue_id})", self._autocommit) as connection:
-                    done = connection.execute(statement, params).rowcount
+                done, _ = self._execute_hot(self._autocommit, statement, params, f"{doing} (queue id {queue_id})")
                 break
             except QueueUnavailableError as exc:
                 if time.monotonic() + pause > deadline:
@@ -660,6 +664,59 @@ class DatabaseQueue:
                 claim.envelope.message_id,
                 doing,
             )
+
+    def _execute_hot(
+        self, engine: sa.Engine, statement: sa.Update | sa.Delete, params: dict[str, Any], doing: str
+    ) -> tuple[int, list[Any]]:
+        """Run one of the sender's prebuilt statements in autocommit; return its row count
+        and the rows it returned (``RETURNING``), as tuples.
+
+        On engines of our own, through the driver's cursor with the SQL compiled once: a
+        statement then costs half the CPU it costs through a SQLAlchemy ``Connection``
+        (bench/README.md, "PostgreSQL drain"). On an application's engine, whose autocommit
+        is an execution option, through SQLAlchemy. Connection trouble becomes
+        :class:`QueueUnavailableError`, as in :meth:`_transaction`.
+        """
+        if not self._owns_engines:
+            with self._transaction(doing, engine) as connection:
+                result = connection.execute(statement, params)
+                return int(result.rowcount), [tuple(row) for row in result] if result.returns_rows else []
+        if not self._schema_checked:
+            self.check_schema()
+        dialect = engine.dialect
+        compiled = self._compiled.get(statement)
+        if compiled is None:
+            sql = statement.compile(dialect=dialect)
+            defaults = {name: bind.value for name, bind in sql.binds.items() if not bind.required}
+            compiled = self._compiled[statement] = (str(sql), defaults)
+        try:
+            raw = engine.raw_connection()  # raises the driver's own error when it cannot connect
+        except (sa.exc.DBAPIError, dialect.loaded_dbapi.Error) as exc:  # a restart, a fail-over
+            reason = _reason(exc) if isinstance(exc, sa.exc.DBAPIError) else _first_line(exc)
+            raise QueueUnavailableError(
+                f"the queue database {self.location} cannot be used while {doing}: {reason}"
+            ) from exc
+        cursor = None
+        try:
+            cursor = raw.cursor()
+            cursor.execute(compiled[0], {**compiled[1], **params})
+            return int(cursor.rowcount), list(cursor.fetchall()) if cursor.description is not None else []
+        except dialect.loaded_dbapi.Error as exc:
+            gone = dialect.is_disconnect(exc, raw.dbapi_connection, cursor)
+            if gone:
+                raw.invalidate(exc)
+            if gone or isinstance(exc, (dialect.loaded_dbapi.OperationalError, dialect.loaded_dbapi.InterfaceError)):
+                raise QueueUnavailableError(
+                    f"the queue database {self.location} cannot be used while {doing}: {_first_line(exc)}"
+                ) from exc
+            raise
+        finally:
+            if cursor is not None:
+                try:
+                    cursor.close()
+                except Exception:  # noqa: BLE001, S110 - a cursor of a connection that died
+                    pass
+            raw.close()
 
     def _lease_params(self) -> dict[str, Any]:
         return {"owner": self.lease_owner, "claim_timeout": self.claim_timeout}
@@ -1159,5 +1216,9 @@ def _is_connection_trouble(exc: sa.exc.DBAPIError) -> bool:
 
 
 def _reason(exc: sa.exc.DBAPIError) -> str:
-    text = str(exc.orig or exc).strip().splitlines()
+    return _first_line(exc.orig or exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

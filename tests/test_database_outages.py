@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from postgres_server import INSTALL_HINT, PostgresServer, server_bindir
 
-from mq_transaction import DatabaseQueue
+from mq_transaction import DatabaseQueue, QueueUnavailableError
 from mq_transaction.queuefile import Envelope
 
 pytestmark = pytest.mark.slow
@@ -133,6 +133,30 @@ def test_a_restart_in_the_middle_of_a_drain_loses_nothing(server, url, smtp_sink
     log = "".join(lines)
     outages = log.count("no mail is lost")
     assert outages <= 1 and log.count("is back after") == outages
+
+
+def test_claims_and_records_while_the_database_is_away_are_queue_unavailable_errors(server, url):
+    """The sender's hot statements (run through the driver's cursor) say the queue is away,
+    whether their pooled connection was cut or no new one can be made; once it is back
+    they work again."""
+    enqueue(url, 2)
+    queue = DatabaseQueue(url, claim_timeout=1)  # the record is retried for half of it
+    try:
+        first, second = queue.due()
+        (claim,), _ = queue.claim_many([first])
+        server.stop()
+        try:
+            with pytest.raises(QueueUnavailableError, match="while recording its delivery"):
+                queue.finish_delivered(claim)
+            with pytest.raises(QueueUnavailableError, match=f"while claiming queue id {second}"):
+                queue.claim_many([second])
+        finally:
+            server.start()
+        claims, problems = queue.claim_many([second])
+        assert [c.queue_id for c in claims] == [second] and problems == []
+        queue.finish_delivered(claims[0])
+    finally:
+        queue.dispose()
 
 
 # -- the database away at start-up ------------------------------------------------------------

@@ -239,10 +239,10 @@ def test_a_row_locked_by_a_claim_in_progress_is_skipped_not_waited_for(db_queue,
 def test_claim_many_claims_the_free_listed_messages_in_one_statement_in_their_order(db_queue, other_sender):
     ids = [db_queue.enqueue(envelope(), MESSAGE) for _ in range(5)]
     held = other_sender.claim(ids[1])
-    statements = []
-    sa.event.listen(db_queue._claims, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    checkouts = []  # the claim is one cursor.execute on one pooled connection
+    sa.event.listen(db_queue._claims, "checkout", lambda *args: checkouts.append(args))
     claims, problems = db_queue.claim_many([*reversed(ids), "20261128T151136123456Z-9f3a2b1c0d"])
-    assert len(statements) == 1 and statements[0].startswith("UPDATE")
+    assert len(checkouts) == 1
     assert [claim.queue_id for claim in claims] == [ids[4], ids[3], ids[2], ids[0]]
     assert problems == [] and all(claim.message == MESSAGE for claim in claims)
     assert other_sender.claim_many(ids) == ([], [])  # all held: by the one or the other
@@ -250,6 +250,28 @@ def test_claim_many_claims_the_free_listed_messages_in_one_statement_in_their_or
         db_queue.finish_delivered(claim)
     other_sender.finish_delivered(held)
     assert db_queue.due(flush=True) == []
+
+
+def test_the_senders_statements_work_through_psycopg2_too(postgres_url):
+    """They run through the driver's own cursor: the other driver's adaptation (a list to
+    an array, bytea to memoryview) gives the same claims and states."""
+    queue = DatabaseQueue(postgres_url.replace("+psycopg:", "+psycopg2:"), claim_timeout=30)
+    try:
+        assert queue.engine.dialect.driver == "psycopg2"
+        queue.init_db()
+        ids = [queue.enqueue(envelope(), MESSAGE) for _ in range(3)]
+        claims, problems = queue.claim_many(ids)
+        assert [(claim.queue_id, claim.message) for claim in claims] == [(queue_id, MESSAGE) for queue_id in ids]
+        assert problems == []
+        queue.finish_deferred(claims[0], time.time() + 600)
+        queue.finish_failed(claims[1])
+        queue.finish_delivered(claims[2])
+        assert [(entry.queue_id, entry.state) for entry in queue.entries()] == [
+            (ids[0], MessageState.DEFERRED),
+            (ids[1], MessageState.FAILED),
+        ]
+    finally:
+        queue.dispose()
 
 
 def test_senders_claiming_the_same_ids_at_once_never_get_the_same_message(postgres_url):
