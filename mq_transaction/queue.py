@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 from zope.interface import implementer
 
-from . import queuefile
+from . import commit_records, queuefile
+from .commit_records import COMMIT_RECORD_END, COMMIT_RECORD_PREFIX, INCOMPLETE_RECORD_MAX_AGE
 from .errors import (
     CorruptMessageError,
     DaemonAlreadyRunning,
@@ -39,7 +40,6 @@ from .errors import (
 from .interfaces import IMailQueue
 from .queue_directory import (
     DIR_NAMES,
-    READ_FLAGS,
     Place,
     QueueDirectory,
     listing,
@@ -54,7 +54,7 @@ from .records import Claim, Entry, claim_each
 from .states import STATE_DIRS, STATES, TMP_DIR, MessageState
 from .watcher import DirectoryWatcher
 
-# The queue ids were made here first: they are still importable from this module.
+# The queue ids and the commit records were defined here first: they are still importable from here.
 __all__ = [
     "COMMIT_RECORD_END",
     "COMMIT_RECORD_PREFIX",
@@ -75,13 +75,6 @@ log = logging.getLogger("mq_transaction.queue")
 #: (its attempt record and each recipient's reply): the rewrite of a message to several
 #: recipients never needs new blocks, so a full disk cannot stop its outcome being recorded.
 RECORD_RESERVE = 64 * 1024
-
-#: A commit record in ``tmp/``: the ids of a transaction's messages, one per line, then this end line.
-COMMIT_RECORD_PREFIX = ".commit-"
-COMMIT_RECORD_END = "end"
-#: An unlocked commit record without its end line is removed once this old (seconds): its
-#: process died while writing it, before any of its messages was published.
-INCOMPLETE_RECORD_MAX_AGE = 600.0
 
 #: The daemon's lock file, in the queue root.
 DAEMON_LOCK = ".daemon.lock"
@@ -291,7 +284,7 @@ class MessageQueue:
         record = None
         if len(queue_ids) > 1:
             try:
-                record = self._write_commit_record(queue_ids)
+                record = commit_records.write_commit_record(self._dir, queue_ids)
             except QueueWriteError as exc:
                 log.warning(
                     "cannot record the commit of %d messages before publishing them (%s); publishing "
@@ -312,73 +305,6 @@ class MessageQueue:
                     self._dir.unlink_quietly(TMP_DIR, name)  # done; a rename that failed is retried by cleanup()
                 os.close(fd)
         return failures
-
-    def _write_commit_record(self, queue_ids: list[str]) -> tuple[str, int]:
-        """Write the ids and an end line to ``tmp/.commit-<first id>``, durably; return its name, locked."""
-        name = COMMIT_RECORD_PREFIX + queue_ids[0]
-        content = "".join(f"{queue_id}\n" for queue_id in queue_ids) + COMMIT_RECORD_END
-        fd = self._dir.write_new_file(TMP_DIR, name, content.encode("ascii"), lock=True)
-        try:
-            self._dir.sync_dir(TMP_DIR)
-        except OSError as exc:
-            os.close(fd)
-            self._dir.unlink_quietly(TMP_DIR, name)
-            raise QueueWriteError(f"cannot fsync {self._dir.dirs[TMP_DIR]}: {exc.strerror or exc}") from exc
-        return name, fd
-
-    def _finish_interrupted_commits(self, now: float) -> set[str]:
-        """Roll forward: publish what is left in ``tmp/`` of each commit record whose process died.
-
-        A record is locked by its live committer, so a record this process can lock is an
-        orphan. A complete one (ending with its end line) was written before any rename:
-        its transaction committed, and every id it names still in ``tmp/`` is published.
-        An incomplete one was cut short before any rename; it is removed once it is old.
-        Returns the ids named by the records of live committers (not to be cleaned up).
-        """
-        in_use: set[str] = set()
-        tmp = self._dir.fd(TMP_DIR)
-        records = [entry.name for entry in scan(tmp, dotfiles=True) if entry.name.startswith(COMMIT_RECORD_PREFIX)]
-        for name in records:
-            path = self._dir.file(TMP_DIR, name)
-            try:
-                fd = open_locked(name, tmp)
-            except OSError as exc:
-                log.error("commit record %s: cannot open it: %s", path, exc.strerror)
-                continue
-            if fd is None:  # its committer is renaming right now: leave its messages alone
-                in_use.update(_read_ids(name, tmp))
-                continue
-            try:
-                lines = read_all(fd).decode("ascii", "replace").split("\n")
-                if lines[-1] != COMMIT_RECORD_END:
-                    if now - os.fstat(fd).st_mtime > INCOMPLETE_RECORD_MAX_AGE:
-                        os.unlink(name, dir_fd=tmp)  # its process died before its transaction's commit was recorded
-                    continue
-                finished = []
-                for queue_id in lines[:-1]:
-                    if not is_queue_id(queue_id):
-                        continue
-                    try:
-                        self._dir.rename(queue_id, TMP_DIR, MessageState.QUEUED)
-                    except FileNotFoundError:
-                        continue  # published before the process died
-                    finished.append(queue_id)
-                self._dir.sync_dir(MessageState.QUEUED)
-                os.unlink(name, dir_fd=tmp)
-                if finished:
-                    log.warning(
-                        "finished publishing %d of the %d messages of a transaction whose process died while "
-                        "committing it (commit record %s): queue ids %s",
-                        len(finished),
-                        len(lines) - 1,
-                        path,
-                        ", ".join(finished),
-                    )
-            except OSError as exc:
-                log.error("commit record %s: cannot finish its publication: %s; retried next time", path, exc)
-            finally:
-                os.close(fd)
-        return in_use
 
     def _rename_into_new(self, queue_ids: list[str]) -> list[tuple[str, OSError]]:
         """Rename from ``tmp/`` into ``new/``, then fsync ``new/``; return the failures."""
@@ -413,7 +339,7 @@ class MessageQueue:
             layout = str(unusable)
         problems = []
         new_dir = self._dir.state_dir(MessageState.QUEUED)
-        record = COMMIT_RECORD_PREFIX + queue_ids[0]
+        record = commit_records.record_name(queue_ids)
         for queue_id, exc in failures:
             staged = self._dir.file(TMP_DIR, queue_id)
             if layout:
@@ -463,7 +389,7 @@ class MessageQueue:
         """
         now = time.time() if now is None else now
         self._reopen_replaced()
-        being_published = self._finish_interrupted_commits(now)
+        being_published = commit_records.finish_interrupted_commits(self._dir, now)
         removed = []
         for name in DIR_NAMES:
             in_tmp = name == TMP_DIR
@@ -874,15 +800,3 @@ def _file_claim(claim: Claim) -> FileClaim:
     if not isinstance(claim, FileClaim):
         raise TypeError(f"{claim!r} is not a claim of a MessageQueue")
     return claim
-
-
-def _read_ids(name: str, dir_fd: int) -> list[str]:
-    """The queue ids a commit record names (none if it vanished)."""
-    try:
-        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return []
-    try:
-        return [line for line in read_all(fd).decode("ascii", "replace").split("\n") if is_queue_id(line)]
-    finally:
-        os.close(fd)

@@ -9,8 +9,8 @@ never followed, only reported (:meth:`QueueDirectory.layout_problems`), or opene
 when it was replaced by a real one (:meth:`QueueDirectory.reopen_replaced`). Paths are
 built only to name things in messages to people.
 
-Which file moves where, and when, is :mod:`mq_transaction.queue`'s business; this module
-knows directories and files, not messages.
+Which file moves where, and when, is the business of :mod:`mq_transaction.queue` (and of
+:mod:`mq_transaction.commit_records`); this module knows directories and files, not messages.
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ import time
 import pytest
 import transaction
 
-from mq_transaction import MessageQueue, QueuedMailer
+from mq_transaction import MessageQueue, QueuedMailer, commit_records
+from mq_transaction.commit_records import COMMIT_RECORD_PREFIX, INCOMPLETE_RECORD_MAX_AGE
 from mq_transaction.errors import QueueWriteError
-from mq_transaction.queue import COMMIT_RECORD_PREFIX, INCOMPLETE_RECORD_MAX_AGE
 
 MESSAGE = b"From: app@example.com\r\nTo: ann@example.org\r\nSubject: %d\r\n\r\nHello\r\n"
 
@@ -118,8 +118,10 @@ def test_a_live_committers_record_is_left_alone(tmp_path, monkeypatch):
 def test_a_single_message_is_published_without_a_commit_record(tmp_path, monkeypatch):
     queue = MessageQueue(tmp_path / "queue", fsync=False)
     records = []
-    real = MessageQueue._write_commit_record
-    monkeypatch.setattr(MessageQueue, "_write_commit_record", lambda self, ids: records.append(ids) or real(self, ids))
+    real = commit_records.write_commit_record
+    monkeypatch.setattr(
+        commit_records, "write_commit_record", lambda directory, ids: records.append(ids) or real(directory, ids)
+    )
     mailer = QueuedMailer(queue)
     with transaction.manager:
         mailer.send(MESSAGE % 1)
@@ -133,10 +135,10 @@ def test_a_single_message_is_published_without_a_commit_record(tmp_path, monkeyp
 def test_when_the_record_cannot_be_written_the_messages_are_still_published(tmp_path, monkeypatch, caplog):
     queue = MessageQueue(tmp_path / "queue", fsync=False)
 
-    def full_disk(self, ids):
+    def full_disk(directory, ids):
         raise QueueWriteError("cannot write .commit-x: No space left on device")
 
-    monkeypatch.setattr(MessageQueue, "_write_commit_record", full_disk)
+    monkeypatch.setattr(commit_records, "write_commit_record", full_disk)
     with caplog.at_level(logging.WARNING, logger="mq_transaction.queue"), transaction.manager:
         mailer = QueuedMailer(queue)
         mailer.send(MESSAGE % 1)
