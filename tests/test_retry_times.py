@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from mq_transaction import MessageQueue, queuefile
+from mq_transaction import MessageQueue, queuefile, retry_times
 from mq_transaction import queue as queue_module
 from mq_transaction.queue import new_queue_id
 from mq_transaction.queuefile import Envelope
@@ -52,7 +52,8 @@ def test_unchanged_deferred_directory_is_not_read_again(tmp_path, monkeypatch):
         scanned.append(os.path.basename(os.readlink(f"/proc/self/fd/{dir_fd}")))
         return real_scan(dir_fd, *args, **kwargs)
 
-    monkeypatch.setattr(queue_module, "scan", scan)
+    monkeypatch.setattr(queue_module, "scan", scan)  # new/ is listed by the queue
+    monkeypatch.setattr(retry_times, "scan", scan)  # deferred/ would be listed by its retry times
     assert queue.due(flush=True) == sorted([due_now, later])
     assert queue.due() == [due_now]
     assert "new" in scanned and "deferred" not in scanned  # one stat of deferred/ only
