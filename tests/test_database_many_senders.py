@@ -71,7 +71,7 @@ def test_four_senders_killed_ten_times_lose_nothing(postgres_url, smtp_sink, tmp
     running: dict[str, subprocess.Popen] = {}
     seen_hosts: set[str] = set()
     kills = 0
-    next_kill = time.monotonic() + chooser.uniform(0.3, 1.0)
+    next_kill = time.monotonic() + chooser.uniform(0.1, 0.4)
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline:
@@ -91,7 +91,7 @@ def test_four_senders_killed_ten_times_lose_nothing(postgres_url, smtp_sink, tmp
                 running[victim].send_signal(signal.SIGKILL)
                 running.pop(victim).wait()
                 kills += 1
-                next_kill = time.monotonic() + chooser.uniform(0.3, 1.0)
+                next_kill = time.monotonic() + chooser.uniform(0.1, 0.4)
             time.sleep(0.1)
     finally:
         for process in running.values():
