@@ -189,7 +189,9 @@ def test_sigkill_at_random_points_loses_nothing_and_duplicates_at_most_one_per_k
     duplicates = sum(count - 1 for count in received.values())
     # at most the message in flight in each session of a killed sender (docs/guarantees.md)
     assert duplicates <= kills * Settings().smtp_connections
-    assert all(count <= 2 for count in received.values())
+    # a message is in that window for one kill at most each time: a recovered message goes out
+    # first in the next run, so a second kill can catch it again (3 copies after 2 kills)
+    assert max(received.values()) - 1 <= kills
     assert list(MessageQueue(queue_dir).entries()) == []
 
 
