@@ -4,6 +4,9 @@
 only when the transaction commits; ``mq-send`` delivers it.
 """
 
+import importlib
+from typing import TYPE_CHECKING
+
 from ._version import __version__
 from .errors import (
     ConfigurationError,
@@ -19,8 +22,11 @@ from .errors import (
     QueueWriteError,
     UnknownQueueIdError,
 )
-from .mailer import QueuedMailer
-from .queue import MessageQueue
+
+if TYPE_CHECKING:
+    from .database_queue import DatabaseQueue
+    from .mailer import QueuedMailer
+    from .queue import MessageQueue
 
 __all__ = [
     "ConfigurationError",
@@ -42,10 +48,19 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    # The database queue imports SQLAlchemy: only when it is used (the directory queue needs none).
-    if name == "DatabaseQueue":
-        from .database_queue import DatabaseQueue
+#: What is imported on first use, not with the package: ``mq-send`` never needs the mailer
+#: (``transaction``, message preparation), and the database queue imports SQLAlchemy.
+_LAZY = {
+    "DatabaseQueue": "database_queue",
+    "MessageQueue": "queue",
+    "QueuedMailer": "mailer",
+}
 
-        return DatabaseQueue
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
