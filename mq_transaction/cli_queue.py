@@ -244,7 +244,7 @@ def _import_dir(args: argparse.Namespace) -> int:
         finally:
             target.dispose()
     for queue_id, why in report.left:
-        print(f"mq-queue: queue id {queue_id} left in {source.path}: {why}", file=sys.stderr)
+        print(f"mq-queue: error: queue id {queue_id} left in {source.path}: {why}", file=sys.stderr)
     left = f"; {len(report.left)} left in it (above)" if report.left else ""
     print(f"moved {len(report.moved)} message(s) from {source.path} to {target.location}{left}")
     return QueueExit.PROBLEM if report.left else QueueExit.OK

@@ -131,7 +131,7 @@ def test_a_corrupt_file_is_left_and_reported_and_the_rest_moves(tmp_path, db_que
     assert mq_queue(["--queue-url", postgres_url, "import-dir", directory.path]) == 1
     captured = capsys.readouterr()
     assert f"queue id {good} (queued)" in captured.out
-    assert f"mq-queue: queue id {bad} left in {directory.path}:" in captured.err
+    assert f"mq-queue: error: queue id {bad} left in {directory.path}:" in captured.err
     assert "moved 1 message(s)" in captured.out and "1 left" in captured.out
     assert [entry.queue_id for entry in db_queue.entries()] == [good]
     assert os.path.exists(path)
