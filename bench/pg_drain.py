@@ -27,8 +27,6 @@ import sys
 import tempfile
 import time
 
-import sqlalchemy as sa
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
@@ -36,7 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
 from _sink import Sink, start_sink  # noqa: E402
 from drain import command, fill_ours, make_messages  # noqa: E402
-from postgres_server import PostgresServer, server_bindir  # noqa: E402
+from postgres_server import PostgresServer, count_messages, server_bindir  # noqa: E402
 
 from mq_transaction import DatabaseQueue  # noqa: E402
 from mq_transaction.queuefile import Envelope  # noqa: E402
@@ -47,14 +45,6 @@ SENDER_COUNTS = (1, 2, 4)
 def fill_database(queue: DatabaseQueue, messages) -> None:
     for message in messages:
         queue.enqueue(Envelope.new(message.sender, list(message.recipients), time.time(), ""), message.content)
-
-
-def rows_left(url: str) -> int:
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    with engine.connect() as connection:
-        count = connection.execute(sa.text("select count(*) from mq_messages")).scalar()
-    engine.dispose()
-    return int(count or 0)
 
 
 def timed(commands: list[list[str]]) -> float:
@@ -93,7 +83,7 @@ def drain_database(messages, senders: int, url: str, sink: Sink) -> float:
     argv += ["--smtp-host", "127.0.0.1", "--smtp-port", str(sink.port), "-q"]
     seconds = timed([argv] * senders)
     arrived = sink.settled_counts()[1] - before
-    left = rows_left(url)
+    left = count_messages(url)
     if arrived != len(messages) or left:
         raise RuntimeError(f"database drain, {senders} senders: {arrived} of {len(messages)} arrived, {left} rows left")
     return seconds

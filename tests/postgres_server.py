@@ -228,3 +228,25 @@ def postgres_queue_url(postgres_queue_database) -> str:
         connection.exec_driver_sql(f"TRUNCATE {tables}")
     engine.dispose()
     return postgres_queue_database
+
+
+def count_messages(url: str) -> int:
+    """How many rows the queue table of the database at ``url`` holds (every state)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.connect() as connection:
+        count = connection.execute(sa.text("select count(*) from mq_messages")).scalar()
+    engine.dispose()
+    return int(count or 0)
+
+
+@pytest.fixture
+def db_queue(postgres_url):
+    """A database queue with its tables, in a fresh database; disposed of after the test."""
+    from mq_transaction import DatabaseQueue
+
+    queue = DatabaseQueue(postgres_url)
+    queue.init_db()
+    yield queue
+    queue.dispose()

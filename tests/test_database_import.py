@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 import transaction
 
-from mq_transaction import DatabaseQueue, MessageQueue, QueuedMailer
+from mq_transaction import MessageQueue, QueuedMailer
 from mq_transaction.cli_queue import main as mq_queue
 from mq_transaction.database_import import move_queue
 from mq_transaction.database_queue import INTERRUPTED_IMPORT_AGE
@@ -23,14 +23,6 @@ from mq_transaction.queuefile import Attempt
 from mq_transaction.states import AttemptResult, MessageState, RecipientStatus
 
 MQ_QUEUE = [sys.executable, "-m", "mq_transaction.cli_queue"]
-
-
-@pytest.fixture
-def db_queue(postgres_url):
-    queue = DatabaseQueue(postgres_url)
-    queue.init_db()
-    yield queue
-    queue.dispose()
 
 
 def queue_one(queue: MessageQueue, number: int) -> str:

@@ -20,6 +20,7 @@ import time
 
 import pytest
 import sqlalchemy as sa
+from postgres_server import count_messages
 
 from mq_transaction import DatabaseQueue
 from mq_transaction.queuefile import Envelope
@@ -27,14 +28,6 @@ from mq_transaction.queuefile import Envelope
 pytestmark = pytest.mark.slow
 
 MESSAGES, SENDERS, KILLS = 2000, 4, 10
-
-
-def remaining(url: str) -> int:
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    with engine.connect() as connection:
-        count = connection.execute(sa.text("select count(*) from mq_messages")).scalar()
-    engine.dispose()
-    return int(count or 0)
 
 
 def lease_owners(url: str) -> set[str]:
@@ -75,7 +68,7 @@ def test_four_senders_killed_ten_times_lose_nothing(postgres_url, smtp_sink, tmp
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline:
-            left = remaining(postgres_url)
+            left = count_messages(postgres_url)
             seen_hosts |= lease_owners(postgres_url)
             for host in hosts:
                 process = running.get(host)
@@ -98,7 +91,7 @@ def test_four_senders_killed_ten_times_lose_nothing(postgres_url, smtp_sink, tmp
             process.kill()
             process.wait()
     assert kills == KILLS
-    assert remaining(postgres_url) == 0
+    assert count_messages(postgres_url) == 0
     subjects = [r.content.split(b"Subject: ")[1].split(b"\r\n")[0] for r in smtp_sink.received]
     assert set(subjects) == {f"message {n}".encode() for n in range(MESSAGES)}
     assert len(subjects) - MESSAGES <= KILLS

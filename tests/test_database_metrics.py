@@ -28,14 +28,6 @@ from mq_transaction.states import STATES, MessageState
 SENDER = "app@example.com"
 
 
-@pytest.fixture
-def db_queue(postgres_url):
-    queue = DatabaseQueue(postgres_url)
-    queue.init_db()
-    yield queue
-    queue.dispose()
-
-
 def queue_one(queue: DatabaseQueue, to: str, subject: str) -> str:
     mailer = QueuedMailer(queue, transaction_manager=transaction.TransactionManager(explicit=True))
     with mailer.transaction_manager:

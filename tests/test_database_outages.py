@@ -16,7 +16,7 @@ import time
 
 import pytest
 import sqlalchemy as sa
-from postgres_server import INSTALL_HINT, PostgresServer, server_bindir
+from postgres_server import INSTALL_HINT, PostgresServer, count_messages, server_bindir
 
 from mq_transaction import DatabaseQueue, QueueUnavailableError
 from mq_transaction.queuefile import Envelope
@@ -55,14 +55,6 @@ def enqueue(url: str, count: int, first: int = 0) -> None:
         message = f"From: app@example.com\r\nTo: ann@example.org\r\nSubject: message {number}\r\n\r\nHi.\r\n"
         queue.enqueue(Envelope.new("app@example.com", ["ann@example.org"], time.time(), ""), message.encode())
     queue.dispose()
-
-
-def remaining(url: str) -> int:
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    with engine.connect() as connection:
-        count = connection.execute(sa.text("select count(*) from mq_messages")).scalar()
-    engine.dispose()
-    return int(count or 0)
 
 
 def subjects(sink) -> list[bytes]:
@@ -111,7 +103,7 @@ def test_an_idle_daemon_survives_a_restart_and_sends_what_commits_after_it(serve
         server.restart()
         enqueue(url, 3)
         assert wait_for(lambda: len(smtp_sink.received) == 3, 60), "".join(lines)
-        assert remaining(url) == 0
+        assert count_messages(url) == 0
     finally:
         stop(daemon, lines)
     log = "".join(lines)
@@ -124,7 +116,7 @@ def test_a_restart_in_the_middle_of_a_drain_loses_nothing(server, url, smtp_sink
     try:
         assert wait_for(lambda: len(smtp_sink.received) >= 30, 60), "".join(lines)
         server.restart()
-        assert wait_for(lambda: remaining(url) == 0, 120), "".join(lines)
+        assert wait_for(lambda: count_messages(url) == 0, 120), "".join(lines)
     finally:
         stop(daemon, lines)
     received = subjects(smtp_sink)
@@ -199,7 +191,7 @@ def test_a_daemon_started_while_the_database_is_down_waits_and_delivers_once_it_
         stopped.start()
         enqueue(url, 1)
         assert wait_for(lambda: len(smtp_sink.received) == 1, 60), "".join(lines)
-        assert remaining(url) == 0
+        assert count_messages(url) == 0
     finally:
         stop(daemon, lines)
     log = "".join(lines)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 
-import pytest
 import sqlalchemy as sa
 import transaction
 
@@ -24,14 +23,6 @@ def make_settings(url: str, port: int, **extra: object):
     raw = {"mq.queue_url": url, "mq.smtp_host": "127.0.0.1", "mq.smtp_port": str(port)}
     raw.update({f"mq.{key}": str(value) for key, value in extra.items()})
     return parse_settings(raw)
-
-
-@pytest.fixture
-def db_queue(postgres_url):
-    queue = DatabaseQueue(postgres_url)
-    queue.init_db()
-    yield queue
-    queue.dispose()
 
 
 def queue_messages(queue, count: int = 1, to: tuple[str, ...] = ("ann@example.org",)) -> list[str]:
