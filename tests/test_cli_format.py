@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_queue_admin import REFUSED, build_queue
+from built_queues import REFUSED, build_queue
 
 from mq_transaction import queue_admin
 from mq_transaction.cli_format import (

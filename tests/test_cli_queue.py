@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from queue_backends import QueueBackend, queue_args, queue_settings
-from test_queue_admin import REFUSED, build_queue, commit, make_settings
+from built_queues import REFUSED, commit, make_settings
+from queue_backends import queue_args, queue_settings
 
 from mq_transaction import MessageQueue, cli_queue, queue_admin
 from mq_transaction.cli_format import visible
@@ -44,22 +44,6 @@ def keep_logging_levels():
     level = logger.level
     yield
     logger.setLevel(level)
-
-
-@pytest.fixture
-def built(queue_backend, smtp_sink):
-    """A queue holding every state: the directory queue, then the database queue."""
-    made = build_queue(queue_backend, smtp_sink)
-    yield made
-    made.claim.release()
-
-
-@pytest.fixture
-def built_directory(tmp_path, smtp_sink):
-    """A directory queue holding every state, for what only files can do."""
-    made = build_queue(QueueBackend("directory", str(tmp_path / "queue")), smtp_sink)
-    yield made
-    made.claim.release()
 
 
 def run(capsys, built, *args):
