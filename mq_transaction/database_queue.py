@@ -135,6 +135,11 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _half_imported() -> sa.ColumnElement[bool]:
+    """The rows ``import-dir`` stored and has not published yet (``staged``, owned by it)."""
+    return sa.and_(messages.c.state == STAGED, messages.c.lease_owner.startswith(IMPORT_OWNER, autoescape=True))
+
+
 def _utc(timestamp: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
 
@@ -460,8 +465,7 @@ class DatabaseQueue:
         with self._transaction("looking for interrupted moves", self._autocommit) as connection:
             waiting = connection.execute(
                 sa.select(sa.func.count(), sa.func.min(messages.c.queue_id)).where(
-                    messages.c.state == STAGED,
-                    messages.c.lease_owner.startswith(IMPORT_OWNER, autoescape=True),
+                    _half_imported(),
                     messages.c.state_since < _utc(now - INTERRUPTED_IMPORT_AGE),
                 )
             ).one()
@@ -936,8 +940,7 @@ class DatabaseQueue:
                 sa.update(messages)
                 .where(
                     messages.c.queue_id == queue_id,
-                    messages.c.state == STAGED,
-                    messages.c.lease_owner.startswith(IMPORT_OWNER, autoescape=True),
+                    _half_imported(),
                 )
                 .values(state=target, state_since=sa.func.now(), lease_owner=None, lease_until=None)
                 .returning(messages.c.state)
@@ -952,7 +955,7 @@ class DatabaseQueue:
         with self._transaction("looking for interrupted moves", self._autocommit) as connection:
             rows = connection.execute(
                 sa.select(messages.c.queue_id, messages.c.lease_owner)
-                .where(messages.c.state == STAGED, messages.c.lease_owner.startswith(IMPORT_OWNER, autoescape=True))
+                .where(_half_imported())
                 .order_by(messages.c.queue_id)
             ).all()
         return [(queue_id, MessageState(owner[len(IMPORT_OWNER) :])) for queue_id, owner in rows]
