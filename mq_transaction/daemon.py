@@ -210,7 +210,10 @@ class Daemon:
             if self.stopping:
                 break
             self._close_if_idle()
-            watcher.wait(self._timeout(housekeeping_at, metrics_at))
+            if watcher.wait(self._timeout(housekeeping_at, metrics_at)) and self.queue_down_since is not None:
+                # The watcher reached the database again (within its poll interval of the
+                # database's return): try the queue now, not at the end of the backoff.
+                self.queue_retry_at = 0.0
 
     def _write_metrics(self) -> None:
         if self.metrics is None:

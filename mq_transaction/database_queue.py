@@ -556,8 +556,12 @@ class DatabaseQueue:
             return [], []
         # One statement: the row locks of SKIP LOCKED are held only while it runs.
         doing = f"claiming queue id {queue_ids[0]} and {len(queue_ids) - 1} more"
+        # Tried again on a new connection if its pooled one was cut (the first claim after a
+        # database restart): a row claimed just before the cut is leased to this sender, so
+        # the second try skips it (it goes back to queued when the lease runs out) and no
+        # message is ever claimed twice.
         _count, rows = self._execute_hot(
-            self._claims, _CLAIM, {"queue_ids": list(queue_ids), **self._lease_params()}, doing
+            self._claims, _CLAIM, {"queue_ids": list(queue_ids), **self._lease_params()}, doing, again_if_cut=True
         )
         found = {row[0]: row for row in rows}
         claims: list[DatabaseClaim] = []
@@ -670,7 +674,13 @@ class DatabaseQueue:
             )
 
     def _execute_hot(
-        self, engine: sa.Engine, statement: sa.Update | sa.Delete, params: dict[str, Any], doing: str
+        self,
+        engine: sa.Engine,
+        statement: sa.Update | sa.Delete,
+        params: dict[str, Any],
+        doing: str,
+        *,
+        again_if_cut: bool = False,
     ) -> tuple[int, list[Any]]:
         """Run one of the sender's prebuilt statements in autocommit; return its row count
         and the rows it returned (``RETURNING``), as tuples.
@@ -680,6 +690,12 @@ class DatabaseQueue:
         (bench/README.md, "PostgreSQL drain"). On an application's engine, whose autocommit
         is an execution option, through SQLAlchemy. Connection trouble becomes
         :class:`QueueUnavailableError`, as in :meth:`_transaction`.
+
+        A pooled connection found cut (a restart or a fail-over cuts every connection the
+        pool holds) empties the engine's pool, as SQLAlchemy does for the statements it runs
+        itself, so the next statement connects afresh instead of meeting the next dead
+        connection. With ``again_if_cut``, for a statement that may safely run twice, it
+        is then tried once more on a new connection.
         """
         if not self._owns_engines:
             with self._transaction(doing, engine) as connection:
@@ -687,12 +703,21 @@ class DatabaseQueue:
                 return int(result.rowcount), [tuple(row) for row in result] if result.returns_rows else []
         if not self._schema_checked:
             self.check_schema()
-        dialect = engine.dialect
         compiled = self._compiled.get(statement)
         if compiled is None:
-            sql = statement.compile(dialect=dialect)
+            sql = statement.compile(dialect=engine.dialect)
             defaults = {name: bind.value for name, bind in sql.binds.items() if not bind.required}
             compiled = self._compiled[statement] = (str(sql), defaults)
+        try:
+            return self._execute_raw(engine, compiled[0], {**compiled[1], **params}, doing)
+        except _ConnectionCut:
+            if not again_if_cut:
+                raise
+        return self._execute_raw(engine, compiled[0], {**compiled[1], **params}, doing)
+
+    def _execute_raw(self, engine: sa.Engine, sql: str, params: dict[str, Any], doing: str) -> tuple[int, list[Any]]:
+        """:meth:`_execute_hot`'s statement on a pooled connection of our own engine, once."""
+        dialect = engine.dialect
         try:
             raw = engine.raw_connection()  # raises the driver's own error when it cannot connect
         except (sa.exc.DBAPIError, dialect.loaded_dbapi.Error) as exc:  # a restart, a fail-over
@@ -703,16 +728,16 @@ class DatabaseQueue:
         cursor = None
         try:
             cursor = raw.cursor()
-            cursor.execute(compiled[0], {**compiled[1], **params})
+            cursor.execute(sql, params)
             return int(cursor.rowcount), list(cursor.fetchall()) if cursor.description is not None else []
         except dialect.loaded_dbapi.Error as exc:
-            gone = dialect.is_disconnect(exc, raw.dbapi_connection, cursor)
-            if gone:
+            problem = f"the queue database {self.location} cannot be used while {doing}: {_first_line(exc)}"
+            if dialect.is_disconnect(exc, raw.dbapi_connection, cursor):
                 raw.invalidate(exc)
-            if gone or isinstance(exc, (dialect.loaded_dbapi.OperationalError, dialect.loaded_dbapi.InterfaceError)):
-                raise QueueUnavailableError(
-                    f"the queue database {self.location} cannot be used while {doing}: {_first_line(exc)}"
-                ) from exc
+                engine.dispose()  # the pool's other connections were cut too: a new pool connects afresh
+                raise _ConnectionCut(problem) from exc
+            if isinstance(exc, (dialect.loaded_dbapi.OperationalError, dialect.loaded_dbapi.InterfaceError)):
+                raise QueueUnavailableError(problem) from exc
             raise
         finally:
             if cursor is not None:
@@ -1006,8 +1031,9 @@ class NotificationWatcher:
     """Sleeps until a ``NOTIFY`` on :data:`NOTIFY_CHANNEL`, the wake descriptor, or a timeout.
 
     The listening connection is the driver's own, in autocommit, outside the pool. When
-    it is lost the watcher polls every ``poll_interval`` and reconnects; after every
-    reconnect ``wait`` returns at once, so the daemon scans for what it missed.
+    it is lost (or cannot be made at start-up) the watcher polls every ``poll_interval``
+    and tries to make it again; the ``wait`` that makes it returns True at once, so the
+    daemon ends its outage's backoff and scans for what it missed.
     """
 
     def __init__(self, queue: DatabaseQueue, wake_fd: int, poll_interval: float) -> None:
@@ -1043,11 +1069,12 @@ class NotificationWatcher:
         self._connection = connection
         return True
 
-    def wait(self, timeout: float) -> None:
-        """Return on a notification, the wake descriptor, or after ``timeout`` seconds."""
+    def wait(self, timeout: float) -> bool:
+        """Return on a notification, the wake descriptor, or after ``timeout`` seconds;
+        True, at once, when the lost listening connection has just been made again."""
         if self._connection is None:
             if self._connect():
-                return  # back: scan at once for what was missed
+                return True  # the database is back: scan at once for what was missed
             timeout = min(timeout, self.poll_interval)
         fds = [self.wake_fd] + ([self._connection.fileno()] if self._connection is not None else [])
         try:
@@ -1058,6 +1085,7 @@ class NotificationWatcher:
             _drain(self.wake_fd)
         if self._connection is not None and self._connection.fileno() in ready:
             self._consume()
+        return False
 
     def _consume(self) -> None:
         try:
@@ -1216,6 +1244,10 @@ def _entry(
 
 def _is_connection_trouble(exc: sa.exc.DBAPIError) -> bool:
     return bool(exc.connection_invalidated) or isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError))
+
+
+class _ConnectionCut(QueueUnavailableError):
+    """A pooled connection turned out to be cut; a new one may work (``_execute_hot``)."""
 
 
 def _reason(exc: sa.exc.DBAPIError) -> str:

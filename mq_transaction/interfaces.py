@@ -251,7 +251,13 @@ class IMailWatcher(Interface):
     def wait(timeout):
         """Return when mail may have been published, the wake descriptor was written, or
         ``timeout`` seconds passed (whichever is first). Spurious wake-ups are allowed;
-        missed ones are not (beyond the poll interval)."""
+        missed ones are not (beyond the poll interval).
+
+        Return True when the watcher has just got back the queue it had lost (a database
+        queue's listening connection made again after a restart, fail-over or network
+        outage): the queue can be used again, so the daemon tries it at once rather than
+        at the end of its outage's backoff. Else False; a watcher that never loses its
+        queue (a directory's, memory's) always returns False."""
 
     def close():
         """Stop watching and free what the watcher holds. Idempotent."""

@@ -59,14 +59,16 @@ class PollingWatcher:
         self.wake_fd = wake_fd
         self.poll_interval = poll_interval
 
-    def wait(self, timeout: float) -> None:
-        """Return after ``min(timeout, poll_interval)`` seconds or when woken."""
+    def wait(self, timeout: float) -> bool:
+        """Return after ``min(timeout, poll_interval)`` seconds or when woken; always False
+        (memory is never lost and found again)."""
         try:
             ready, _, _ = select.select([self.wake_fd], [], [], max(0.0, min(timeout, self.poll_interval)))
         except InterruptedError:
-            return
+            return False
         for fd in ready:
             drain(fd)
+        return False
 
     def close(self) -> None:
         """Nothing to free."""

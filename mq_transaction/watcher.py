@@ -73,17 +73,19 @@ class DirectoryWatcher:
         """``inotify`` or ``polling``."""
         return "inotify" if self.fd is not None else "polling"
 
-    def wait(self, timeout: float) -> None:
-        """Return when a file appears, the wake pipe is written, or ``timeout`` passes."""
+    def wait(self, timeout: float) -> bool:
+        """Return when a file appears, the wake pipe is written, or ``timeout`` passes;
+        always False (a directory is never lost and found again)."""
         fds = [self.wake_fd] + ([self.fd] if self.fd is not None else [])
         if self.fd is None:
             timeout = min(timeout, self.poll_interval)
         try:
             ready, _, _ = select.select(fds, [], [], max(0.0, timeout))
         except InterruptedError:
-            return
+            return False
         for fd in ready:
             drain(fd)
+        return False
 
     def close(self) -> None:
         """Stop watching."""

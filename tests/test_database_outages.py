@@ -6,6 +6,7 @@ These tests restart a PostgreSQL server of their own (not the shared one of the 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -19,7 +20,10 @@ import sqlalchemy as sa
 from postgres_server import INSTALL_HINT, PostgresServer, count_messages, server_bindir
 
 from mq_transaction import DatabaseQueue, QueueUnavailableError
+from mq_transaction.daemon import Daemon
 from mq_transaction.queuefile import Envelope
+from mq_transaction.sender import Sender
+from mq_transaction.settings import parse_settings
 
 pytestmark = pytest.mark.slow
 
@@ -125,6 +129,70 @@ def test_a_restart_in_the_middle_of_a_drain_loses_nothing(server, url, smtp_sink
     log = "".join(lines)
     outages = log.count("no mail is lost")
     assert outages <= 1 and log.count("is back after") == outages
+
+
+def test_the_watcher_says_so_when_it_listens_again_after_an_outage(server, url):
+    """``wait`` returns True once, in the first poll after the database is back; never else."""
+    read_fd, write_fd = os.pipe2(os.O_NONBLOCK)
+    queue = DatabaseQueue(url)
+    watcher = queue.watch(read_fd, 0.2)
+    try:
+        assert watcher.mode == "listen"
+        assert watcher.wait(0.2) is False  # listening, nothing lost
+        server.stop()
+        started = time.monotonic()
+        while watcher.mode == "listen":  # the cut connection is seen at the next wait
+            assert watcher.wait(0.2) is False
+            assert time.monotonic() - started < 30
+        assert [watcher.wait(5.0) for _ in range(3)] == [False] * 3  # polls: it cannot listen yet
+        server.start()
+        started = time.monotonic()
+        while not watcher.wait(5.0):  # each wait polls for 0.2 s, not 5: it tries to listen again
+            assert time.monotonic() - started < 10
+        assert watcher.mode == "listen"
+        assert watcher.wait(0.2) is False  # the return is reported once
+    finally:
+        watcher.close()
+        queue.dispose()
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_a_daemon_resumes_within_seconds_of_the_database_coming_back_not_at_the_end_of_its_backoff(
+    server, url, smtp_sink, monkeypatch, caplog
+):
+    """The daemon's listening connection is made again within a poll interval of the
+    database's return; the daemon then tries the queue at once, whatever its backoff."""
+    monkeypatch.setattr(Daemon, "SERVER_RETRY_FIRST", 60.0)  # the queue's backoff: a minute from the first try
+    monkeypatch.setattr(Daemon, "SERVER_RETRY_MAX", 60.0)
+    settings = parse_settings({"mq.queue_url": url, "mq.smtp_host": "127.0.0.1", "mq.smtp_port": str(smtp_sink.port)})
+    daemon = Daemon(Sender(settings), poll_interval=1.0)
+    ready = threading.Event()
+    thread = threading.Thread(target=daemon.run, kwargs={"ready": ready.set})
+    with caplog.at_level(logging.INFO, logger="mq_transaction"):
+        thread.start()
+        try:
+            assert ready.wait(30)
+            enqueue(url, 1)  # a delivery before the outage: the pools hold connections it cuts
+            assert wait_for(lambda: len(smtp_sink.received) == 1, 30)
+            server.stop()
+            assert wait_for(lambda: daemon.queue_down_since is not None, 30)
+            time.sleep(3)  # the watcher fails to listen again at each of its polls
+            assert daemon.queue_retry_at - time.time() > 45  # what the daemon would wait for
+            server.start()
+            back = time.monotonic()
+            enqueue(url, 1)
+            assert wait_for(lambda: len(smtp_sink.received) == 2, 15), caplog.text
+            print(f"delivered {time.monotonic() - back:.2f}s after the database was back")
+            assert wait_for(lambda: count_messages(url) == 0, 15)
+        finally:
+            daemon.request_stop()
+            thread.join(60)
+    assert not thread.is_alive()
+    assert subjects(smtp_sink) == [b"message 0", b"message 0"]  # enqueue() numbers each call from 0
+    log = caplog.text
+    assert log.count("no mail is lost") == 1 and log.count("is back after") == 1, log
+    assert "Traceback" not in log
 
 
 def test_claims_and_records_while_the_database_is_away_are_queue_unavailable_errors(server, url):
