@@ -100,8 +100,10 @@ bench-daemon-scale: $(VENV)/.installed-bench
 	$(BIN)/python bench/daemon_scale.py
 
 # The database queue: what send() adds to a request (same-transaction mode), and drains of
-# 1, 2 and 4 mq-send on one PostgreSQL queue against one directory sender (private servers).
+# 1, 2 and 4 mq-send on one PostgreSQL queue against one directory sender (private servers),
+# into a sink on loopback and into one 20 ms (round trip) away.
 .PHONY: bench-pg
 bench-pg: $(VENV)/.installed-bench
 	$(BIN)/python bench/pg_enqueue.py
 	$(BIN)/python bench/pg_drain.py
+	$(BIN)/python bench/pg_drain.py --count 1000 --delay 0.01

@@ -54,7 +54,7 @@ from .errors import (
     UnknownQueueIdError,
 )
 from .interfaces import IMailWatcher, ISessionMailQueue
-from .queue import is_queue_id, new_queue_id
+from .queue_ids import is_queue_id, new_queue_id
 from .queuefile import Envelope
 from .records import Claim, Entry
 from .states import STATES, MessageState
@@ -259,7 +259,10 @@ class DatabaseQueue:
         (saying to run ``init-db``); :class:`QueueUnavailableError` when the database
         cannot be reached."""
         try:
-            with self.engine.connect() as connection:
+            # In autocommit: a sender then never opens a connection of ``self.engine``
+            # (its first connection costs the server a backend and the client the dialect's
+            # start-up queries).
+            with self._autocommit.connect() as connection:
                 schema.check_schema(connection, self.location)
         except sa.exc.DBAPIError as exc:
             raise QueueUnavailableError(
