@@ -1,9 +1,10 @@
-"""Open the database queue that ``mq.queue_url`` names (SQLAlchemy is imported only here, when used)."""
+"""Open the database queue that ``mq.queue_url`` names (its libraries are imported only here, when used)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .database_sql import missing_extra
 from .errors import ConfigurationError, QueueUnavailableError
 from .settings import Settings
 
@@ -26,7 +27,7 @@ def open_database_queue(settings: Settings, *, check_schema: bool = True, wait: 
     try:
         from .database_queue import DatabaseQueue
     except ImportError as exc:
-        raise _missing_extra(exc) from None
+        raise missing_extra(exc) from None
     queue = DatabaseQueue(settings.queue_url, claim_timeout=settings.claim_timeout)
     if check_schema:
         try:
@@ -42,12 +43,5 @@ def database_ddl() -> str:
     try:
         from .database_schema import ddl
     except ImportError as exc:
-        raise _missing_extra(exc) from None
+        raise missing_extra(exc) from None
     return ddl()
-
-
-def _missing_extra(exc: ImportError) -> ConfigurationError:
-    return ConfigurationError(
-        "mq.queue_url",
-        f"the database queue needs the postgresql extra: pip install 'mq_transaction[postgresql]' ({exc})",
-    )

@@ -1,9 +1,11 @@
 """The PostgreSQL queue: the mail outbox in the application's own database.
 
 ``DatabaseQueue(url_or_engine)`` implements :class:`~mq_transaction.interfaces.IMailQueue`
-over the tables of :mod:`mq_transaction.database_schema`, through SQLAlchemy Core, so
-everything above the queue (the mailer, the sender, the daemon, ``mq-queue``) is the
-code the directory queue uses.
+over the tables of :mod:`mq_transaction.database_schema`, so everything above the queue
+(the mailer, the sender, the daemon, ``mq-queue``) is the code the directory queue uses.
+Its statements (:mod:`mq_transaction.database_sql`) run on the queue's own psycopg 3
+connections, without SQLAlchemy, or through SQLAlchemy on an application's engine or
+session connection, whatever its driver (:mod:`mq_transaction.database_connections`).
 
 Two ways to queue:
 
@@ -35,16 +37,15 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from zope.interface import implementer
 
-from . import database_schema as schema
-from .database_schema import STAGED, messages
+from . import database_sql as sql
+from .database_connections import ConnectionCut, Connections, DriverConnections
+from .database_sql import IMPORT_OWNER, NOTIFY_CHANNEL, STAGED
+from .database_url import CONNECT_TIMEOUT, mask_url, normalise_url
 from .errors import (
     ConfigurationError,
     CorruptMessageError,
@@ -59,68 +60,22 @@ from .queuefile import Envelope
 from .records import Claim, Entry
 from .states import STATES, MessageState
 
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+__all__ = ["CONNECT_TIMEOUT", "DatabaseClaim", "DatabaseQueue", "NotificationWatcher", "mask_url", "normalise_url"]
+
 log = logging.getLogger("mq_transaction.database_queue")
 
-#: The ``LISTEN``/``NOTIFY`` channel; the payload is empty (a wake-up, never the message).
-NOTIFY_CHANNEL = "mq_transaction_queued"
-
-#: ``lease_owner`` of a message moved in from a queue directory and not published yet
-#: (``staged``), followed by the state it will have (``mq-queue import-dir``).
-IMPORT_OWNER = "import-dir:"
 #: how long a message stays half moved by a running ``import-dir`` (milliseconds, in
 #: fact) before clean-up calls the move interrupted and warns about it
 INTERRUPTED_IMPORT_AGE = 600.0
-
-#: Seconds one connection attempt may take (libpq's ``connect_timeout``) unless the URL
-#: sets its own (``?connect_timeout=N``): a database host that accepts and never answers
-#: (a frozen server, a fail-over under way) would otherwise hold a sender, and its
-#: ``SIGTERM``, for good.
-CONNECT_TIMEOUT = 10
 
 #: The default lease of a claim (``mq.claim_timeout``), in seconds.
 DEFAULT_CLAIM_TIMEOUT = 300.0
 
 _QUEUED, _DEFERRED, _SENDING = MessageState.QUEUED.value, MessageState.DEFERRED.value, MessageState.SENDING.value
 _FAILED = MessageState.FAILED.value
-_T = TypeVar("_T")
-
-
-def normalise_url(url: str | sa.URL) -> sa.URL:
-    """An SQLAlchemy URL for PostgreSQL; plain ``postgresql://`` means the psycopg 3 driver.
-
-    Raises :class:`ConfigurationError` (the password masked) for anything but PostgreSQL.
-    """
-    try:
-        parsed = sa.make_url(url)
-    except (sa.exc.ArgumentError, ValueError) as exc:
-        raise ConfigurationError(schema.URL_KEY, f"{mask_url(url)} is not a database URL ({exc})") from None
-    if parsed.get_backend_name() != "postgresql":
-        raise ConfigurationError(
-            schema.URL_KEY, f"{parsed.render_as_string(hide_password=True)} is not a PostgreSQL URL (postgresql://...)"
-        )
-    if parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return parsed
-
-
-def mask_url(url: str | sa.URL) -> str:
-    """``url`` with its password replaced by ``***``, as SQLAlchemy renders it; never raises."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - an unparsable URL may still hold a password
-        text = str(url)
-        scheme, sep, rest = text.partition("://")
-        userinfo, at, host = rest.rpartition("@")
-        if sep and at and ":" in userinfo:
-            return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
-        return text if not at else f"{scheme}{sep}***@{host}"
-
-
-def _connect_args(url: sa.URL, **args: Any) -> dict[str, Any]:
-    """The driver's connection arguments: ``args``, and :data:`CONNECT_TIMEOUT` unless the URL sets one."""
-    if "connect_timeout" not in url.query:
-        args["connect_timeout"] = CONNECT_TIMEOUT
-    return args
 
 
 #: Every DatabaseQueue of this process, so that a forked child drops the connections it inherited.
@@ -135,17 +90,17 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _half_imported() -> sa.ColumnElement[bool]:
-    """The rows ``import-dir`` stored and has not published yet (``staged``, owned by it)."""
-    return sa.and_(messages.c.state == STAGED, messages.c.lease_owner.startswith(IMPORT_OWNER, autoescape=True))
-
-
 def _utc(timestamp: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
 
 
 def _unix(moment: datetime.datetime | None) -> float | None:
     return None if moment is None else moment.timestamp()
+
+
+def _is_engine(value: Any) -> bool:
+    """True for an SQLAlchemy engine (never importing SQLAlchemy to say so)."""
+    return type(value).__module__.startswith("sqlalchemy.") and hasattr(value, "raw_connection")
 
 
 @dataclass
@@ -170,7 +125,8 @@ class DatabaseQueue:
     how long a sender's claim lasts without renewal (``mq.claim_timeout``): a sender that
     dies holds its message that long at most. The schema version is checked on first use
     (or by :meth:`check_schema`), never at construction, so making the object needs no
-    database.
+    database. A URL of the default driver (psycopg 3) needs no SQLAlchemy: the queue
+    then runs on connections of its own.
     """
 
     def __init__(
@@ -180,41 +136,22 @@ class DatabaseQueue:
         claim_timeout: float = DEFAULT_CLAIM_TIMEOUT,
         host_name: str | None = None,
     ) -> None:
-        if isinstance(url_or_engine, sa.Engine):
-            self.engine = url_or_engine
-            self.url = url_or_engine.url
-        else:
-            self.url = normalise_url(url_or_engine)
-            self.engine = sa.create_engine(self.url, pool_size=6, max_overflow=10, connect_args=_connect_args(self.url))
-        # One statement, one round trip: statements that stand alone run in autocommit (no
-        # BEGIN and COMMIT of their own). No pre-ping either (a round trip per checkout): a
-        # connection that died fails once, SQLAlchemy drops the pool, and callers retry.
-        self._autocommit: sa.Engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        # Claims and lease changes need not wait for the WAL flush: the durable record of
-        # a delivery (a synchronous commit) flushes them with it. A claim lost in a crash
-        # of the database server puts the message back in queued, as a dead sender's does.
-        self._claims: sa.Engine = self._autocommit
-        self._owns_engines = not isinstance(url_or_engine, sa.Engine)
-        #: The hot statements compiled once for the driver: (SQL, default parameters).
-        self._compiled: dict[Any, tuple[str, dict[str, Any]]] = {}
-        if self._owns_engines:
-            # Engines of our own are in autocommit from the start: switching a pooled
-            # connection in and out of it at every checkout costs a third of a hot
-            # statement's CPU (bench/README.md, "PostgreSQL drain").
-            self._autocommit = sa.create_engine(
-                self.url,
-                pool_size=6,
-                max_overflow=10,
-                isolation_level="AUTOCOMMIT",
-                connect_args=_connect_args(self.url),
-            )
-            self._claims = sa.create_engine(
-                self.url,
-                pool_size=6,
-                max_overflow=10,
-                isolation_level="AUTOCOMMIT",
-                connect_args=_connect_args(self.url, options="-c synchronous_commit=off"),
-            )
+        self._db: Connections
+        try:
+            if _is_engine(url_or_engine):
+                from .database_engine import EngineConnections
+
+                self._db = EngineConnections(url_or_engine, owned=False)  # type: ignore[arg-type]
+            else:
+                url = normalise_url(url_or_engine)
+                if url.driver == "psycopg":
+                    self._db = DriverConnections(url)
+                else:
+                    from .database_engine import EngineConnections
+
+                    self._db = EngineConnections.from_url(url)
+        except ImportError as exc:
+            raise sql.missing_extra(exc) from None
         if claim_timeout <= 0:
             raise ConfigurationError("mq.claim_timeout", f"{claim_timeout!r} must be a positive number of seconds")
         self.claim_timeout = float(claim_timeout)
@@ -222,7 +159,7 @@ class DatabaseQueue:
         #: Who holds this process's claims, as ``mq-queue`` shows it: host, PID, token.
         self.lease_owner = f"{self._host_name}:{os.getpid()}:{secrets.token_hex(3)}"
         self._schema_checked = False
-        self._checked_engines: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
+        self._checked_engines: weakref.WeakSet[Any] = weakref.WeakSet()
         self._keeper: _LeaseKeeper | None = None
         self._keeper_lock = threading.Lock()
         _QUEUES.add(self)
@@ -230,62 +167,108 @@ class DatabaseQueue:
     @property
     def location(self) -> str:
         """The database URL with its password masked."""
-        return self.url.render_as_string(hide_password=True)
+        return self._db.location
+
+    @property
+    def url(self) -> str:
+        """The database URL, password included: for a driver or an engine, never for a log
+        (:attr:`location` masks it)."""
+        return self._db.url
+
+    @property
+    def engine(self) -> sa.Engine | None:
+        """The SQLAlchemy engine the queue runs on, or None on connections of its own."""
+        return getattr(self._db, "engine", None)
 
     def __repr__(self) -> str:
         return f"DatabaseQueue({self.location!r})"
 
     # -- connections and errors ----------------------------------------------------------
 
-    @contextmanager
-    def _transaction(self, doing: str, engine: sa.Engine | None = None) -> Iterator[sa.Connection]:
-        """A short transaction on the queue's own connection (or one statement in
-        autocommit, with ``engine``); connection trouble becomes
-        :class:`QueueUnavailableError` naming what was being done."""
+    def _run(
+        self,
+        statement: str,
+        params: dict[str, Any] | None = None,
+        *,
+        doing: str,
+        durable: bool = True,
+        again_if_cut: bool = False,
+    ) -> tuple[int, list[Any]]:
+        """One statement in autocommit (after the schema check, once); its row count and rows.
+
+        A pooled connection found cut (a restart or a fail-over cuts every connection the
+        pool holds) empties the pool, so the next statement connects afresh instead of
+        meeting the next dead connection. With ``again_if_cut``, for a statement that may
+        safely run twice, it is then tried once more on a new connection.
+        """
+        if not self._schema_checked:
+            self.check_schema()
         try:
-            if not self._schema_checked:
-                self.check_schema()
-            with (engine or self.engine).begin() as connection:
-                yield connection
-        except sa.exc.DBAPIError as exc:
-            if not _is_connection_trouble(exc):
+            return self._db.run(statement, params, doing=doing, durable=durable)
+        except ConnectionCut:
+            if not again_if_cut:
                 raise
-            raise QueueUnavailableError(
-                f"the queue database {self.location} cannot be used while {doing}: {_reason(exc)}"
-            ) from exc
+        return self._db.run(statement, params, doing=doing, durable=durable)
+
+    def _transaction(self, doing: str) -> Any:
+        """A short transaction (after the schema check, once), yielding ``Statements``."""
+        if not self._schema_checked:
+            self.check_schema()
+        return self._db.transaction(doing)
 
     def check_schema(self) -> None:
         """Raise :class:`ConfigurationError` unless the tables exist in this code's version
         (saying to run ``init-db``); :class:`QueueUnavailableError` when the database
         cannot be reached."""
         try:
-            # In autocommit: a sender then never opens a connection of ``self.engine``
-            # (its first connection costs the server a backend and the client the dialect's
-            # start-up queries).
-            with self._autocommit.connect() as connection:
-                schema.check_schema(connection, self.location)
-        except sa.exc.DBAPIError as exc:
+            with self._db.transaction("checking the mail queue tables") as statements:
+                _count, present = statements.run(sql.TABLES_PRESENT)
+                if present[0][0] != 2:
+                    raise sql.missing_tables(self.location)
+                _count, rows = statements.run(sql.SCHEMA_VERSIONS)
+        except QueueUnavailableError as exc:
             raise QueueUnavailableError(
-                f"cannot connect to the queue database {self.location}: {_reason(exc)}"
+                f"cannot connect to the queue database {self.location}: {_refusal(exc.__cause__ or exc)}"
             ) from exc
+        versions = [row[0] for row in rows]
+        if versions != [sql.SCHEMA_VERSION]:
+            raise sql.wrong_version(versions[0] if len(versions) == 1 else versions, f" in {self.location}")
         self._schema_checked = True
 
     def init_db(self) -> bool:
         """Create the tables unless they exist (``mq-queue init-db``); True if created.
 
-        Raises :class:`QueueUnavailableError` when the database cannot be reached, and
-        :class:`QueueWriteError` saying what the database answered when it refuses (no
-        permission to create tables).
+        Idempotent, and safe when several processes run it at once (an advisory lock
+        serialises them). Raises :class:`QueueUnavailableError` when the database cannot
+        be reached, :class:`QueueWriteError` saying what the database answered when it
+        refuses (no permission to create tables), and :class:`ConfigurationError` when it
+        holds another schema version.
         """
         try:
-            with self.engine.begin() as connection:
-                created = schema.init_db(connection)
-        except sa.exc.DBAPIError as exc:
-            if _is_connection_trouble(exc):
-                raise QueueUnavailableError(
-                    f"cannot connect to the queue database {self.location}: {_reason(exc)}"
-                ) from exc
-            raise QueueWriteError(f"cannot create the mail queue tables in {self.location}: {_reason(exc)}") from exc
+            from .database_schema import create_statements  # the DDL is made by SQLAlchemy
+        except ImportError as exc:
+            raise sql.missing_extra(exc) from None
+
+        try:
+            with self._db.transaction("creating the mail queue tables") as statements:
+                statements.run(sql.INIT_LOCK)
+                created = statements.run(sql.MESSAGES_PRESENT)[1][0][0] == 0
+                for table, ddl in create_statements().items():
+                    present = sql.MESSAGES_PRESENT if table == sql.MESSAGES else sql.SCHEMA_PRESENT
+                    if statements.run(present)[1][0][0] == 0:
+                        for statement in ddl:
+                            statements.run(statement)
+                versions = [row[0] for row in statements.run(sql.SCHEMA_VERSIONS)[1]]
+                if not versions:
+                    statements.run(sql.RECORD_SCHEMA_VERSION)
+                elif versions[0] != sql.SCHEMA_VERSION:
+                    raise sql.wrong_version(versions[0], "")
+        except QueueUnavailableError as exc:
+            raise QueueUnavailableError(
+                f"cannot connect to the queue database {self.location}: {_refusal(exc.__cause__ or exc)}"
+            ) from exc
+        except self._db.database_errors as exc:
+            raise QueueWriteError(f"cannot create the mail queue tables in {self.location}: {_refusal(exc)}") from exc
         self._schema_checked = True
         return created
 
@@ -297,9 +280,7 @@ class DatabaseQueue:
         unclosed (the parent keeps using them). The child claims under an owner of its own
         and renews no lease of the parent's.
         """
-        engines = {id(engine): engine for engine in (self.engine, self._autocommit, self._claims)}
-        for engine in engines.values():
-            engine.dispose(close=False)
+        self._db.after_fork_in_child()
         self.lease_owner = f"{self._host_name}:{os.getpid()}:{secrets.token_hex(3)}"
         self._keeper = None
         self._keeper_lock = threading.Lock()
@@ -309,25 +290,19 @@ class DatabaseQueue:
         if self._keeper is not None:
             self._keeper.stop()
             self._keeper = None
-        self.engine.dispose()
-        if self._claims is not self._autocommit:  # both ours, made from the URL
-            self._autocommit.dispose()
-            self._claims.dispose()
+        self._db.dispose()
 
     # -- the application's side ------------------------------------------------------------
 
     def check_writable(self) -> None:
         """Raise unless this process can insert into the queue table (checks the schema too)."""
         try:
-            with self._transaction("checking it can be written") as connection:
-                allowed = connection.execute(
-                    sa.select(sa.func.has_table_privilege(messages.name, "INSERT, UPDATE, DELETE"))
-                ).scalar()
+            _count, rows = self._run(sql.MAY_WRITE, doing="checking it can be written")
         except QueueUnavailableError as exc:
             raise QueueWriteError(str(exc)) from exc
-        if not allowed:
+        if not rows[0][0]:
             raise QueueWriteError(
-                f"the database user of {self.location} may not insert, update and delete rows of {messages.name}"
+                f"the database user of {self.location} may not insert, update and delete rows of {sql.MESSAGES}"
             )
 
     def insert(self, connection: sa.Connection, envelope: Envelope, message: bytes) -> str:
@@ -337,7 +312,7 @@ class DatabaseQueue:
         transaction commits: this is the same-transaction mode.
         """
         queue_id = new_queue_id(envelope.queued_at)
-        connection.execute(_INSERT_AND_NOTIFY, _row(queue_id, MessageState.QUEUED.value, envelope, message))
+        connection.exec_driver_sql(sql.INSERT_AND_NOTIFY, _row(queue_id, _QUEUED, envelope, message))
         return queue_id
 
     def insert_in_session(self, session: Any, envelope: Envelope, message: bytes, transaction_manager: Any) -> str:
@@ -370,16 +345,14 @@ class DatabaseQueue:
 
     def same_database(self, connection: sa.Connection) -> bool:
         """True when ``connection`` talks to this queue's database (same server, same database)."""
-        with self.engine.connect() as own:
-            mine = own.execute(_IDENTITY).one()
-        return tuple(connection.execute(_IDENTITY).one()) == tuple(mine)
+        _count, mine = self._db.run(sql.IDENTITY, doing="checking the session's database")
+        return tuple(connection.exec_driver_sql(sql.IDENTITY).one()) == tuple(mine[0])
 
     def stage(self, envelope: Envelope, message: bytes) -> str:
         """Insert a ``staged`` row, committed at once on the queue's own connection; return its id."""
         queue_id = new_queue_id(envelope.queued_at)
         try:
-            with self._transaction(f"staging queue id {queue_id}", self._autocommit) as connection:
-                connection.execute(_insert_statement(), _row(queue_id, STAGED, envelope, message))
+            self._run(sql.INSERT, _row(queue_id, STAGED, envelope, message), doing=f"staging queue id {queue_id}")
         except QueueUnavailableError as exc:
             raise QueueWriteError(str(exc)) from exc
         return queue_id
@@ -395,15 +368,9 @@ class DatabaseQueue:
         problem = ""
         for pause in (0.2, 0.8, None):
             try:
-                with self._transaction("publishing committed mail") as connection:
-                    found = connection.execute(
-                        sa.update(messages)
-                        .where(messages.c.queue_id.in_(queue_ids), messages.c.state == STAGED)
-                        .values(state=_QUEUED, due_at=sa.func.now(), state_since=sa.func.now())
-                        .returning(messages.c.queue_id)
-                    ).scalars()
-                    published = set(found)
-                    connection.execute(_notify_statement())
+                with self._transaction("publishing committed mail") as statements:
+                    published = {row[0] for row in statements.run(sql.PUBLISH, {"queue_ids": list(queue_ids)})[1]}
+                    statements.run(sql.NOTIFY)
                 missing = [queue_id for queue_id in queue_ids if queue_id not in published]
                 return [
                     (queue_id, f"queue id {queue_id} was no longer staged in {self.location}") for queue_id in missing
@@ -415,8 +382,8 @@ class DatabaseQueue:
         return [
             (
                 queue_id,
-                f"{problem}; the message is staged in table {messages.name} of {self.location}: to send it, run "
-                f"UPDATE {messages.name} SET state = 'queued', due_at = now() WHERE queue_id = '{queue_id}'",
+                f"{problem}; the message is staged in table {sql.MESSAGES} of {self.location}: to send it, run "
+                f"UPDATE {sql.MESSAGES} SET state = 'queued', due_at = now() WHERE queue_id = '{queue_id}'",
             )
             for queue_id in queue_ids
         ]
@@ -425,38 +392,22 @@ class DatabaseQueue:
         """Delete staged rows (the abort); published ones are never touched."""
         if not queue_ids:
             return
-        with self._transaction("discarding aborted mail", self._autocommit) as connection:
-            connection.execute(
-                sa.delete(messages).where(messages.c.queue_id.in_(queue_ids), messages.c.state == STAGED)
-            )
+        self._run(sql.DISCARD, {"queue_ids": list(queue_ids)}, doing="discarding aborted mail")
 
     def enqueue(self, envelope: Envelope, message: bytes) -> str:
         """Queue a message at once, in a transaction of its own; return its id."""
+        queue_id = new_queue_id(envelope.queued_at)
         try:
-            with self._transaction("queueing a message") as connection:
-                return self.insert(connection, envelope, message)
+            self._run(sql.INSERT_AND_NOTIFY, _row(queue_id, _QUEUED, envelope, message), doing="queueing a message")
         except QueueUnavailableError as exc:
             raise QueueWriteError(str(exc)) from exc
+        return queue_id
 
     def cleanup(self, max_age: float, now: float | None = None) -> list[str]:
         """Delete staged rows older than ``max_age`` seconds (their process died mid-request)."""
         now = time.time() if now is None else now
-        with self._transaction("removing abandoned staged mail", self._autocommit) as connection:
-            removed = list(
-                connection.execute(
-                    sa.delete(messages)
-                    .where(
-                        messages.c.state == STAGED,
-                        messages.c.state_since < _utc(now - max_age),
-                        # a message half moved in from a queue directory waits for import-dir
-                        sa.or_(
-                            messages.c.lease_owner.is_(None),
-                            sa.not_(messages.c.lease_owner.startswith(IMPORT_OWNER, autoescape=True)),
-                        ),
-                    )
-                    .returning(messages.c.queue_id)
-                ).scalars()
-            )
+        _count, rows = self._run(sql.CLEAN_UP, {"before": _utc(now - max_age)}, doing="removing abandoned staged mail")
+        removed = [row[0] for row in rows]
         for queue_id in removed:
             log.info("removed staged queue id %s (older than %.0fs; its transaction never ended)", queue_id, max_age)
         self._warn_of_interrupted_imports(now)
@@ -465,13 +416,12 @@ class DatabaseQueue:
     def _warn_of_interrupted_imports(self, now: float) -> None:
         """Say, at every clean-up, that messages wait for an interrupted ``import-dir`` to be
         run again: nothing else ever makes them visible, and no sender sees them until then."""
-        with self._transaction("looking for interrupted moves", self._autocommit) as connection:
-            waiting = connection.execute(
-                sa.select(sa.func.count(), sa.func.min(messages.c.queue_id)).where(
-                    _half_imported(),
-                    messages.c.state_since < _utc(now - INTERRUPTED_IMPORT_AGE),
-                )
-            ).one()
+        _count, rows = self._run(
+            sql.INTERRUPTED_IMPORTS,
+            {"before": _utc(now - INTERRUPTED_IMPORT_AGE)},
+            doing="looking for interrupted moves",
+        )
+        waiting = rows[0]
         if waiting[0]:
             log.warning(
                 "%d message(s) (the first queue id %s) were half moved in by an `mq-queue import-dir` that did "
@@ -485,16 +435,8 @@ class DatabaseQueue:
 
     def recover_stale_claims(self) -> list[str]:
         """Put messages whose sender's lease ran out back in ``queued``; return their ids."""
-        with self._transaction("recovering dead senders' claims", self._autocommit) as connection:
-            rows = connection.execute(
-                sa.update(messages)
-                .where(messages.c.state == _SENDING, messages.c.lease_until < sa.func.now())
-                .values(
-                    state=_QUEUED, due_at=sa.func.now(), state_since=sa.func.now(), lease_owner=None, lease_until=None
-                )
-                .returning(messages.c.queue_id)
-            ).scalars()
-            recovered = list(rows)
+        _count, rows = self._run(sql.RECOVER_STALE_CLAIMS, doing="recovering dead senders' claims")
+        recovered = [row[0] for row in rows]
         for queue_id in recovered:
             log.warning("queue id %s: its sender's lease ran out (the sender died?); back in the queue", queue_id)
         return recovered
@@ -507,35 +449,21 @@ class DatabaseQueue:
         claim different messages instead of racing for the same ones in the same order.
         """
         now = time.time() if now is None else now
-        deferred_due = messages.c.state == _DEFERRED
-        if not flush:
-            deferred_due = sa.and_(deferred_due, messages.c.due_at <= _utc(now))
-        with self._transaction("listing due mail", self._autocommit) as connection:
-            ids = list(
-                connection.execute(
-                    sa.select(messages.c.queue_id)
-                    .where(sa.or_(messages.c.state == _QUEUED, deferred_due), _unleased())
-                    .order_by(messages.c.queue_id)
-                ).scalars()
-            )
-            others = connection.execute(
-                sa.select(messages.c.queue_id)
-                .where(messages.c.state == _SENDING, messages.c.lease_owner != self.lease_owner)
-                .limit(1)
-            ).first()
-        if others is not None and len(ids) > 1:
+        doing = "listing due mail"
+        if flush:
+            ids = [row[0] for row in self._run(sql.DUE_ALL, doing=doing)[1]]
+        else:
+            ids = [row[0] for row in self._run(sql.DUE, {"now": _utc(now)}, doing=doing)[1]]
+        others = self._run(sql.OTHER_SENDERS, {"owner": self.lease_owner}, doing=doing)[1]
+        if others and len(ids) > 1:
             start = secrets.randbelow(len(ids))
             ids = ids[start:] + ids[:start]
         return ids
 
     def next_retry_time(self) -> float | None:
         """The earliest next attempt time of a deferred message, or None."""
-        with self._transaction("reading the retry schedule", self._autocommit) as connection:
-            return _unix(
-                connection.execute(
-                    sa.select(sa.func.min(messages.c.due_at)).where(messages.c.state == _DEFERRED)
-                ).scalar()
-            )
+        _count, rows = self._run(sql.NEXT_RETRY, doing="reading the retry schedule")
+        return _unix(rows[0][0])
 
     def claim(self, queue_id: str) -> DatabaseClaim | None:
         """Claim a queued or deferred message with a lease; None when gone or held elsewhere."""
@@ -554,17 +482,23 @@ class DatabaseQueue:
         ``UPDATE ... WHERE queue_id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING``: one
         round trip for the lot, and a row that another sender holds, or took since it was
         listed, is skipped (its lease, or its row lock while that sender's claim runs).
+        Claims need not wait for the WAL flush: the durable record of a delivery (a
+        synchronous commit) flushes them with it. A claim lost in a crash of the database
+        server puts the message back in queued, as a dead sender's does.
         """
         if not queue_ids:
             return [], []
-        # One statement: the row locks of SKIP LOCKED are held only while it runs.
         doing = f"claiming queue id {queue_ids[0]} and {len(queue_ids) - 1} more"
         # Tried again on a new connection if its pooled one was cut (the first claim after a
         # database restart): a row claimed just before the cut is leased to this sender, so
         # the second try skips it (it goes back to queued when the lease runs out) and no
         # message is ever claimed twice.
-        _count, rows = self._execute_hot(
-            self._claims, _CLAIM, {"queue_ids": list(queue_ids), **self._lease_params()}, doing, again_if_cut=True
+        _count, rows = self._run(
+            sql.CLAIM,
+            {"queue_ids": list(queue_ids), **self._lease_params()},
+            doing=doing,
+            durable=False,
+            again_if_cut=True,
         )
         found = {row[0]: row for row in rows}
         claims: list[DatabaseClaim] = []
@@ -590,22 +524,11 @@ class DatabaseQueue:
         return claims, problems
 
     def _move_to_corrupt(self, queue_id: str) -> None:
-        with self._transaction(f"moving queue id {queue_id} to corrupt", self._autocommit) as connection:
-            connection.execute(
-                sa.update(messages)
-                .where(messages.c.queue_id == queue_id)
-                .values(
-                    state=MessageState.CORRUPT.value,
-                    state_since=sa.func.now(),
-                    due_at=None,
-                    lease_owner=None,
-                    lease_until=None,
-                )
-            )
+        self._run(sql.TO_CORRUPT, {"queue_id": queue_id}, doing=f"moving queue id {queue_id} to corrupt")
 
     def finish_delivered(self, claim: Claim) -> None:
         """Delete the delivered message's row (if this process still holds its lease)."""
-        self._finish(claim, "recording its delivery", _DELETE_CLAIMED, {})
+        self._finish(claim, "recording its delivery", sql.DELETE_CLAIMED, {})
 
     def finish_deferred(self, claim: Claim, next_attempt: float) -> None:
         """Store the envelope and defer the message until ``next_attempt``."""
@@ -613,7 +536,7 @@ class DatabaseQueue:
         self._finish(
             claim,
             "deferring it",
-            _SETTLE_CLAIMED,
+            sql.SETTLE_CLAIMED,
             {"new_state": _DEFERRED, "due_at": _utc(next_attempt), "envelope_json": claim.envelope.to_json().decode()},
         )
 
@@ -623,34 +546,20 @@ class DatabaseQueue:
         self._finish(
             claim,
             "recording its failure",
-            _SETTLE_CLAIMED,
+            sql.SETTLE_CLAIMED,
             {"new_state": _FAILED, "due_at": None, "envelope_json": claim.envelope.to_json().decode()},
         )
 
     def unclaim(self, claim: Claim, envelope_changed: bool = False) -> None:
         """Give the message back to ``queued``, due at once."""
         envelope_json = claim.envelope.to_json().decode() if envelope_changed else None
-        self._finish(claim, "giving it back", _REQUEUE_CLAIMED, {"envelope_json": envelope_json})
+        self._finish(claim, "giving it back", sql.REQUEUE_CLAIMED, {"envelope_json": envelope_json})
 
-    def _moved(self, claim: Claim, state: str, due_at: Any, envelope: bool = True) -> sa.Update:
-        values: dict[str, Any] = {
-            "state": state,
-            "state_since": sa.func.now(),
-            "due_at": due_at,
-            "lease_owner": None,
-            "lease_until": None,
-        }
-        if envelope:
-            values["envelope"] = _envelope_json(claim.envelope)
-        return sa.update(messages).values(**values)
-
-    def _finish(self, claim: Claim, doing: str, statement: sa.Update | sa.Delete, params: dict[str, Any]) -> None:
+    def _finish(self, claim: Claim, doing: str, statement: str, params: dict[str, Any]) -> None:
         """Run the statement that ends a sender's claim, while this process still holds it.
 
-        ``statement`` is one of the prebuilt ones below (``_DELETE_CLAIMED``...): building
-        it afresh cost more CPU than the SMTP dialog of the message. Retried for a while if
-        the database is away (a restart or fail-over takes seconds; giving up means the
-        message is sent again once the lease runs out).
+        Retried for a while if the database is away (a restart or fail-over takes seconds;
+        giving up means the message is sent again once the lease runs out).
         """
         self._forget(claim)
         queue_id = claim.queue_id
@@ -659,7 +568,7 @@ class DatabaseQueue:
         pause = 0.25
         while True:
             try:
-                done, _ = self._execute_hot(self._autocommit, statement, params, f"{doing} (queue id {queue_id})")
+                done, _ = self._run(statement, params, doing=f"{doing} (queue id {queue_id})")
                 break
             except QueueUnavailableError as exc:
                 if time.monotonic() + pause > deadline:
@@ -676,88 +585,8 @@ class DatabaseQueue:
                 doing,
             )
 
-    def _execute_hot(
-        self,
-        engine: sa.Engine,
-        statement: sa.Update | sa.Delete,
-        params: dict[str, Any],
-        doing: str,
-        *,
-        again_if_cut: bool = False,
-    ) -> tuple[int, list[Any]]:
-        """Run one of the sender's prebuilt statements in autocommit; return its row count
-        and the rows it returned (``RETURNING``), as tuples.
-
-        On engines of our own, through the driver's cursor with the SQL compiled once: a
-        statement then costs half the CPU it costs through a SQLAlchemy ``Connection``
-        (bench/README.md, "PostgreSQL drain"). On an application's engine, whose autocommit
-        is an execution option, through SQLAlchemy. Connection trouble becomes
-        :class:`QueueUnavailableError`, as in :meth:`_transaction`.
-
-        A pooled connection found cut (a restart or a fail-over cuts every connection the
-        pool holds) empties the engine's pool, as SQLAlchemy does for the statements it runs
-        itself, so the next statement connects afresh instead of meeting the next dead
-        connection. With ``again_if_cut``, for a statement that may safely run twice, it
-        is then tried once more on a new connection.
-        """
-        if not self._owns_engines:
-            with self._transaction(doing, engine) as connection:
-                result = connection.execute(statement, params)
-                return int(result.rowcount), [tuple(row) for row in result] if result.returns_rows else []
-        if not self._schema_checked:
-            self.check_schema()
-        compiled = self._compiled.get(statement)
-        if compiled is None:
-            sql = statement.compile(dialect=engine.dialect)
-            defaults = {name: bind.value for name, bind in sql.binds.items() if not bind.required}
-            compiled = self._compiled[statement] = (str(sql), defaults)
-        try:
-            return self._execute_raw(engine, compiled[0], {**compiled[1], **params}, doing)
-        except _ConnectionCut:
-            if not again_if_cut:
-                raise
-        return self._execute_raw(engine, compiled[0], {**compiled[1], **params}, doing)
-
-    def _execute_raw(self, engine: sa.Engine, sql: str, params: dict[str, Any], doing: str) -> tuple[int, list[Any]]:
-        """:meth:`_execute_hot`'s statement on a pooled connection of our own engine, once."""
-        dialect = engine.dialect
-        try:
-            raw = engine.raw_connection()  # raises the driver's own error when it cannot connect
-        except (sa.exc.DBAPIError, dialect.loaded_dbapi.Error) as exc:  # a restart, a fail-over
-            reason = _reason(exc) if isinstance(exc, sa.exc.DBAPIError) else _first_line(exc)
-            raise QueueUnavailableError(
-                f"the queue database {self.location} cannot be used while {doing}: {reason}"
-            ) from exc
-        cursor = None
-        try:
-            cursor = raw.cursor()
-            cursor.execute(sql, params)
-            return int(cursor.rowcount), list(cursor.fetchall()) if cursor.description is not None else []
-        except dialect.loaded_dbapi.Error as exc:
-            problem = f"the queue database {self.location} cannot be used while {doing}: {_first_line(exc)}"
-            if dialect.is_disconnect(exc, raw.dbapi_connection, cursor):
-                raw.invalidate(exc)
-                engine.dispose()  # the pool's other connections were cut too: a new pool connects afresh
-                raise _ConnectionCut(problem) from exc
-            if isinstance(exc, (dialect.loaded_dbapi.OperationalError, dialect.loaded_dbapi.InterfaceError)):
-                raise QueueUnavailableError(problem) from exc
-            raise
-        finally:
-            if cursor is not None:
-                try:
-                    cursor.close()
-                except Exception:  # noqa: BLE001, S110 - a cursor of a connection that died
-                    pass
-            raw.close()
-
     def _lease_params(self) -> dict[str, Any]:
         return {"owner": self.lease_owner, "claim_timeout": self.claim_timeout}
-
-    def _lease_values(self) -> dict[str, Any]:
-        return {
-            "lease_owner": self.lease_owner,
-            "lease_until": sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, self.claim_timeout),
-        }
 
     # -- leases ------------------------------------------------------------------------------
 
@@ -777,26 +606,24 @@ class DatabaseQueue:
         """Let a lease run out now: a sender's message is then recovered by the next run."""
         self._forget(claim)
         try:
-            with self._transaction(f"releasing queue id {claim.queue_id}", self._claims) as connection:
-                connection.execute(
-                    sa.update(messages)
-                    .where(messages.c.queue_id == claim.queue_id, messages.c.lease_owner == self.lease_owner)
-                    .values(lease_until=sa.func.now())
-                )
+            self._run(
+                sql.RELEASE,
+                {"queue_id": claim.queue_id, "owner": self.lease_owner},
+                doing=f"releasing queue id {claim.queue_id}",
+                durable=False,
+            )
         except QueueUnavailableError as exc:
             log.warning("%s; the claim on queue id %s runs out by itself", exc, claim.queue_id)
 
     def renew_leases(self, queue_ids: list[str]) -> list[str]:
         """Extend this process's leases on ``queue_ids``; return the ids whose lease was lost."""
-        with self._transaction("renewing claims", self._claims) as connection:
-            renewed = set(
-                connection.execute(
-                    sa.update(messages)
-                    .where(messages.c.queue_id.in_(queue_ids), messages.c.lease_owner == self.lease_owner)
-                    .values(lease_until=self._lease_values()["lease_until"])
-                    .returning(messages.c.queue_id)
-                ).scalars()
-            )
+        _count, rows = self._run(
+            sql.RENEW_LEASES,
+            {"queue_ids": list(queue_ids), **self._lease_params()},
+            doing="renewing claims",
+            durable=False,
+        )
+        renewed = {row[0] for row in rows}
         return [queue_id for queue_id in queue_ids if queue_id not in renewed]
 
     # -- the daemon's side -------------------------------------------------------------------
@@ -812,17 +639,12 @@ class DatabaseQueue:
 
     def entries(self, state: MessageState | str | None = None) -> Iterator[Entry]:
         """Every message (or those in ``state``): states in ``STATES`` order, oldest first."""
-        query = sa.select(
-            messages.c.queue_id,
-            messages.c.state,
-            messages.c.state_since,
-            messages.c.due_at,
-            (sa.func.octet_length(messages.c.message) + sa.func.octet_length(sa.cast(messages.c.envelope, sa.Text))),
-        ).where(messages.c.state != STAGED)
-        if state is not None:
-            query = query.where(messages.c.state == MessageState(state).value)
-        with self._transaction("listing the queue", self._autocommit) as connection:
-            rows = connection.execute(query.order_by(messages.c.queue_id)).all()
+        if state is None:
+            _count, rows = self._run(sql.ENTRIES, doing="listing the queue")
+        else:
+            _count, rows = self._run(
+                sql.ENTRIES_IN_STATE, {"state": MessageState(state).value}, doing="listing the queue"
+            )
         found = [_entry(*row) for row in rows]
         order = {name: index for index, name in enumerate(STATES)}
         yield from sorted(found, key=lambda entry: (order[entry.state], entry.queue_id))
@@ -837,20 +659,10 @@ class DatabaseQueue:
             raise UnknownQueueIdError(
                 f"{queue_id!r} is not a queue id (expected e.g. 20261128T151136123456Z-9f3a2b1c0d)"
             )
-        with self._transaction(f"looking up queue id {queue_id}", self._autocommit) as connection:
-            row = connection.execute(
-                sa.select(
-                    messages.c.queue_id,
-                    messages.c.state,
-                    messages.c.state_since,
-                    messages.c.due_at,
-                    sa.func.octet_length(messages.c.message)
-                    + sa.func.octet_length(sa.cast(messages.c.envelope, sa.Text)),
-                ).where(messages.c.queue_id == queue_id, messages.c.state != STAGED)
-            ).one_or_none()
-        if row is None:
+        _count, rows = self._run(sql.FIND, {"queue_id": queue_id}, doing=f"looking up queue id {queue_id}")
+        if not rows:
             raise UnknownQueueIdError(f"queue id {queue_id} is not in the queue at {self.location}")
-        return _entry(*row)
+        return _entry(*rows[0])
 
     def read(self, entry: Entry) -> tuple[Envelope, bytes]:
         """The envelope and message of a listed message (``FileNotFoundError`` once it is gone)."""
@@ -863,29 +675,19 @@ class DatabaseQueue:
         return envelope_json + b"\n" + message
 
     def _read_row(self, entry: Entry) -> tuple[bytes, bytes]:
-        with self._transaction(f"reading queue id {entry.queue_id}", self._autocommit) as connection:
-            row = connection.execute(
-                sa.select(sa.cast(messages.c.envelope, sa.Text), messages.c.message).where(
-                    messages.c.queue_id == entry.queue_id, messages.c.state != STAGED
-                )
-            ).one_or_none()
-        if row is None:
+        _count, rows = self._run(sql.READ, {"queue_id": entry.queue_id}, doing=f"reading queue id {entry.queue_id}")
+        if not rows:
             raise FileNotFoundError(f"queue id {entry.queue_id} is no longer in the queue at {self.location}")
-        return row[0].encode(), bytes(row[1])
+        return rows[0][0].encode(), bytes(rows[0][1])
 
     def lock(self, entry: Entry) -> DatabaseClaim | None:
         """Take a lease on a message where it lies; None when a sender or operator holds it."""
-        with self._transaction(f"locking queue id {entry.queue_id}") as connection:
-            row = connection.execute(
-                sa.select(sa.cast(messages.c.envelope, sa.Text), messages.c.message)
-                .where(messages.c.queue_id == entry.queue_id, messages.c.state != STAGED, _unleased())
-                .with_for_update(skip_locked=True)
-            ).one_or_none()
-            if row is None:
+        with self._transaction(f"locking queue id {entry.queue_id}") as statements:
+            _count, rows = statements.run(sql.LOCK, {"queue_id": entry.queue_id})
+            if not rows:
                 return None
-            connection.execute(
-                sa.update(messages).where(messages.c.queue_id == entry.queue_id).values(**self._lease_values())
-            )
+            statements.run(sql.TAKE_LEASE, {"queue_id": entry.queue_id, **self._lease_params()})
+        row = rows[0]
         try:
             envelope: Any = Envelope.from_json(row[0].encode())
         except CorruptMessageError:
@@ -899,31 +701,27 @@ class DatabaseQueue:
     ) -> None:
         """Move a locked message from ``source`` to ``target`` (queued: due at once)."""
         target = MessageState(target)
-        due_at: Any = None
-        if target == MessageState.QUEUED:
-            due_at = sa.func.now()
-        elif target == MessageState.DEFERRED:
+        due_at: datetime.datetime | None = None
+        if target == MessageState.DEFERRED:
             due_at = _utc(claim.envelope.next_attempt or time.time())
-        self._operator_change(
-            claim, source, self._moved(claim, target.value, due_at, envelope_changed), f"moving it to {target}"
-        )
+        params = {
+            "target": target.value,
+            "due_now": target == MessageState.QUEUED,
+            "due_at": due_at,
+            "envelope_json": claim.envelope.to_json().decode() if envelope_changed else None,
+        }
+        self._operator_change(claim, source, sql.MOVE_LOCKED, params, f"moving it to {target}")
 
     def remove(self, claim: Claim, state: MessageState | str) -> None:
         """Delete a locked message for good."""
-        self._operator_change(claim, state, sa.delete(messages), "removing it")
+        self._operator_change(claim, state, sql.REMOVE_LOCKED, {}, "removing it")
 
     def _operator_change(
-        self, claim: Claim, state: MessageState | str, statement: sa.Update | sa.Delete, doing: str
+        self, claim: Claim, state: MessageState | str, statement: str, params: dict[str, Any], doing: str
     ) -> None:
         self._forget(claim)
-        with self._transaction(f"{doing} (queue id {claim.queue_id})") as connection:
-            done = connection.execute(
-                statement.where(
-                    messages.c.queue_id == claim.queue_id,
-                    messages.c.state == MessageState(state).value,
-                    messages.c.lease_owner == self.lease_owner,
-                )
-            ).rowcount
+        params = {**params, "queue_id": claim.queue_id, "source": MessageState(state).value, "owner": self.lease_owner}
+        done, _ = self._run(statement, params, doing=f"{doing} (queue id {claim.queue_id})")
         if not done:
             raise QueueWriteError(f"queue id {claim.queue_id}: the lock ran out or the message moved before {doing}")
 
@@ -943,49 +741,30 @@ class DatabaseQueue:
             due_at = _utc(time.time())
         elif state == MessageState.DEFERRED:
             due_at = _utc(envelope.next_attempt if envelope.next_attempt is not None else time.time())
-        statement = (
-            postgresql.insert(messages)
-            .values(
-                queue_id=queue_id,
-                state=STAGED,
-                state_since=sa.func.now(),
-                due_at=due_at,
-                lease_owner=IMPORT_OWNER + state.value,
-                envelope=_envelope_json(envelope),
-                message=message,
-            )
-            .on_conflict_do_nothing(index_elements=[messages.c.queue_id])
-        )
-        with self._transaction(f"storing queue id {queue_id}", self._autocommit) as connection:
-            return bool(connection.execute(statement).rowcount)
+        params = {
+            "queue_id": queue_id,
+            "due_at": due_at,
+            "owner": IMPORT_OWNER + state.value,
+            "envelope": envelope.to_json().decode(),
+            "message": message,
+        }
+        done, _ = self._run(sql.STAGE_IMPORT, params, doing=f"storing queue id {queue_id}")
+        return bool(done)
 
     def finish_import(self, queue_id: str) -> MessageState | None:
         """Give a message stored by :meth:`stage_import` its state (senders see it from now
         on); its state, or None when it is no such message (finished already)."""
-        target = sa.func.substr(messages.c.lease_owner, len(IMPORT_OWNER) + 1)
-        with self._transaction(f"publishing queue id {queue_id}", self._autocommit) as connection:
-            state = connection.execute(
-                sa.update(messages)
-                .where(
-                    messages.c.queue_id == queue_id,
-                    _half_imported(),
-                )
-                .values(state=target, state_since=sa.func.now(), lease_owner=None, lease_until=None)
-                .returning(messages.c.state)
-            ).scalar()
+        with self._transaction(f"publishing queue id {queue_id}") as statements:
+            _count, rows = statements.run(sql.FINISH_IMPORT, {"queue_id": queue_id})
+            state = rows[0][0] if rows else None
             if state in (_QUEUED, _DEFERRED):
-                connection.execute(_notify_statement())
+                statements.run(sql.NOTIFY)
         return None if state is None else MessageState(state)
 
     def pending_imports(self) -> list[tuple[str, MessageState]]:
         """The messages :meth:`stage_import` stored and :meth:`finish_import` has not
         published yet (a move interrupted by a crash), with their states to come."""
-        with self._transaction("looking for interrupted moves", self._autocommit) as connection:
-            rows = connection.execute(
-                sa.select(messages.c.queue_id, messages.c.lease_owner)
-                .where(_half_imported())
-                .order_by(messages.c.queue_id)
-            ).all()
+        _count, rows = self._run(sql.PENDING_IMPORTS, doing="looking for interrupted moves")
         return [(queue_id, MessageState(owner[len(IMPORT_OWNER) :])) for queue_id, owner in rows]
 
 
@@ -1054,10 +833,7 @@ class NotificationWatcher:
 
     def _connect(self) -> bool:
         try:
-            raw = self.queue.engine.raw_connection()
-            connection: Any = raw.driver_connection
-            raw.detach()  # ours for good: never handed back to the pool in LISTEN state
-            connection.autocommit = True
+            connection: Any = self.queue._db.listen_connection()
             cursor = connection.cursor()
             cursor.execute(f"LISTEN {NOTIFY_CHANNEL}")
             cursor.close()
@@ -1127,39 +903,6 @@ def _drain(fd: int) -> None:
         pass
 
 
-# -- statements ------------------------------------------------------------------------------
-
-#: What identifies one database on one running server, whatever the route to it.
-_IDENTITY = sa.text(
-    "SELECT current_database(), (SELECT oid FROM pg_database WHERE datname = current_database()), "
-    "pg_postmaster_start_time()"
-)
-
-
-def _insert_statement() -> sa.Insert:
-    return sa.insert(messages).values(
-        queue_id=sa.bindparam("queue_id"),
-        state=sa.bindparam("state"),
-        state_since=sa.bindparam("state_since"),
-        due_at=sa.bindparam("due_at"),
-        envelope=sa.cast(sa.bindparam("envelope", type_=sa.Text), postgresql.JSONB),
-        message=sa.bindparam("message", type_=sa.LargeBinary),
-    )
-
-
-def _insert_and_notify_statement() -> sa.Select:
-    # One statement, so queueing in the app's transaction costs one round trip.
-    inserted = _insert_statement().returning(messages.c.queue_id).cte("inserted")
-    return sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, "")).select_from(inserted)
-
-
-def _notify_statement() -> sa.Select:
-    return sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, ""))
-
-
-_INSERT_AND_NOTIFY = _insert_and_notify_statement()
-
-
 def _row(queue_id: str, state: str, envelope: Envelope, message: bytes) -> dict[str, Any]:
     now = _utc(time.time())
     return {
@@ -1172,71 +915,6 @@ def _row(queue_id: str, state: str, envelope: Envelope, message: bytes) -> dict[
     }
 
 
-def _envelope_json(envelope: Envelope) -> Any:
-    return sa.cast(sa.literal(envelope.to_json().decode(), type_=sa.Text), postgresql.JSONB)
-
-
-def _unleased() -> sa.ColumnElement[bool]:
-    return sa.or_(messages.c.lease_until.is_(None), messages.c.lease_until < sa.func.now())
-
-
-def _lease_until() -> sa.ColumnElement[Any]:
-    return sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, sa.bindparam("claim_timeout", type_=sa.Float))
-
-
-def _claim_statement() -> sa.Update:
-    # Built once: a statement built afresh for each message cost more CPU than its SMTP
-    # dialog. Values that never change are bound, not expanded per execution (IN lists).
-    free = sa.select(messages.c.queue_id).where(
-        messages.c.queue_id == sa.any_(sa.bindparam("queue_ids", type_=postgresql.ARRAY(sa.Text))),
-        sa.or_(messages.c.state == _QUEUED, messages.c.state == _DEFERRED),
-        _unleased(),
-    )
-    return (
-        sa.update(messages)
-        .where(messages.c.queue_id.in_(free.order_by(messages.c.queue_id).with_for_update(skip_locked=True)))
-        .values(
-            state=_SENDING,
-            state_since=sa.func.now(),
-            lease_owner=sa.bindparam("owner"),
-            lease_until=_lease_until(),
-        )
-        .returning(messages.c.queue_id, sa.cast(messages.c.envelope, sa.Text).label("envelope"), messages.c.message)
-    )
-
-
-def _claimed() -> sa.ColumnElement[bool]:
-    """The message is still this sender's: ``claimed_id`` and ``owner`` are bound."""
-    return sa.and_(
-        messages.c.queue_id == sa.bindparam("claimed_id"),
-        messages.c.state == _SENDING,
-        messages.c.lease_owner == sa.bindparam("owner"),
-    )
-
-
-def _settle_statement(due_now: bool) -> sa.Update:
-    """A claimed message to ``new_state`` (bound), with ``envelope_json`` stored unless NULL."""
-    envelope = sa.cast(sa.bindparam("envelope_json", type_=sa.Text), postgresql.JSONB)
-    return (
-        sa.update(messages)
-        .where(_claimed())
-        .values(
-            state=_QUEUED if due_now else sa.bindparam("new_state"),
-            state_since=sa.func.now(),
-            due_at=sa.func.now() if due_now else sa.bindparam("due_at", type_=sa.DateTime(timezone=True)),
-            lease_owner=None,
-            lease_until=None,
-            envelope=sa.func.coalesce(envelope, messages.c.envelope),
-        )
-    )
-
-
-_CLAIM = _claim_statement()
-_DELETE_CLAIMED = sa.delete(messages).where(_claimed())
-_SETTLE_CLAIMED = _settle_statement(due_now=False)
-_REQUEUE_CLAIMED = _settle_statement(due_now=True)
-
-
 def _entry(
     queue_id: str, state: str, state_since: datetime.datetime, due_at: datetime.datetime | None, size: int
 ) -> Entry:
@@ -1245,18 +923,8 @@ def _entry(
     return Entry(queue_id, message_state, moment.timestamp(), int(size or 0))
 
 
-def _is_connection_trouble(exc: sa.exc.DBAPIError) -> bool:
-    return bool(exc.connection_invalidated) or isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError))
+def _refusal(exc: BaseException) -> str:
+    """What the database answered, in one line (the driver's error under SQLAlchemy's)."""
+    from .database_connections import first_line
 
-
-class _ConnectionCut(QueueUnavailableError):
-    """A pooled connection turned out to be cut; a new one may work (``_execute_hot``)."""
-
-
-def _reason(exc: sa.exc.DBAPIError) -> str:
-    return _first_line(exc.orig or exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return first_line(getattr(exc, "orig", None) or exc)

@@ -1,6 +1,9 @@
-"""The database queue's tables, their DDL, and the schema version check (``mq-queue init-db``).
+"""The database queue's tables and their DDL (``mq-queue init-db``), made with SQLAlchemy.
 
-Two tables, made by :func:`init_db` (or by the SQL :func:`ddl` prints, for Alembic users):
+Two tables, made by :meth:`DatabaseQueue.init_db <mq_transaction.DatabaseQueue.init_db>`
+from :func:`create_statements` (or by the SQL :func:`ddl` prints, for Alembic users); the
+queue itself reads and writes them without SQLAlchemy (:mod:`mq_transaction.database_sql`,
+which also holds the schema version check's statements):
 
 ``mq_messages``
     One row per message. ``message`` holds the exact bytes (``bytea``, never re-encoded);
@@ -29,23 +32,15 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from .errors import ConfigurationError
+from .database_sql import MESSAGES, SCHEMA, SCHEMA_VERSION, STAGED, URL_KEY
 from .states import STATES, MessageState
 
-#: The version of the tables this code reads and writes.
-SCHEMA_VERSION = 1
-
-#: ``state`` of a message whose transaction has not committed yet (not a MessageState:
-#: no sender and no operator command ever sees it).
-STAGED = "staged"
-
-#: The settings key named in schema errors.
-URL_KEY = "mq.queue_url"
+__all__ = ["SCHEMA_VERSION", "STAGED", "URL_KEY", "create_statements", "ddl", "messages", "metadata", "schema"]
 
 metadata = sa.MetaData()
 
 messages = sa.Table(
-    "mq_messages",
+    MESSAGES,
     metadata,
     sa.Column("queue_id", sa.Text, primary_key=True),
     sa.Column("state", sa.Text, nullable=False),
@@ -67,60 +62,22 @@ sa.Index(
 )
 sa.Index("mq_messages_leases", messages.c.lease_until, postgresql_where=messages.c.state == MessageState.SENDING.value)
 
-schema = sa.Table("mq_schema", metadata, sa.Column("version", sa.Integer, nullable=False))
+schema = sa.Table(SCHEMA, metadata, sa.Column("version", sa.Integer, nullable=False))
 
-#: Serialises concurrent ``init-db`` runs (an arbitrary constant: "mq" + version 1).
-_INIT_LOCK = 0x6D71_0001
+
+def create_statements() -> dict[str, list[str]]:
+    """For each table, the statements that create it and its indexes (``init_db`` runs
+    those of the tables that are missing)."""
+    dialect = postgresql.dialect()
+    return {
+        table.name: [str(sa.schema.CreateTable(table).compile(dialect=dialect)).strip()]
+        + [str(sa.schema.CreateIndex(index).compile(dialect=dialect)).strip() for index in table.indexes]
+        for table in metadata.sorted_tables
+    }
 
 
 def ddl() -> str:
     """The SQL that ``init_db`` runs, as a script (``mq-queue init-db --sql``)."""
-    dialect = postgresql.dialect()
-    statements = [
-        str(sa.schema.CreateTable(table).compile(dialect=dialect)).strip() for table in metadata.sorted_tables
-    ]
-    for table in metadata.sorted_tables:
-        statements += [str(sa.schema.CreateIndex(index).compile(dialect=dialect)).strip() for index in table.indexes]
+    statements = [statement for table in create_statements().values() for statement in table]
     statements.append(f"INSERT INTO {schema.name} (version) VALUES ({SCHEMA_VERSION})")
     return "".join(f"{statement};\n\n" for statement in statements)
-
-
-def init_db(connection: sa.Connection) -> bool:
-    """Create the tables and record the schema version, unless done; return True if created.
-
-    Idempotent, and safe when several processes run it at once (an advisory lock
-    serialises them). Raises :class:`ConfigurationError` when the database holds another
-    schema version. Runs in the connection's transaction; the caller commits.
-    """
-    connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_INIT_LOCK)))
-    created = not sa.inspect(connection).has_table(messages.name)
-    metadata.create_all(connection, checkfirst=True)
-    version = connection.execute(sa.select(schema.c.version)).scalar()
-    if version is None:
-        connection.execute(schema.insert().values(version=SCHEMA_VERSION))
-    elif version != SCHEMA_VERSION:
-        raise _wrong_version(version, "")
-    return created
-
-
-def check_schema(connection: sa.Connection, location: str) -> None:
-    """Raise :class:`ConfigurationError` unless the database holds this version's tables."""
-    inspector = sa.inspect(connection)
-    if not inspector.has_table(schema.name) or not inspector.has_table(messages.name):
-        raise ConfigurationError(
-            URL_KEY,
-            f"the database {location} has no mail queue tables: run `mq-queue --queue-url URL init-db` "
-            "(or `mq-queue CONFIG_URI init-db`) once to create them, or apply `mq-queue init-db --sql` "
-            "through your migrations",
-        )
-    versions = connection.execute(sa.select(schema.c.version)).scalars().all()
-    if versions != [SCHEMA_VERSION]:
-        raise _wrong_version(versions[0] if len(versions) == 1 else versions, f" in {location}")
-
-
-def _wrong_version(found: object, where: str) -> ConfigurationError:
-    return ConfigurationError(
-        URL_KEY,
-        f"the mail queue tables{where} have schema version {found}, this mq_transaction needs version "
-        f"{SCHEMA_VERSION}: run `mq-queue init-db` from a matching release, or migrate the tables",
-    )

@@ -50,7 +50,7 @@ def queue_settings(queue: Any) -> dict[str, str]:
     """The ini setting naming ``queue``, a directory or a database queue object."""
     url = getattr(queue, "url", None)
     if url is not None:
-        return {"mq.queue_url": url.render_as_string(hide_password=False)}
+        return {"mq.queue_url": url}
     return {"mq.queue_dir": str(queue.path)}
 
 

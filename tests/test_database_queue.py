@@ -142,14 +142,28 @@ def test_a_url_of_another_database_is_a_configuration_error():
 
 
 @pytest.mark.slow
-def test_importing_the_package_does_not_import_sqlalchemy():
+def test_the_queue_on_its_own_connections_never_imports_sqlalchemy(db_queue, postgres_url):
+    """A sender's queue runs on psycopg alone: SQLAlchemy's import was most of its start-up."""
     code = (
-        "import sys, mq_transaction\n"
-        "assert 'sqlalchemy' not in sys.modules\n"
+        "import sys, time, mq_transaction\n"
         "from mq_transaction import DatabaseQueue\n"
-        "assert 'sqlalchemy' in sys.modules and DatabaseQueue.__name__ == 'DatabaseQueue'\n"
+        "from mq_transaction.queuefile import Envelope\n"
+        "assert 'sqlalchemy' not in sys.modules\n"
+        "queue = DatabaseQueue(sys.argv[1])\n"
+        "queue_id = queue.enqueue(Envelope.new('a@example.com', ['b@example.com'], time.time(), ''), b'x\\r\\n')\n"
+        "queue.cleanup(3600); queue.recover_stale_claims(); assert queue_id in queue.due()\n"
+        "[claim], problems = queue.claim_many([queue_id])\n"
+        "queue.finish_deferred(claim, time.time() + 60)\n"
+        "assert [entry.queue_id for entry in queue.entries()] == [queue_id] and queue.next_retry_time()\n"
+        "[claim], problems = queue.claim_many(queue.due(flush=True))\n"
+        "queue.finish_delivered(claim)\n"
+        "queue.dispose()\n"
+        "print(sorted(name for name in sys.modules if name.startswith('sqlalchemy')))\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    result = subprocess.run([sys.executable, "-c", code, postgres_url], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    assert db_queue.due(flush=True) == []
 
 
 # -- the application's side --------------------------------------------------------------------
@@ -239,10 +253,11 @@ def test_a_row_locked_by_a_claim_in_progress_is_skipped_not_waited_for(db_queue,
 def test_claim_many_claims_the_free_listed_messages_in_one_statement_in_their_order(db_queue, other_sender):
     ids = [db_queue.enqueue(envelope(), MESSAGE) for _ in range(5)]
     held = other_sender.claim(ids[1])
-    checkouts = []  # the claim is one cursor.execute on one pooled connection
-    sa.event.listen(db_queue._claims, "checkout", lambda *args: checkouts.append(args))
+    statements = []  # the claim is one statement
+    run = db_queue._db.run
+    db_queue._db.run = lambda *args, **kwargs: statements.append(args[0]) or run(*args, **kwargs)
     claims, problems = db_queue.claim_many([*reversed(ids), "20261128T151136123456Z-9f3a2b1c0d"])
-    assert len(checkouts) == 1
+    assert len(statements) == 1 and statements[0].startswith("UPDATE mq_messages SET state = 'sending'")
     assert [claim.queue_id for claim in claims] == [ids[4], ids[3], ids[2], ids[0]]
     assert problems == [] and all(claim.message == MESSAGE for claim in claims)
     assert other_sender.claim_many(ids) == ([], [])  # all held: by the one or the other
@@ -257,7 +272,7 @@ def test_the_senders_statements_work_through_psycopg2_too(postgres_url):
     an array, bytea to memoryview) gives the same claims and states."""
     queue = DatabaseQueue(postgres_url.replace("+psycopg:", "+psycopg2:"), claim_timeout=30)
     try:
-        assert queue.engine.dialect.driver == "psycopg2"
+        assert queue.engine is not None and queue.engine.dialect.driver == "psycopg2"
         queue.init_db()
         ids = [queue.enqueue(envelope(), MESSAGE) for _ in range(3)]
         claims, problems = queue.claim_many(ids)

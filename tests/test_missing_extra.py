@@ -2,7 +2,9 @@
 
 The extra's absence is simulated in a child process (``sys.modules['sqlalchemy'] = None``
 makes ``import sqlalchemy`` raise ``ImportError``, as it does where the extra was never
-installed); the project's own venv has the extra, so it cannot be really missing here.
+installed; the same for psycopg); the project's own venv has the extra, so it cannot be
+really missing here. The queue reads and writes through psycopg alone: SQLAlchemy is
+needed to create the tables (``init-db``), psycopg by every command.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-WITHOUT_SQLALCHEMY = (
+WITHOUT = (
     "import sys\n"
-    "sys.modules['sqlalchemy'] = None\n"
+    "sys.modules[sys.argv.pop(1)] = None\n"
     "from mq_transaction import cli_queue\n"
     "sys.exit(cli_queue.main(sys.argv[1:]))\n"
 )
@@ -22,8 +24,12 @@ EXTRA_ERROR = (
 )
 
 
+def run_mq_queue_without(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", WITHOUT, module, *args], capture_output=True, text=True, timeout=60)
+
+
 def run_mq_queue_without_sqlalchemy(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", WITHOUT_SQLALCHEMY, *args], capture_output=True, text=True, timeout=60)
+    return run_mq_queue_without("sqlalchemy", *args)
 
 
 def test_init_db_without_the_extra_is_a_one_line_error():
@@ -38,3 +44,11 @@ def test_init_db_sql_without_the_extra_is_a_one_line_error():
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(EXTRA_ERROR), result.stderr
+
+
+def test_every_command_without_psycopg_is_a_one_line_error():
+    for args in (["status"], ["list"], ["init-db"]):
+        result = run_mq_queue_without("psycopg", "--queue-url", "postgresql://app@127.0.0.1:1/db", *args)
+        assert "Traceback" not in result.stderr, result.stderr
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(EXTRA_ERROR), result.stderr

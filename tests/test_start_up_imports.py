@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+
+from mq_transaction.queuefile import Envelope
+
+MESSAGE = b"From: app@example.com\r\nTo: bob@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
 
 PROBE = (
     "import sys\n"
@@ -31,3 +36,21 @@ def test_the_package_still_gives_every_public_name_on_first_use():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_database_sender_runs_on_psycopg_alone(db_queue, postgres_url, smtp_sink):
+    """``mq-send --queue-url`` (the default driver) never imports SQLAlchemy: its import
+    was two thirds of a database sender's start-up (bench/README.md)."""
+    db_queue.enqueue(Envelope.new("app@example.com", ["bob@example.com"], time.time(), "<m@example.com>"), MESSAGE)
+    probe = (
+        "import sys\n"
+        "from mq_transaction import cli_send\n"
+        "status = cli_send.main(sys.argv[1:])\n"
+        "print(status, sorted(name for name in sys.modules if name.startswith('sqlalchemy')))\n"
+    )
+    argv = ["--queue-url", postgres_url, "--smtp-host", "127.0.0.1", "--smtp-port", str(smtp_sink.port), "-q"]
+    result = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "[]"]
+    assert [received.content for received in smtp_sink.received] == [MESSAGE]
+    assert db_queue.due(flush=True) == []
