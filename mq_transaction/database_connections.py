@@ -158,7 +158,9 @@ class DriverConnections:
         self.location = url.masked
         self.url = url.text
         self._durable = _Pool(url)
-        self._fast = _Pool(url, options="-c synchronous_commit=off")
+        # the URL's own options (a search_path, say) kept: both pools must see the same tables
+        options = f"{url.query.get('options', '')} -c synchronous_commit=off".strip()
+        self._fast = _Pool(url, options=options)
 
     def run(
         self, sql: str, params: dict[str, Any] | None = None, *, doing: str, durable: bool = True

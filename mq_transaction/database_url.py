@@ -9,6 +9,7 @@ psycopg 3. A password never leaves this module unmasked except towards the drive
 from __future__ import annotations
 
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,7 @@ _URL = re.compile(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DatabaseURL:
     """A checked PostgreSQL URL: ``drivername`` (``postgresql+psycopg`` for plain
     ``postgresql://``), the URL itself, and ``masked`` (its password replaced by ``***``)."""
@@ -48,7 +49,8 @@ class DatabaseURL:
     drivername: str
     text: str
     masked: str
-    query: frozenset[str]
+    #: The URL's parameters (``?connect_timeout=5&options=...``), decoded.
+    query: dict[str, str]
 
     @property
     def driver(self) -> str:
@@ -85,7 +87,7 @@ def normalise_url(url: Any) -> DatabaseURL:
     if name == "postgresql":
         name = "postgresql+psycopg"
         text = name + text[len("postgresql") :]
-    query = frozenset(part.partition("=")[0] for part in (match.group("query") or "").split("&") if part)
+    query = dict(urllib.parse.parse_qsl(match.group("query") or "", keep_blank_values=True))
     return DatabaseURL(name, text, _masked(text), query)
 
 

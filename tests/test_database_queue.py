@@ -481,3 +481,26 @@ def test_the_watcher_wakes_on_its_wake_descriptor(db_queue):
         watcher.close()
         os.close(read_fd)
         os.close(write_fd)
+
+
+def test_the_urls_own_options_hold_for_every_statement(postgres_url):
+    """A URL's ``options`` (here a search_path) reach every connection, the claims' too
+    (which add ``synchronous_commit=off`` of their own): all see the same tables."""
+    engine = sa.create_engine(postgres_url, poolclass=sa.pool.NullPool)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("create schema mail")
+    engine.dispose()
+    url = postgres_url + "?options=-csearch_path%3Dmail"
+    queue = DatabaseQueue(url, claim_timeout=30)
+    try:
+        queue.init_db()
+        queue_id = queue.enqueue(envelope(), MESSAGE)
+        [claim], problems = queue.claim_many([queue_id])
+        assert problems == [] and claim.message == MESSAGE
+        queue.finish_delivered(claim)
+        assert queue.due(flush=True) == []
+    finally:
+        queue.dispose()
+    assert rows(
+        postgres_url, "select table_schema from information_schema.tables where table_name = 'mq_messages'"
+    ) == [("mail",)]
