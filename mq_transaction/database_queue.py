@@ -31,7 +31,6 @@ import datetime
 import logging
 import os
 import secrets
-import select
 import socket
 import threading
 import time
@@ -44,8 +43,10 @@ from zope.interface import implementer
 
 from . import database_sql as sql
 from .database_connections import ConnectionCut, Connections, DriverConnections
-from .database_sql import IMPORT_OWNER, NOTIFY_CHANNEL, STAGED
+from .database_leases import LeaseKeeper
+from .database_sql import IMPORT_OWNER, STAGED
 from .database_url import CONNECT_TIMEOUT, mask_url, normalise_url
+from .database_watcher import NotificationWatcher
 from .errors import (
     ConfigurationError,
     CorruptMessageError,
@@ -54,7 +55,7 @@ from .errors import (
     QueueWriteError,
     UnknownQueueIdError,
 )
-from .interfaces import IMailWatcher, ISessionMailQueue
+from .interfaces import ISessionMailQueue
 from .queue_ids import is_queue_id, new_queue_id
 from .queuefile import Envelope
 from .records import Claim, Entry
@@ -160,7 +161,7 @@ class DatabaseQueue:
         self.lease_owner = f"{self._host_name}:{os.getpid()}:{secrets.token_hex(3)}"
         self._schema_checked = False
         self._checked_engines: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._keeper: _LeaseKeeper | None = None
+        self._keeper: LeaseKeeper | None = None
         self._keeper_lock = threading.Lock()
         _QUEUES.add(self)
 
@@ -593,7 +594,7 @@ class DatabaseQueue:
     def _keep(self, claim: DatabaseClaim) -> None:
         with self._keeper_lock:
             if self._keeper is None:
-                self._keeper = _LeaseKeeper(self)
+                self._keeper = LeaseKeeper(self.renew_leases, self.claim_timeout / 3)
             self._keeper.add(claim.queue_id)
 
     def _forget(self, claim: Claim) -> None:
@@ -630,7 +631,7 @@ class DatabaseQueue:
 
     def watch(self, wake_fd: int, poll_interval: float) -> NotificationWatcher:
         """A watcher that wakes on ``NOTIFY`` (sent when mail commits), polling as a fallback."""
-        return NotificationWatcher(self, wake_fd, poll_interval)
+        return NotificationWatcher(self._db.listen_connection, self.location, wake_fd, poll_interval)
 
     def daemon_lock(self) -> None:
         """Nothing to lock: any number of daemons on any number of hosts may share the queue."""
@@ -766,141 +767,6 @@ class DatabaseQueue:
         published yet (a move interrupted by a crash), with their states to come."""
         _count, rows = self._run(sql.PENDING_IMPORTS, doing="looking for interrupted moves")
         return [(queue_id, MessageState(owner[len(IMPORT_OWNER) :])) for queue_id, owner in rows]
-
-
-class _LeaseKeeper:
-    """A thread that renews this process's leases every third of the claim timeout."""
-
-    def __init__(self, queue: DatabaseQueue) -> None:
-        self.queue = queue
-        self.ids: set[str] = set()
-        self.lock = threading.Lock()
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="mq-lease-keeper", daemon=True)
-        self.thread.start()
-
-    def add(self, queue_id: str) -> None:
-        with self.lock:
-            self.ids.add(queue_id)
-
-    def discard(self, queue_id: str) -> None:
-        with self.lock:
-            self.ids.discard(queue_id)
-
-    def stop(self) -> None:
-        self.stopped.set()
-
-    def _run(self) -> None:
-        while not self.stopped.wait(self.queue.claim_timeout / 3):
-            with self.lock:
-                held = sorted(self.ids)
-            if not held:
-                continue
-            try:
-                lost = self.queue.renew_leases(held)
-            except Exception as exc:  # noqa: BLE001 - keep renewing; the next round may work
-                log.warning("cannot renew the claims on %d message(s): %s", len(held), exc)
-                continue
-            for queue_id in lost:
-                with self.lock:
-                    if queue_id not in self.ids:
-                        continue  # finished meanwhile
-                log.error("queue id %s: this sender's claim was lost; another sender may deliver it again", queue_id)
-
-
-@implementer(IMailWatcher)
-class NotificationWatcher:
-    """Sleeps until a ``NOTIFY`` on :data:`NOTIFY_CHANNEL`, the wake descriptor, or a timeout.
-
-    The listening connection is the driver's own, in autocommit, outside the pool. When
-    it is lost (or cannot be made at start-up) the watcher polls every ``poll_interval``
-    and tries to make it again; the ``wait`` that makes it returns True at once, so the
-    daemon ends its outage's backoff and scans for what it missed.
-    """
-
-    def __init__(self, queue: DatabaseQueue, wake_fd: int, poll_interval: float) -> None:
-        self.queue = queue
-        self.wake_fd = wake_fd
-        self.poll_interval = poll_interval
-        self._connection: Any = None
-        self._down_since: float | None = None
-        self._connect()
-
-    @property
-    def mode(self) -> str:
-        """``listen`` while the listening connection is up, else ``polling``."""
-        return "listen" if self._connection is not None else "polling"
-
-    def _connect(self) -> bool:
-        try:
-            connection: Any = self.queue._db.listen_connection()
-            cursor = connection.cursor()
-            cursor.execute(f"LISTEN {NOTIFY_CHANNEL}")
-            cursor.close()
-        except Exception as exc:  # noqa: BLE001 - any failure means: poll, try again later
-            if self._down_since is None:  # the daemon logs the database's outages; this is only its wake-ups
-                self._down_since = time.monotonic()
-                log.info("cannot listen for new mail on %s: %s; polling meanwhile", self.queue.location, exc)
-            return False
-        if self._down_since is not None:
-            log.info("listening for new mail on %s again", self.queue.location)
-            self._down_since = None
-        self._connection = connection
-        return True
-
-    def wait(self, timeout: float) -> bool:
-        """Return on a notification, the wake descriptor, or after ``timeout`` seconds;
-        True, at once, when the lost listening connection has just been made again."""
-        if self._connection is None:
-            if self._connect():
-                return True  # the database is back: scan at once for what was missed
-            timeout = min(timeout, self.poll_interval)
-        fds = [self.wake_fd] + ([self._connection.fileno()] if self._connection is not None else [])
-        try:
-            ready, _, _ = select.select(fds, [], [], max(0.0, timeout))
-        except (InterruptedError, ValueError, OSError):
-            ready = []
-        if self.wake_fd in ready:
-            _drain(self.wake_fd)
-        if self._connection is not None and self._connection.fileno() in ready:
-            self._consume()
-        return False
-
-    def _consume(self) -> None:
-        try:
-            if hasattr(self._connection, "poll"):  # psycopg2
-                self._connection.poll()
-                self._connection.notifies.clear()
-            else:  # psycopg 3
-                for _notify in self._connection.notifies(timeout=0):
-                    pass
-        except Exception as exc:  # noqa: BLE001 - the connection died: poll until it is back
-            self._drop(exc)
-
-    def _drop(self, exc: Exception) -> None:
-        log.info("lost the listening connection to %s: %s; polling until it is back", self.queue.location, exc)
-        self._down_since = time.monotonic()
-        try:
-            self._connection.close()
-        except Exception:  # noqa: BLE001, S110 - it is gone either way
-            pass
-        self._connection = None
-
-    def close(self) -> None:
-        """Close the listening connection; idempotent."""
-        if self._connection is not None:
-            try:
-                self._connection.close()
-            finally:
-                self._connection = None
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 65536):
-            pass
-    except (BlockingIOError, InterruptedError):
-        pass
 
 
 def _row(queue_id: str, state: str, envelope: Envelope, message: bytes) -> dict[str, Any]:
