@@ -504,3 +504,25 @@ def test_the_urls_own_options_hold_for_every_statement(postgres_url):
     assert rows(
         postgres_url, "select table_schema from information_schema.tables where table_name = 'mq_messages'"
     ) == [("mail",)]
+
+
+def test_a_queue_on_the_apps_engine_leaves_its_connections_as_they_were(postgres_url):
+    """``DatabaseQueue(engine)`` runs through SQLAlchemy on the app's pool: its statements
+    in autocommit, the app's own connections still in transactions afterwards."""
+    engine = sa.create_engine(postgres_url, pool_size=1, max_overflow=0)
+    queue = DatabaseQueue(engine, claim_timeout=30)
+    try:
+        assert queue.engine is engine
+        queue.init_db()
+        queue_id = queue.enqueue(envelope(), MESSAGE)
+        [claim], problems = queue.claim_many(queue.due())
+        assert problems == [] and claim.queue_id == queue_id and claim.message == MESSAGE
+        queue.finish_deferred(claim, time.time() + 600)
+        assert [(entry.queue_id, entry.state) for entry in queue.entries()] == [(queue_id, MessageState.DEFERRED)]
+        with engine.connect() as connection:  # the pool's one connection, the queue's before
+            connection.exec_driver_sql("create temporary table app_scratch (n int)")
+            connection.rollback()
+            assert not sa.inspect(connection).has_table("app_scratch")  # rolled back: not autocommit
+    finally:
+        queue.dispose()
+        engine.dispose()
