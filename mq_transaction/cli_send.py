@@ -15,7 +15,7 @@ from .exit_status import SendExit, help_text
 from .preflight import check_sender_start
 from .sender import Sender, open_queue
 from .settings import LOG_FORMATS, key
-from .smtp import TLS_MODES
+from .smtp_config import TLS_MODES
 
 #: The settings a flag overrides: ``--queue-dir`` sets ``mq.queue_dir``, and so on (each
 #: flag's ``dest`` is the setting's name).

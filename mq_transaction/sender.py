@@ -30,7 +30,8 @@ from .queuefile import Attempt
 from .records import Claim
 from .replies import AUTH_REQUIRED, Reply, is_relay_refusal, reply_class
 from .settings import Settings
-from .smtp import ConnectionLost, DialogSMTP, ServerConfig, ServerError, TransactionReplies, close_session, open_session
+from .smtp import ConnectionLost, DialogSMTP, ServerError, TransactionReplies, close_session, open_session
+from .smtp_config import ServerConfig
 from .states import AttemptResult, MessageState, RecipientStatus
 
 log = logging.getLogger("mq_transaction.sender")

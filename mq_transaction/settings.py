@@ -17,7 +17,7 @@ from typing import Any
 from .addresses import envelope_address
 from .durations import parse_duration
 from .errors import ConfigurationError, InvalidAddressError
-from .smtp import TLS_MODES, TLS_NONE, TLS_SSL, TLS_STARTTLS  # defined once, beside the client
+from .smtp_config import TLS_MODES, TLS_NONE, TLS_SSL, TLS_STARTTLS  # defined once, beside ServerConfig
 
 PREFIX = "mq."
 LOG_FORMATS = ("logfmt", "json")

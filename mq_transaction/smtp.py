@@ -9,11 +9,15 @@ pipelines when the server allows, and waits long after the final dot.
 
 The sender needs four names: :func:`open_session`, ``session.send_message_bytes()``,
 :func:`close_session`, and the exceptions :class:`ServerError`/:class:`ConnectionLost`.
+
+Beside it, :mod:`mq_transaction.smtp_config` says which server to use and how
+(:class:`~mq_transaction.smtp_config.ServerConfig`, the TLS modes), and
+:mod:`mq_transaction.smtp_wire` makes the bytes and addresses a transaction sends. Their
+names that were defined here first are still importable from here.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import re
@@ -30,17 +34,37 @@ if TYPE_CHECKING:
 
     from _typeshed import ReadableBuffer
 
-from .addresses import ascii_address
-from .errors import InvalidAddressError
 from .replies import Reply, is_too_many_recipients, mail_from_concerns_message, recipient_status
+from .smtp_config import TLS_MODES, TLS_NONE, TLS_SSL, TLS_STARTTLS, ServerConfig, default_helo_name
+from .smtp_wire import ascii_envelope, crlf_lines, needs_smtputf8, wire_format
 from .states import RecipientStatus
 
-log = logging.getLogger("mq_transaction.smtp")
+# The TLS modes, ServerConfig, default_helo_name and the wire form were defined here first (now in
+# smtp_config and smtp_wire): they are still importable from here.
+__all__ = [
+    "LOST_AFTER_DATA",
+    "MAX_REPLY_BYTES",
+    "TLS_MODES",
+    "TLS_NONE",
+    "TLS_SSL",
+    "TLS_STARTTLS",
+    "BadReply",
+    "ConnectionLost",
+    "DialogSMTP",
+    "DialogSMTP_SSL",
+    "NextMessage",
+    "ServerConfig",
+    "ServerError",
+    "TransactionReplies",
+    "close_session",
+    "crlf_lines",
+    "default_helo_name",
+    "needs_smtputf8",
+    "open_session",
+    "wire_format",
+]
 
-#: The TLS modes (``mq.smtp_tls``, ``--smtp-tls``): the one definition, which the settings,
-#: the command-line parsers and the docs checks import.
-TLS_NONE, TLS_STARTTLS, TLS_SSL = "none", "starttls", "ssl"
-TLS_MODES: tuple[str, ...] = (TLS_NONE, TLS_STARTTLS, TLS_SSL)
+log = logging.getLogger("mq_transaction.smtp")
 
 #: The most bytes one reply may have, all its lines together: far above any real reply (an
 #: EHLO reply is well under 1 KiB), low enough that a server streaming an endless reply
@@ -48,8 +72,6 @@ TLS_MODES: tuple[str, ...] = (TLS_NONE, TLS_STARTTLS, TLS_SSL)
 MAX_REPLY_BYTES = 64 * 1024
 
 _REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])([ -]|\r?\n|$)")
-_EOL = re.compile(rb"\r\n|\r|\n")
-_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 _connection_numbers = itertools.count(1)
 
 #: Every recipient whose message was sent but whose final reply never came (the duplicate window).
@@ -139,35 +161,6 @@ class _PartlySent(OSError):
         self.sent = sent
 
 
-def wire_format(message: bytes) -> bytes:
-    """The message as it goes on the wire: CRLF line endings, dot-stuffed, ending in CRLF.
-
-    The queued bytes are never changed; this copy is made for the DATA phase only.
-    """
-    if (
-        message.endswith(b"\r\n")
-        and not message.startswith(b".")
-        and b"\n." not in message
-        and message.count(b"\r") == message.count(b"\n") == message.count(b"\r\n")
-    ):
-        # Every CR and every LF is part of a CRLF and no line starts with a dot: the bytes
-        # are already on-the-wire form (the common case; the two regex passes cost more).
-        return message
-    wire = _EOL.sub(b"\r\n", message)
-    wire = _LEADING_DOT.sub(b"..", wire)
-    if not wire.endswith(b"\r\n"):
-        wire += b"\r\n"
-    return wire
-
-
-def crlf_lines(message: bytes) -> bytes:
-    """The message with CRLF line endings and a final CRLF, not dot-stuffed: the ``BDAT`` form."""
-    if message.endswith(b"\r\n") and message.count(b"\r") == message.count(b"\n") == message.count(b"\r\n"):
-        return message
-    wire = _EOL.sub(b"\r\n", message)
-    return wire if wire.endswith(b"\r\n") else wire + b"\r\n"
-
-
 def _settle(outcome: TransactionReplies, recipients: list[str], reply: Reply) -> TransactionReplies:
     """Give ``reply`` to each of ``recipients``."""
     for address in recipients:
@@ -180,39 +173,6 @@ def _too_many_for_now(reply: Reply) -> bool:
     if reply.code == 452:
         return reply.enhanced == "4.5.3" or "too many recipients" in reply.text.lower()
     return is_too_many_recipients(reply)
-
-
-def needs_smtputf8(sender: str, recipients: list[str]) -> bool:
-    """True when an envelope address is not ASCII (RFC 6531)."""
-    return not sender.isascii() or not all(r.isascii() for r in recipients)
-
-
-def _ascii_envelope(
-    sender: str, recipients: list[str], outcome: TransactionReplies, wire_address: dict[str, str]
-) -> list[str]:
-    """Prepare a non-ASCII envelope for a server without SMTPUTF8; return who can still be tried.
-
-    A non-ASCII domain goes out in its IDNA A-label form (recorded in ``wire_address``). A
-    non-ASCII local part has no ASCII form: that recipient fails permanently (a 553 5.6.7
-    reply in ``outcome`` that says why), and every recipient does when it is the sender's.
-    """
-    needs = "the server does not offer SMTPUTF8, which this address needs"
-    try:
-        wire_address[sender] = ascii_address(sender)
-    except InvalidAddressError as exc:
-        reply = Reply(553, f"5.6.7 envelope sender {exc}; {needs}")
-        for address in recipients:
-            outcome.replies[address] = reply
-        return []
-    remaining = []
-    for address in recipients:
-        try:
-            wire_address[address] = ascii_address(address)
-        except InvalidAddressError as exc:
-            outcome.replies[address] = Reply(553, f"5.6.7 {exc}; {needs}")
-        else:
-            remaining.append(address)
-    return remaining
 
 
 class DialogSMTP(smtplib.SMTP):
@@ -468,7 +428,7 @@ class DialogSMTP(smtplib.SMTP):
                 options.append("SMTPUTF8")
                 self.command_encoding = "utf-8"
             else:
-                tried = _ascii_envelope(sender, recipients, outcome, wire_address)
+                tried = ascii_envelope(sender, recipients, outcome.replies, wire_address)
         if not message.isascii() and self.has_extn("8bitmime"):
             options.append("BODY=8BITMIME")
         mail = f"MAIL FROM:<{wire_address.get(sender, sender)}>{''.join(' ' + o for o in options)}"
@@ -679,53 +639,6 @@ class DialogSMTP_SSL(DialogSMTP, smtplib.SMTP_SSL):  # noqa: N801 - mirrors smtp
 
     Takes ``context=`` (an ``ssl.SSLContext``) beside :class:`DialogSMTP`'s arguments.
     """
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """Everything needed to open an authenticated session with the server."""
-
-    host: str
-    port: int
-    tls: str  # one of TLS_MODES
-    timeout: float = 30.0
-    data_timeout: float = 600.0
-    tls_verify: bool = True
-    ca_file: str | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    helo: str | None = None
-    log_bodies: bool = False
-
-    def tls_checks(self) -> str:
-        """What TLS checks, in words for an error message: the host name checked and the CAs trusted."""
-        if not self.tls_verify:
-            return "certificate not verified: mq.smtp_tls_verify = false"
-        cas = f"CA file {self.ca_file}" if self.ca_file else "the system's trusted CAs"
-        return f"host name checked: {self.host}; trusted: {cas}"
-
-    def tls_context(self) -> ssl.SSLContext:
-        """A client TLS context: certificate and host name checked unless disabled."""
-        context = ssl.create_default_context(cafile=self.ca_file)
-        if not self.tls_verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
-
-
-@functools.cache
-def default_helo_name() -> str:
-    """The EHLO name smtplib would pick (FQDN, else ``[address]``), looked up once per process.
-
-    smtplib looks it up for every connection, and a slow resolver would then delay each one.
-    """
-    fqdn = socket.getfqdn()
-    if "." in fqdn:
-        return fqdn
-    try:
-        return f"[{socket.gethostbyname(socket.gethostname())}]"
-    except OSError:
-        return "[127.0.0.1]"
 
 
 def open_session(config: ServerConfig) -> DialogSMTP:
