@@ -20,6 +20,8 @@ import time
 
 import pytest
 import transaction
+from daemon_processes import MQ_SEND, ready_line, wait_for
+from daemon_processes import start_daemon as start_daemon_process
 from prometheus_client.parser import text_string_to_metric_families
 from queue_backends import QueueBackend
 from smtp_sinks import RecordingHandler, Sink, free_port
@@ -29,8 +31,6 @@ from mq_transaction.daemon import Daemon
 from mq_transaction.hooks import Hooks
 from mq_transaction.metrics import Metrics
 from mq_transaction.sender import Sender
-
-MQ_SEND = [sys.executable, "-m", "mq_transaction.cli_send"]
 
 
 def commit_messages(backend, count, fsync=True, per_transaction=1):
@@ -44,40 +44,10 @@ def commit_messages(backend, count, fsync=True, per_transaction=1):
                 mailer.send(f"From: app@example.com\nTo: u{number}@example.org\nSubject: {number}\n\nhello\n".encode())
 
 
-def wait_for(condition, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
-
-
 def start_daemon(backend, port, *extra):
-    process = subprocess.Popen(
-        [
-            *MQ_SEND,
-            "--daemon",
-            *backend.args,
-            "--smtp-host",
-            "127.0.0.1",
-            "--smtp-port",
-            str(port),
-            *extra,
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines = []
-    while True:
-        line = process.stderr.readline()
-        if not line:
-            raise AssertionError(f"daemon exited before it was ready: {''.join(lines)}")
-        lines.append(line)
-        if "daemon ready" in line:
-            break
-    process.ready_line = line
-    threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
+    """The ready daemon of ``backend``'s queue; ``ready_line`` says how it wakes."""
+    process, lines = start_daemon_process(backend.args, port, *extra)
+    process.ready_line = ready_line(lines)
     return process
 
 

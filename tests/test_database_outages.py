@@ -17,6 +17,7 @@ import time
 
 import pytest
 import sqlalchemy as sa
+from daemon_processes import start_daemon, wait_for
 from postgres_server import INSTALL_HINT, PostgresServer, count_messages, server_bindir
 
 from mq_transaction import DatabaseQueue, QueueUnavailableError
@@ -65,44 +66,13 @@ def subjects(sink) -> list[bytes]:
     return [r.content.split(b"Subject: ")[1].split(b"\r\n")[0] for r in sink.received]
 
 
-def start_daemon(url: str, port: int) -> tuple[subprocess.Popen, list[str]]:
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "mq_transaction.cli_send", "--queue-url", url, "--daemon"]
-        + ["--smtp-host", "127.0.0.1", "--smtp-port", str(port)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-
-    def read() -> None:
-        for line in daemon.stderr:
-            lines.append(line)
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + 60
-    while not any("daemon ready" in line for line in lines):
-        assert daemon.poll() is None, "".join(lines)
-        assert time.monotonic() < deadline, "".join(lines)
-        time.sleep(0.05)
-    return daemon, lines
-
-
-def wait_for(condition, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
-
-
 def stop(daemon: subprocess.Popen, lines: list[str]) -> None:
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(timeout=60) == 0, "".join(lines)
 
 
 def test_an_idle_daemon_survives_a_restart_and_sends_what_commits_after_it(server, url, smtp_sink):
-    daemon, lines = start_daemon(url, smtp_sink.port)
+    daemon, lines = start_daemon(["--queue-url", url], smtp_sink.port)
     try:
         server.restart()
         enqueue(url, 3)
@@ -116,11 +86,11 @@ def test_an_idle_daemon_survives_a_restart_and_sends_what_commits_after_it(serve
 
 def test_a_restart_in_the_middle_of_a_drain_loses_nothing(server, url, smtp_sink):
     enqueue(url, 300)
-    daemon, lines = start_daemon(url, smtp_sink.port)
+    daemon, lines = start_daemon(["--queue-url", url], smtp_sink.port)
     try:
         assert wait_for(lambda: len(smtp_sink.received) >= 30, 60), "".join(lines)
         server.restart()
-        assert wait_for(lambda: count_messages(url) == 0, 120), "".join(lines)
+        assert wait_for(lambda: count_messages(url) == 0, 120, interval=0.1), "".join(lines)
     finally:
         stop(daemon, lines)
     received = subjects(smtp_sink)
@@ -184,7 +154,7 @@ def test_a_daemon_resumes_within_seconds_of_the_database_coming_back_not_at_the_
             enqueue(url, 1)
             assert wait_for(lambda: len(smtp_sink.received) == 2, 15), caplog.text
             print(f"delivered {time.monotonic() - back:.2f}s after the database was back")
-            assert wait_for(lambda: count_messages(url) == 0, 15)
+            assert wait_for(lambda: count_messages(url) == 0, 15, interval=0.1)
         finally:
             daemon.request_stop()
             thread.join(60)
@@ -249,7 +219,7 @@ def error_lines(lines: list[str]) -> list[str]:
 
 
 def test_a_daemon_started_while_the_database_is_down_waits_and_delivers_once_it_is_back(stopped, url, smtp_sink):
-    daemon, lines = start_daemon(with_password(url), smtp_sink.port)
+    daemon, lines = start_daemon(["--queue-url", with_password(url)], smtp_sink.port)
     try:
         assert any("waiting for the queue to be usable" in line for line in lines), "".join(lines)
         cpu_before = cpu_seconds(daemon.pid)
@@ -271,7 +241,7 @@ def test_a_daemon_started_while_the_database_is_down_waits_and_delivers_once_it_
 
 
 def test_sigterm_stops_a_daemon_that_waits_for_the_database(stopped, url, smtp_sink):
-    daemon, lines = start_daemon(url, smtp_sink.port)
+    daemon, lines = start_daemon(["--queue-url", url], smtp_sink.port)
     time.sleep(1)
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(timeout=10) == 0, "".join(lines)
@@ -285,7 +255,7 @@ def test_a_daemon_that_finds_no_tables_once_the_database_is_back_exits_2_saying_
     engine.dispose()
     server.stop()
     try:
-        daemon, lines = start_daemon(url, smtp_sink.port)
+        daemon, lines = start_daemon(["--queue-url", url], smtp_sink.port)
     finally:
         server.start()
     try:
@@ -393,7 +363,7 @@ def test_mq_queue_gives_up_on_a_database_that_never_answers_and_exits_75(silent_
 
 
 def test_a_daemon_waiting_for_a_database_that_never_answers_still_stops_on_sigterm(silent_url, smtp_sink):
-    daemon, lines = start_daemon(silent_url, smtp_sink.port)
+    daemon, lines = start_daemon(["--queue-url", silent_url], smtp_sink.port)
     assert any("waiting for the queue to be usable" in line for line in lines), "".join(lines)
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(timeout=60) == 0, "".join(lines)

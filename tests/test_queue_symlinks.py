@@ -17,13 +17,11 @@ import pwd
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import threading
 import time
 
 import pytest
 import transaction
+from daemon_processes import ready_line, start_daemon, wait_for
 from smtp_sinks import RecordingHandler, Sink
 
 from mq_transaction import MessageQueue, QueuedMailer, cli_queue, cli_send, queue_admin
@@ -263,16 +261,8 @@ def test_a_daemon_names_a_swapped_directory_sends_nothing_through_it_and_recover
     victim, _ = victim_directory(tmp_path)
     root = tmp_path / "queue"
     MessageQueue(root, fsync=False)
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "mq_transaction.cli_send", "--daemon", "--queue-dir", str(root)]
-        + ["--smtp-host", "127.0.0.1", "--smtp-port", str(sink.port)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(daemon.stderr), daemon=True).start()
+    daemon, lines = start_daemon(["--queue-dir", str(root)], sink.port)
     try:
-        assert wait_for(lambda: any("daemon ready" in line for line in lines))
         commit(MessageQueue(root, fsync=False))
         assert wait_for(lambda: len(sink.received) == 1)
         before = snapshot(victim)
@@ -296,16 +286,9 @@ def test_a_daemon_names_a_swapped_directory_sends_nothing_through_it_and_recover
 def test_a_daemon_watches_a_new_directory_made_again_by_an_operator(tmp_path, sink):
     root = tmp_path / "queue"
     MessageQueue(root, fsync=False)
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "mq_transaction.cli_send", "--daemon", "--queue-dir", str(root)]
-        + ["--smtp-host", "127.0.0.1", "--smtp-port", str(sink.port)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(daemon.stderr), daemon=True).start()
+    daemon, lines = start_daemon(["--queue-dir", str(root)], sink.port)
     try:
-        assert wait_for(lambda: any("waking by inotify" in line for line in lines))
+        assert "waking by inotify" in ready_line(lines)
         shutil.rmtree(root / "new")
         os.mkdir(root / "new", 0o700)
         daemon.send_signal(signal.SIGHUP)  # wakes it for a pass, which takes up the new directory
@@ -316,12 +299,3 @@ def test_a_daemon_watches_a_new_directory_made_again_by_an_operator(tmp_path, si
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=15) == 0
-
-
-def wait_for(condition, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
