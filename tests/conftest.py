@@ -94,4 +94,4 @@ def _mq_loggers_as_they_were():
 
 
 # -- SMTP servers (tests/smtp_sinks.py) ----------------------------------------------
-pytest_plugins = ["smtp_sinks", "postgres_server", "queue_backends", "built_queues"]
+pytest_plugins = ["smtp_sinks", "raw_smtp", "postgres_server", "queue_backends", "built_queues"]

@@ -7,6 +7,7 @@ check that MAIL, the RCPTs and DATA travelled in one write.
 ``RawServer(serve)`` runs ``serve(connection)`` in a thread for each client; ``ScriptedSMTP``
 is a ``serve`` that speaks enough SMTP (EHLO, MAIL, RCPT, DATA, BDAT, RSET, NOOP, QUIT),
 answering the commands of one read together, as real servers do with a pipelined group.
+The ``raw_smtp`` fixture (this module is a plugin of ``conftest.py``) starts them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import pytest
 
 
 class RawServer:
@@ -239,3 +242,19 @@ class _Session:
 def _address(line: str) -> str:
     match = _ADDRESS.search(line)
     return match.group(1) if match else ""
+
+
+@pytest.fixture
+def raw_smtp():
+    """``raw_smtp(**ScriptedSMTP options)`` starts a scripted server; returns (script, port)."""
+    servers = []
+
+    def start(**options):
+        script = ScriptedSMTP(**options)
+        server = RawServer(script)
+        servers.append(server)
+        return script, server.port
+
+    yield start
+    for server in servers:
+        server.stop()

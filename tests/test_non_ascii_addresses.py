@@ -12,7 +12,7 @@ from email.message import EmailMessage
 import pytest
 import transaction
 from queue_backends import queue_settings
-from raw_smtp import RawServer, ScriptedSMTP
+from raw_smtp import ScriptedSMTP
 
 from mq_transaction import QueuedMailer
 from mq_transaction.sender import Sender
@@ -23,14 +23,6 @@ from mq_transaction.states import MessageState
 @pytest.fixture
 def queue(queue_backend):
     return queue_backend.queue
-
-
-def raw_sink(request, extensions: tuple[str, ...]) -> tuple[ScriptedSMTP, int]:
-    """A scripted raw server offering ``extensions``: what it records, and its port."""
-    script = ScriptedSMTP(extensions=list(extensions))
-    server = RawServer(script)
-    request.addfinalizer(server.stop)
-    return script, server.port
 
 
 def lines(script: ScriptedSMTP, verb: bytes) -> list[bytes]:
@@ -59,8 +51,8 @@ def email_message(to: str) -> EmailMessage:
     return message
 
 
-def test_an_email_message_to_a_non_ascii_address_reaches_rcpt_to_as_written(queue, request):
-    sink, port = raw_sink(request, ("PIPELINING", "8BITMIME", "SMTPUTF8"))
+def test_an_email_message_to_a_non_ascii_address_reaches_rcpt_to_as_written(queue, raw_smtp):
+    sink, port = raw_smtp(extensions=["PIPELINING", "8BITMIME", "SMTPUTF8"])
     result, _queue_id = deliver(queue, port, email_message("Jos\u00e9 <jos\u00e9@b\u00fccher.example>"))
     assert result.exit_status == 0
     assert lines(sink, b"RCPT") == ["RCPT TO:<jos\u00e9@b\u00fccher.example>".encode()]
@@ -73,8 +65,8 @@ def test_an_email_message_to_a_non_ascii_address_reaches_rcpt_to_as_written(queu
 
 
 @pytest.mark.parametrize("extensions", WITHOUT_SMTPUTF8, ids=["one-by-one", "pipelined", "chunked"])
-def test_without_smtputf8_a_non_ascii_domain_goes_out_as_its_a_label(queue, request, extensions):
-    sink, port = raw_sink(request, extensions)
+def test_without_smtputf8_a_non_ascii_domain_goes_out_as_its_a_label(queue, raw_smtp, extensions):
+    sink, port = raw_smtp(extensions=list(extensions))
     message = b"From: app@example.com\r\nTo: ann@B\xc3\xbccher.example, bob@example.org\r\nSubject: x\r\n\r\nhi\r\n"
     result, _queue_id = deliver(queue, port, message)
     assert result.exit_status == 0
@@ -85,8 +77,8 @@ def test_without_smtputf8_a_non_ascii_domain_goes_out_as_its_a_label(queue, requ
 
 
 @pytest.mark.parametrize("extensions", WITHOUT_SMTPUTF8, ids=["one-by-one", "pipelined", "chunked"])
-def test_without_smtputf8_a_non_ascii_local_part_fails_that_recipient_saying_why(queue, request, extensions):
-    sink, port = raw_sink(request, extensions)
+def test_without_smtputf8_a_non_ascii_local_part_fails_that_recipient_saying_why(queue, raw_smtp, extensions):
+    sink, port = raw_smtp(extensions=list(extensions))
     message = email_message("jos\u00e9@example.org, ann@example.org")
     result, queue_id = deliver(queue, port, message)
     assert result.exit_status == 1  # a permanent failure
@@ -105,9 +97,9 @@ def test_without_smtputf8_a_non_ascii_local_part_fails_that_recipient_saying_why
 
 @pytest.mark.parametrize("extensions", WITHOUT_SMTPUTF8, ids=["one-by-one", "pipelined", "chunked"])
 def test_without_smtputf8_a_non_ascii_sender_local_part_fails_every_recipient_sending_nothing(
-    queue, request, extensions
+    queue, raw_smtp, extensions
 ):
-    sink, port = raw_sink(request, extensions)
+    sink, port = raw_smtp(extensions=list(extensions))
     message = "From: j\u00f6rg@example.de\r\nTo: ann@example.org, bob@example.org\r\n\r\nhi\r\n"
     result, queue_id = deliver(queue, port, message)
     assert result.exit_status == 1

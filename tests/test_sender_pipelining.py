@@ -12,7 +12,6 @@ from __future__ import annotations
 import pytest
 import transaction
 from queue_backends import queue_settings
-from raw_smtp import RawServer, ScriptedSMTP
 
 from mq_transaction import QueuedMailer
 from mq_transaction.sender import RunResult, Sender
@@ -25,22 +24,6 @@ SENDER = "app@example.com"
 @pytest.fixture
 def queue(queue_backend):
     return queue_backend.queue
-
-
-@pytest.fixture
-def raw_smtp():
-    """``raw_smtp(**ScriptedSMTP options)`` starts a scripted server; returns (script, port)."""
-    servers = []
-
-    def start(**options):
-        script = ScriptedSMTP(**options)
-        server = RawServer(script)
-        servers.append(server)
-        return script, server.port
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def sender_for(queue, port, **extra) -> Sender:

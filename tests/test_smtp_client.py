@@ -12,7 +12,7 @@ import time
 import pytest
 import transaction
 from postfix_server import PostfixSmtpd
-from raw_smtp import RawServer, ScriptedSMTP
+from raw_smtp import RawServer
 from smtp_sinks import RecordingHandler, Sink, make_certificate
 
 from mq_transaction import MessageQueue, QueuedMailer
@@ -143,22 +143,6 @@ def test_tls_defaults_to_none_on_loopback_and_starttls_elsewhere():
 # -- pipelining DATA and BDAT (issue 11), against a raw server that records every write ------------
 
 MESSAGE = b"From: a@example.com\r\nTo: ok@example.org\r\nSubject: grouped\r\n\r\n.a line with a dot\r\nbye\r\n"
-
-
-@pytest.fixture
-def raw_smtp():
-    """``raw_smtp(**ScriptedSMTP options)`` starts a scripted server; returns (script, port)."""
-    servers = []
-
-    def start(**options):
-        script = ScriptedSMTP(**options)
-        server = RawServer(script)
-        servers.append(server)
-        return script, server.port
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def session_to(port, **options):
