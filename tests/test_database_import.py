@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 import sqlalchemy as sa
 import transaction
+from daemon_processes import start_daemon
 
 from mq_transaction import MessageQueue, QueuedMailer
 from mq_transaction.cli_queue import main as mq_queue
@@ -132,19 +132,8 @@ def test_a_corrupt_file_is_left_and_reported_and_the_rest_moves(tmp_path, db_que
 def test_import_dir_refuses_while_a_daemon_runs_on_the_directory(tmp_path, db_queue, postgres_url, capsys):
     directory = MessageQueue(tmp_path / "queue")
     queue_id = queue_one(directory, 1)
-    daemon = subprocess.Popen(  # its SMTP server is away: the message stays queued
-        [sys.executable, "-m", "mq_transaction.cli_send", "--queue-dir", directory.path, "--daemon"]
-        + ["--smtp-host", "127.0.0.1", "--smtp-port", "1"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(daemon.stderr), daemon=True).start()
+    daemon, _lines = start_daemon(["--queue-dir", directory.path], 1)  # its SMTP server is away: it stays queued
     try:
-        deadline = time.monotonic() + 60
-        while not any("daemon ready" in line for line in lines):
-            assert daemon.poll() is None and time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.05)
         assert mq_queue(["--queue-url", postgres_url, "import-dir", directory.path]) == 1
     finally:
         daemon.send_signal(signal.SIGTERM)

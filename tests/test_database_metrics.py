@@ -7,14 +7,12 @@ Prometheus's own parser.
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-import threading
 import time
 
 import pytest
 import sqlalchemy as sa
 import transaction
+from daemon_processes import start_daemon
 from prometheus_client.parser import text_string_to_metric_families
 
 from mq_transaction import DatabaseQueue, QueuedMailer
@@ -120,19 +118,8 @@ def test_a_run_writes_every_state_and_counter_of_the_database_queue(db_queue, po
 
 def test_the_daemon_writes_its_metrics_for_the_database_queue(db_queue, postgres_url, smtp_sink, tmp_path):
     metrics_file = tmp_path / "mq.prom"
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "mq_transaction.cli_send", "--queue-url", postgres_url, "--daemon"]
-        + ["--smtp-host", "127.0.0.1", "--smtp-port", str(smtp_sink.port), "--metrics-file", str(metrics_file)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(daemon.stderr), daemon=True).start()
+    daemon, lines = start_daemon(["--queue-url", postgres_url], smtp_sink.port, "--metrics-file", str(metrics_file))
     try:
-        deadline = time.monotonic() + 60
-        while not any("daemon ready" in line for line in lines):
-            assert daemon.poll() is None and time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.05)
         for number in range(3):
             queue_one(db_queue, "ann@example.org", f"message {number}")
 
