@@ -92,15 +92,17 @@ class _Pool:
     """Idle psycopg connections, taken by one statement (or transaction) at a time."""
 
     def __init__(self, url: DatabaseURL, **args: Any) -> None:
+        import psycopg
+
+        self._connect = psycopg.connect
+        self._idle_status = psycopg.pq.TransactionStatus.IDLE
         self._url = url
         self._args = url.connect_args(autocommit=True, **args)
         self._idle: list[Any] = []
         self._lock = threading.Lock()
 
     def connect(self) -> Any:
-        import psycopg
-
-        return psycopg.connect(self._url.libpq_uri(), **self._args)
+        return self._connect(self._url.libpq_uri(), **self._args)
 
     def take(self) -> tuple[Any, bool]:
         """A connection, and whether it was pooled (False: made now)."""
@@ -110,9 +112,7 @@ class _Pool:
         return self.connect(), False
 
     def give_back(self, connection: Any) -> None:
-        from psycopg import pq
-
-        reusable = not connection.closed and connection.info.transaction_status == pq.TransactionStatus.IDLE
+        reusable = not connection.closed and connection.info.transaction_status == self._idle_status
         if reusable:
             with self._lock:
                 if len(self._idle) < POOL_KEEPS:

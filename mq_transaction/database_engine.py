@@ -49,6 +49,8 @@ class EngineConnections:
     def run(
         self, sql: str, params: dict[str, Any] | None = None, *, doing: str, durable: bool = True
     ) -> tuple[int, list[Any]]:
+        """One statement in autocommit; every one waits for the WAL flush here (``durable``
+        is for the queue's own connections, whose claims have a pool of their own)."""
         with self._trouble(doing), self._autocommit.connect() as connection:
             return _EngineStatements(connection).run(sql, params)
 

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from zope.interface import implementer
 
 from . import database_sql as sql
-from .database_connections import ConnectionCut, Connections, DriverConnections
+from .database_connections import ConnectionCut, Connections, DriverConnections, first_line
 from .database_leases import LeaseKeeper
 from .database_sql import IMPORT_OWNER, STAGED
 from .database_url import CONNECT_TIMEOUT, mask_url, normalise_url
@@ -223,14 +223,11 @@ class DatabaseQueue:
         cannot be reached."""
         try:
             with self._db.transaction("checking the mail queue tables") as statements:
-                _count, present = statements.run(sql.TABLES_PRESENT)
-                if present[0][0] != 2:
+                if len(statements.run(sql.TABLES_PRESENT)[1]) != 2:
                     raise sql.missing_tables(self.location)
                 _count, rows = statements.run(sql.SCHEMA_VERSIONS)
         except QueueUnavailableError as exc:
-            raise QueueUnavailableError(
-                f"cannot connect to the queue database {self.location}: {_refusal(exc.__cause__ or exc)}"
-            ) from exc
+            raise self._cannot_connect(exc) from exc
         versions = [row[0] for row in rows]
         if versions != [sql.SCHEMA_VERSION]:
             raise sql.wrong_version(versions[0] if len(versions) == 1 else versions, f" in {self.location}")
@@ -253,10 +250,10 @@ class DatabaseQueue:
         try:
             with self._db.transaction("creating the mail queue tables") as statements:
                 statements.run(sql.INIT_LOCK)
-                created = statements.run(sql.MESSAGES_PRESENT)[1][0][0] == 0
+                present = {row[0] for row in statements.run(sql.TABLES_PRESENT)[1]}
+                created = sql.MESSAGES not in present
                 for table, ddl in create_statements().items():
-                    present = sql.MESSAGES_PRESENT if table == sql.MESSAGES else sql.SCHEMA_PRESENT
-                    if statements.run(present)[1][0][0] == 0:
+                    if table not in present:
                         for statement in ddl:
                             statements.run(statement)
                 versions = [row[0] for row in statements.run(sql.SCHEMA_VERSIONS)[1]]
@@ -265,13 +262,17 @@ class DatabaseQueue:
                 elif versions[0] != sql.SCHEMA_VERSION:
                     raise sql.wrong_version(versions[0], "")
         except QueueUnavailableError as exc:
-            raise QueueUnavailableError(
-                f"cannot connect to the queue database {self.location}: {_refusal(exc.__cause__ or exc)}"
-            ) from exc
+            raise self._cannot_connect(exc) from exc
         except self._db.database_errors as exc:
             raise QueueWriteError(f"cannot create the mail queue tables in {self.location}: {_refusal(exc)}") from exc
         self._schema_checked = True
         return created
+
+    def _cannot_connect(self, exc: QueueUnavailableError) -> QueueUnavailableError:
+        """The schema check's and ``init-db``'s wording of connection trouble."""
+        return QueueUnavailableError(
+            f"cannot connect to the queue database {self.location}: {_refusal(exc.__cause__ or exc)}"
+        )
 
     def _after_fork_in_child(self) -> None:
         """A forked process (a pre-fork web server's worker) starts with no connection.
@@ -791,6 +792,4 @@ def _entry(
 
 def _refusal(exc: BaseException) -> str:
     """What the database answered, in one line (the driver's error under SQLAlchemy's)."""
-    from .database_connections import first_line
-
     return first_line(getattr(exc, "orig", None) or exc)

@@ -53,16 +53,10 @@ _IDS = "ANY(CAST(%(queue_ids)s AS TEXT[]))"
 
 # -- the schema ---------------------------------------------------------------------------------
 
-#: How many of the two tables exist in the connection's current schema.
+#: Which of the two tables exist in the connection's current schema.
 TABLES_PRESENT = (
-    "SELECT count(*) FROM pg_catalog.pg_tables "
+    "SELECT tablename FROM pg_catalog.pg_tables "
     f"WHERE schemaname = current_schema() AND tablename IN ('{MESSAGES}', '{SCHEMA}')"
-)
-MESSAGES_PRESENT = (
-    f"SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = current_schema() AND tablename = '{MESSAGES}'"
-)
-SCHEMA_PRESENT = (
-    f"SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = current_schema() AND tablename = '{SCHEMA}'"
 )
 SCHEMA_VERSIONS = f"SELECT version FROM {SCHEMA}"
 RECORD_SCHEMA_VERSION = f"INSERT INTO {SCHEMA} (version) VALUES ({SCHEMA_VERSION})"
@@ -77,15 +71,14 @@ IDENTITY = (
 
 # -- the application's side ---------------------------------------------------------------------
 
-_INSERT = (
+INSERT = (
     f"INSERT INTO {MESSAGES} (queue_id, state, state_since, due_at, envelope, message) "
     "VALUES (%(queue_id)s, %(state)s, %(state_since)s, %(due_at)s, CAST(%(envelope)s AS JSONB), %(message)s)"
 )
-INSERT = _INSERT
 NOTIFY = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"
 #: One statement, so queueing in the app's transaction costs one round trip.
 INSERT_AND_NOTIFY = (
-    f"WITH inserted AS ({_INSERT} RETURNING queue_id) SELECT pg_notify('{NOTIFY_CHANNEL}', '') FROM inserted"
+    f"WITH inserted AS ({INSERT} RETURNING queue_id) SELECT pg_notify('{NOTIFY_CHANNEL}', '') FROM inserted"
 )
 PUBLISH = (
     f"UPDATE {MESSAGES} SET state = '{_QUEUED}', due_at = now(), state_since = now() "
